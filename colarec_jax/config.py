@@ -1,0 +1,60 @@
+"""The base config every file in `configs/` starts from; every knob a user may set is here.
+
+Config files call `base_config()` and override what differs. On the command line any key can be
+overridden as `--config.section.key=value`; the config is locked, so a mistyped key fails at start-up.
+"""
+
+import os
+
+import ml_collections
+
+
+def shared_data_dir(name: str) -> str:
+  """`$COLAREC_SHARED_DATA/<name>`, default `../shared/data/<name>` (the shared RecBole files)."""
+  return os.path.join(os.environ.get("COLAREC_SHARED_DATA", "../shared/data"), name)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults: the embedded MovieLens-100k dataset."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Data: where interactions and item text come from, and how they are split and tokenised.
+  data = config.data = ml_collections.ConfigDict()
+  data.source = "movielens"  # movielens (embedded ml-100k) | atomic (RecBole files) | amazon | foodcom
+  data.name = "ml-100k"  # atomic: file stem <name>.inter; amazon: category, e.g. Beauty
+  data.dir = ""  # folder of the source's files (not used by movielens)
+  data.cache_dir = ""  # downloads; '' = $COLAREC_CACHE or ~/.cache/colarec_jax
+  data.user_field = "user_id"  # atomic column names
+  data.item_field = "item_id"
+  data.time_field = "timestamp"  # '' = no timestamps: file row order is time order
+  data.rating_field = "rating"  # '' = no ratings
+  data.min_rating = 0.0  # drop interactions rated below this (0 keeps all)
+  # Item content fields, 'column[:label]' joined by commas, in content-string order; the content
+  # string is 'label value label value ...' (official format), a missing field is left out.
+  data.text_fields = "movie_title:title,release_year:year,class:genres"
+  data.kcore = -1  # k-core filter; -1 = auto: 5 for raw amazon/foodcom, none for atomic files
+  data.split = "auto"  # auto (shipped split if any, else ratio) | ratio | given
+  data.split_order = "random"  # random (seeded) | temporal
+  data.split_ratios = (0.8, 0.1, 0.1)  # RecBole's per-user ratio rule
+  data.seed = 2024  # seed of the random split
+  data.cold_users = "error"  # valid/test rows of users absent from train: error | drop
+  data.cold_items = "keep"  # ... of items absent from train: keep (they have text) | drop | error
+  data.tokenizer = ""  # a tokenizer.json to use; '' = train a BPE tokenizer on item text
+  data.vocab_size = 4000  # size of the trained tokenizer's vocabulary
+  data.max_item_tokens = 30  # content tokens kept per item (official 30)
+  data.lowercase = False
+  return config
+
+
+def atomic_dataset(config: ml_collections.ConfigDict, name: str, text_fields: str,
+                   time_field: str = "") -> ml_collections.ConfigDict:
+  """Points `config.data` at the shared RecBole files of `name`."""
+  config.data.source = "atomic"
+  config.data.name = name
+  config.data.dir = shared_data_dir(name)
+  config.data.text_fields = text_fields
+  config.data.time_field = time_field
+  config.data.rating_field = ""
+  config.data.vocab_size = 8000
+  return config

@@ -1,0 +1,1 @@
+"""Data layer: sources, the Dataset, splitting, tokenisation and preparation."""

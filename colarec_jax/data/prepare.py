@@ -1,0 +1,215 @@
+"""`--mode=prepare`: load, filter, split, tokenise, and save under `<workdir>/data/`.
+
+The folder holds `arrays.npz` (no pickles), `tokenizer.json` and `manifest.json`. The manifest's key
+(input checksums, the data config, the format version) decides reuse: the same key loads the saved
+arrays, any change rebuilds. A build is written to a temporary sibling folder and renamed into place,
+so a failed preparation leaves no partial `data/` behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from colarec_jax.data import tokenizer as tokenizer_lib
+from colarec_jax.data.config import DataConfig
+from colarec_jax.data.dataset import TEST, TRAIN, VALID, Dataset
+from colarec_jax.data.movielens import sha256
+from colarec_jax.data.sources import load_dataset, source_files
+from colarec_jax.data.split import ratio_split
+from colarec_jax.errors import ConfigError
+
+FORMAT_VERSION = 1
+DATA_DIR = "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """A prepared dataset: interactions with their split, and tokenised item content.
+
+  Attributes:
+    dataset: the `Dataset` (ids, interactions in per-user time order, item text).
+    split: [num_interactions] int8 TRAIN / VALID / TEST.
+    item_tokens: [num_items + 1, max_item_tokens] int32 content tokens (row 0 padding).
+    item_token_len: [num_items + 1] int32 content length before truncation.
+    pad_id: the tokenizer's <pad> id.
+    eos_id: the tokenizer's </s> id.
+    vocab_size: the tokenizer's vocabulary size.
+    directory: the `<workdir>/data` folder.
+    manifest: the saved manifest (key, counts, report, statistics).
+  """
+
+  dataset: Dataset
+  split: np.ndarray
+  item_tokens: np.ndarray
+  item_token_len: np.ndarray
+  pad_id: int
+  eos_id: int
+  vocab_size: int
+  directory: str
+  manifest: dict
+
+  def rows(self, part: int) -> tuple[np.ndarray, np.ndarray]:
+    """(users [m], items [m]) of one split part, each user's rows in time order."""
+    mask = self.split == part
+    return self.dataset.users[mask], self.dataset.items[mask]
+
+  @property
+  def tokenizer_path(self) -> str:
+    return os.path.join(self.directory, "tokenizer.json")
+
+
+def manifest_key(cfg: DataConfig, files: list[str]) -> dict:
+  """What a prepared folder depends on: format, data config, input checksums."""
+  config = dataclasses.asdict(cfg)
+  config.pop("cache_dir")  # where the inputs live does not change them; their checksums do
+  inputs = {os.path.basename(f): sha256(f) for f in files}
+  if cfg.tokenizer:
+    inputs["tokenizer:" + os.path.basename(cfg.tokenizer)] = sha256(cfg.tokenizer)
+  return {"format": FORMAT_VERSION, "data": json.loads(json.dumps(config)), "inputs": inputs}
+
+
+def prepare(config, workdir: str, *, log=print, force: bool = False) -> Prepared:
+  """Prepares `config.data` into `<workdir>/data/`, reusing it when inputs and config match.
+
+  Args:
+    config: the full config (only `config.data` is read).
+    workdir: the run's working directory.
+    log: where progress lines go.
+    force: rebuild even when the manifest matches.
+
+  Returns:
+    The `Prepared` dataset.
+  """
+  cfg = DataConfig.from_config(config.data)
+  target = os.path.join(workdir, DATA_DIR)
+  key = manifest_key(cfg, source_files(cfg, log))
+  manifest_path = os.path.join(target, "manifest.json")
+  if not force and os.path.isfile(manifest_path):
+    with open(manifest_path) as f:
+      if json.load(f).get("key") == key:
+        log(f"reusing prepared data in {target}")
+        return load_prepared(target)
+  os.makedirs(workdir, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=".data-", dir=workdir)
+  try:
+    _build(cfg, key, staging, log)
+    if os.path.exists(target):
+      shutil.rmtree(target)
+    os.replace(staging, target)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  log(f"prepared data written to {target}")
+  return load_prepared(target)
+
+
+def _build(cfg: DataConfig, key: dict, out: str, log) -> None:
+  dataset = load_dataset(cfg, log)
+  if cfg.split == "given" and dataset.split is None:
+    raise ConfigError("data.split", f"'given' needs benchmark files {cfg.name}.train/valid/"
+                      "test.inter; this source has none (use 'ratio' or 'auto')")
+  if dataset.split is not None:
+    split = dataset.split
+  else:
+    split = ratio_split(dataset.users, ratios=cfg.split_ratios, order=cfg.split_order,
+                        seed=cfg.seed)
+
+  corpus = [dataset.content(i) for i in range(dataset.num_items + 1)]
+  if cfg.tokenizer:
+    tok = tokenizer_lib.load_tokenizer(cfg.tokenizer)
+    lowercase = cfg.lowercase
+  else:
+    log(f"training a {cfg.vocab_size}-piece tokenizer on {dataset.num_items} item texts")
+    tok = tokenizer_lib.train_tokenizer(corpus[1:], vocab_size=cfg.vocab_size,
+                                        lowercase=cfg.lowercase)
+    lowercase = False  # the trained tokenizer's normaliser lowercases
+  tokens, lengths = tokenizer_lib.encode_texts(tok, corpus, cfg.max_item_tokens, lowercase)
+  tok.save(os.path.join(out, "tokenizer.json"))
+
+  np.savez(
+      os.path.join(out, "arrays.npz"), users=dataset.users, items=dataset.items, split=split,
+      timestamps=(dataset.timestamps if dataset.timestamps is not None
+                  else np.full(dataset.num_interactions, np.nan)),
+      has_timestamps=np.array(dataset.timestamps is not None),
+      given_split=np.array(dataset.split is not None), user_ids=dataset.user_ids,
+      item_ids=dataset.item_ids, item_text=dataset.item_text, item_tokens=tokens,
+      item_token_len=lengths)
+  special = tokenizer_lib.special_ids(tok)
+  manifest = {
+      "key": key, "name": dataset.name, "text_fields": list(dataset.text_fields),
+      "pad_id": special["pad"], "eos_id": special["eos"], "vocab_size": tok.get_vocab_size(),
+      "report": dict(dataset.report),
+      "stats": statistics(dataset, split, lengths, cfg.max_item_tokens),
+  }
+  with open(os.path.join(out, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=1)
+
+
+def load_prepared(directory: str) -> Prepared:
+  """Loads a folder written by `prepare`."""
+  with open(os.path.join(directory, "manifest.json")) as f:
+    manifest = json.load(f)
+  with np.load(os.path.join(directory, "arrays.npz")) as z:
+    arrays = {k: z[k] for k in z.files}
+  dataset = Dataset(
+      name=manifest["name"], user_ids=arrays["user_ids"], item_ids=arrays["item_ids"],
+      users=arrays["users"], items=arrays["items"],
+      timestamps=arrays["timestamps"] if arrays["has_timestamps"] else None,
+      split=arrays["split"] if arrays["given_split"] else None,
+      text_fields=tuple(manifest["text_fields"]), item_text=arrays["item_text"],
+      report=manifest["report"])
+  return Prepared(dataset=dataset, split=arrays["split"], item_tokens=arrays["item_tokens"],
+                  item_token_len=arrays["item_token_len"], pad_id=manifest["pad_id"],
+                  eos_id=manifest["eos_id"], vocab_size=manifest["vocab_size"],
+                  directory=directory, manifest=manifest)
+
+
+def statistics(dataset: Dataset, split: np.ndarray, lengths: np.ndarray,
+               max_tokens: int) -> dict:
+  """Counts and percentiles shown by `--mode=stats` (and saved in the manifest)."""
+  per_user = np.bincount(dataset.users, minlength=dataset.num_users + 1)[1:]
+  train_per_user = np.bincount(dataset.users[split == TRAIN],
+                               minlength=dataset.num_users + 1)[1:]
+  item_len = lengths[1:]
+  pct = lambda a, q: float(np.percentile(a, q)) if len(a) else 0.0
+  return {
+      "users": dataset.num_users, "items": dataset.num_items,
+      "interactions": dataset.num_interactions,
+      "density": dataset.num_interactions / max(1, dataset.num_users * dataset.num_items),
+      "train": int((split == TRAIN).sum()), "valid": int((split == VALID).sum()),
+      "test": int((split == TEST).sum()),
+      "users_without_valid": int(dataset.num_users - len(np.unique(dataset.users[split == VALID]))),
+      "users_without_test": int(dataset.num_users - len(np.unique(dataset.users[split == TEST]))),
+      "interactions_per_user_p50": pct(per_user, 50), "interactions_per_user_max": int(
+          per_user.max(initial=0)),
+      "train_per_user_p50": pct(train_per_user, 50),
+      "tokens_per_item_p50": pct(item_len, 50), "tokens_per_item_p90": pct(item_len, 90),
+      "tokens_per_item_p99": pct(item_len, 99), "tokens_per_item_max": int(item_len.max(initial=0)),
+      "items_truncated": int((item_len > max_tokens).sum()),
+      "items_without_text": int((item_len == 0).sum()),
+  }
+
+
+def format_stats(prepared: Prepared) -> str:
+  """The statistics as an aligned two-column table."""
+  stats = prepared.manifest["stats"]
+  report = prepared.manifest["report"]
+  rows = [("dataset", prepared.dataset.name)]
+  for name, value in list(stats.items()) + [(f"[build] {k}", v) for k, v in report.items()]:
+    if isinstance(value, float):
+      value = f"{value:.3g}" if name == "density" else f"{value:.1f}"
+    elif isinstance(value, int):
+      value = f"{value:,}"
+    rows.append((name, str(value)))
+  rows.append(("vocab_size", f"{prepared.vocab_size:,}"))
+  width = max(len(n) for n, _ in rows)
+  vwidth = max(len(v) for _, v in rows)
+  lines = [f"{'statistic':<{width}}  {'value':>{vwidth}}", "-" * (width + vwidth + 2)]
+  lines += [f"{n:<{width}}  {v:>{vwidth}}" for n, v in rows]
+  return "\n".join(lines)
+

@@ -1,0 +1,23 @@
+"""Errors a user can cause, reported as one clear message (no JAX stack trace)."""
+
+
+class ColarecError(Exception):
+  """Base class of the errors `main` prints as a single line."""
+
+
+class DataError(ColarecError):
+  """An input file is missing or malformed; the message names file and line."""
+
+  def __init__(self, path, message, line=None):
+    where = f"{path}:{line}" if line is not None else f"{path}"
+    super().__init__(f"{where}: {message}")
+    self.path = str(path)
+    self.line = line
+
+
+class ConfigError(ColarecError):
+  """A config value is invalid; the message names the key and what was expected."""
+
+  def __init__(self, key, message):
+    super().__init__(f"config.{key}: {message}")
+    self.key = key

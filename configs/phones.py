@@ -1,0 +1,12 @@
+"""Amazon Cell Phones, the authors' own files and split (`$COLAREC_SHARED_DATA/phones`).
+
+Text: title, brand, categories (official content string). The shipped train/valid/test split is
+used as is; the 5 items that occur only in valid/test keep their text (cold_items='keep').
+"""
+
+from colarec_jax.config import atomic_dataset, base_config
+
+
+def get_config():
+  return atomic_dataset(base_config(), "phones", "title,brand,categories",
+                        time_field="timestamp")

@@ -1,0 +1,22 @@
+"""Shared fixtures: the shared datasets (../shared/data) and the repository root."""
+
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+  """`$COLAREC_SHARED_DATA`: skipped when unset, an error on CI (CI=true) when missing."""
+  path = os.environ.get("COLAREC_SHARED_DATA", "")
+  on_ci = os.environ.get("CI", "").lower() == "true"
+  if not path or not os.path.isdir(path):
+    message = (f"COLAREC_SHARED_DATA={path!r} is not a folder; point it at shared/data "
+               "(the RecBole files of phones, beauty, sports, ml-100k)")
+    if on_ci:
+      pytest.fail(message)
+    pytest.skip(message)
+  return os.path.abspath(path)
