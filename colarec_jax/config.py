@@ -18,6 +18,11 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults: the embedded MovieLens-100k dataset."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.num_devices = 0  # devices on the mesh's data axis (0 = all JAX sees)
+
+  # Which model `--mode=train` trains: lightgcn | mostpop (the collaborative baselines).
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "lightgcn"
 
   # Data: where interactions and item text come from, and how they are split and tokenised.
   data = config.data = ml_collections.ConfigDict()
@@ -44,6 +49,25 @@ def base_config() -> ml_collections.ConfigDict:
   data.vocab_size = 4000  # size of the trained tokenizer's vocabulary
   data.max_item_tokens = 30  # content tokens kept per item (official 30)
   data.lowercase = False
+
+  # LightGCN: the source of the item embeddings GIDs are built from, and a baseline.
+  cf = config.cf = ml_collections.ConfigDict()
+  cf.embedding_dim = 64
+  cf.num_layers = 3
+  cf.learning_rate = 1e-3  # Adam
+  cf.reg_weight = 1e-4  # L2 on the batch's layer-0 embeddings
+  cf.batch_size = 2048
+  cf.epochs = 300  # at most; early stopping usually ends sooner
+  cf.eval_every = 1  # validate every this many epochs
+  cf.patience = 10  # validations without improvement before stopping
+
+  # Evaluation: full ranking over all items, training items removed (SPEC section 6).
+  ev = config.eval = ml_collections.ConfigDict()
+  ev.ks = (5, 10, 20)
+  ev.metric = "ndcg@10"  # model selection and early stopping
+  ev.long_tail_fraction = 0.2  # long-tail users: this share with the fewest training interactions
+  ev.exclude_valid_at_test = True  # drop validation items from test rankings (official: False)
+  ev.batch_size = 1024  # users per scoring call
   return config
 
 

@@ -1,9 +1,10 @@
 """Command line: `python -m colarec_jax.main --config=configs/default.py --workdir=DIR [--mode=M]`.
 
-Flags only; the work is done by library functions. Modes:
+Flags only; the work is done by library functions (`colarec_jax.pipeline`). Modes:
   prepare  load, filter, split and tokenise the dataset into <workdir>/data (reused when unchanged)
   stats    print the statistics table of the prepared dataset (preparing it first if needed)
-  all      everything that exists so far (default): prepare, then stats
+  train    train and evaluate config.model.name (lightgcn | mostpop), print its metrics table
+  all      everything (default): prepare, stats, then MostPop and LightGCN in one metrics table
 """
 
 import sys
@@ -11,9 +12,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from colarec_jax import pipeline
 from colarec_jax.errors import ColarecError
 
-MODES = ("all", "prepare", "stats")
+MODES = ("all", "prepare", "stats", "train")
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                 lock_config=True)
@@ -23,20 +25,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def _run_mode(mode, config, workdir):
-  from colarec_jax.data import prepare as prepare_lib
-
-  prepared = prepare_lib.prepare(config, workdir)
-  if mode in ("stats", "all"):
-    print(prepare_lib.format_stats(prepared))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   try:
-    _run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+    pipeline.run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
   except ColarecError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

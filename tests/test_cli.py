@@ -16,10 +16,11 @@ def cli(*args, env=None, cwd=REPO):
                         capture_output=True, text=True, env=full_env, timeout=300)
 
 
-def test_default_mode_prepares_and_prints_stats(tmp_path):
-  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}")
+def test_default_mode_prepares_prints_stats_and_baselines(tmp_path):
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.cf.epochs=2")
   assert result.returncode == 0, result.stderr
   assert "prepared data written" in result.stdout
+  assert "test metrics" in result.stdout and "lightgcn long-tail" in result.stdout
   rows = dict(line.split(None, 1) for line in result.stdout.splitlines() if line[:1].isalpha())
   assert rows["users"].strip() == "48" and rows["interactions"].strip() == "395"
   assert os.path.isfile(tmp_path / "data" / "manifest.json")
@@ -33,7 +34,8 @@ def test_prepare_then_stats_reuses(tmp_path):
 
 def test_override_changes_preparation(tmp_path):
   result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}",
-               "--config.data.split_order=temporal", "--config.data.max_item_tokens=7")
+               "--mode=prepare", "--config.data.split_order=temporal",
+               "--config.data.max_item_tokens=7")
   assert result.returncode == 0, result.stderr
   assert '"max_item_tokens": 7' in (tmp_path / "data" / "manifest.json").read_text()
 
@@ -69,7 +71,7 @@ def test_bad_file_names_file_and_line(tmp_path):
 def test_default_config_on_embedded_dataset_offline(shared_data, tmp_path):
   cache = tmp_path / "cache" / "ml-100k"
   shutil.copytree(os.path.join(shared_data, "ml-100k"), cache)
-  result = cli("--config=configs/default.py", f"--workdir={tmp_path / 'w'}",
+  result = cli("--config=configs/default.py", f"--workdir={tmp_path / 'w'}", "--mode=stats",
                env={"COLAREC_CACHE": str(tmp_path / "cache"), "PIP_NO_INDEX": "1",
                     "PIP_CONFIG_FILE": os.devnull})
   assert result.returncode == 0, result.stderr
@@ -81,3 +83,12 @@ def test_console_script(tmp_path):
   result = subprocess.run(["colarec-jax", "--config=configs/tiny.py", f"--workdir={tmp_path}",
                            "--mode=prepare"], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
+
+
+def test_train_mode_runs_the_named_baseline(tmp_path):
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--mode=train",
+               "--config.model.name=mostpop")
+  assert result.returncode == 0, result.stderr
+  table = result.stdout.split("test metrics\n")[1].splitlines()
+  assert table[2].startswith("mostpop ") and table[3].startswith("mostpop long-tail")
+  assert "lightgcn" not in result.stdout

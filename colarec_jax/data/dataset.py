@@ -306,3 +306,39 @@ def _cold_mask(raw: RawInteractions, report: dict, *, cold_users: str,
     report[f"dropped_cold_{kind}_rows"] = int(cold.sum())
     keep &= ~cold
   return keep
+
+
+@dataclasses.dataclass(frozen=True)
+class Csr:
+  """Per-user item lists: items of user u are `items[indptr[u]:indptr[u + 1]]`.
+
+  Attributes:
+    indptr: [num_users + 2] int64 (row 0 is the padding user).
+    items: [nnz] int32 item ids.
+  """
+
+  indptr: np.ndarray
+  items: np.ndarray
+
+  @classmethod
+  def from_pairs(cls, users: np.ndarray, items: np.ndarray, num_users: int) -> "Csr":
+    order = np.argsort(users, kind="stable")
+    counts = np.bincount(users, minlength=num_users + 1)
+    return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+               items[order].astype(np.int32))
+
+  def row(self, user: int) -> np.ndarray:
+    return self.items[self.indptr[user]:self.indptr[user + 1]]
+
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.indptr)
+
+  def dense_mask(self, users: np.ndarray, num_items: int) -> np.ndarray:
+    """[len(users), num_items + 1] bool, True at each listed item (and at padding item 0)."""
+    mask = np.zeros((len(users), num_items + 1), bool)
+    mask[:, 0] = True
+    lengths = self.lengths()[users]
+    rows = np.repeat(np.arange(len(users)), lengths)
+    cols = np.concatenate([self.row(u) for u in users]) if len(users) else np.zeros(0, int)
+    mask[rows, cols] = True
+    return mask

@@ -18,7 +18,7 @@ import numpy as np
 
 from colarec_jax.data import tokenizer as tokenizer_lib
 from colarec_jax.data.config import DataConfig
-from colarec_jax.data.dataset import TEST, TRAIN, VALID, Dataset
+from colarec_jax.data.dataset import TEST, TRAIN, VALID, Csr, Dataset
 from colarec_jax.data.movielens import sha256
 from colarec_jax.data.sources import load_dataset, source_files
 from colarec_jax.data.split import ratio_split
@@ -58,6 +58,16 @@ class Prepared:
     """(users [m], items [m]) of one split part, each user's rows in time order."""
     mask = self.split == part
     return self.dataset.users[mask], self.dataset.items[mask]
+
+  def csr(self, *parts: int) -> Csr:
+    """Each user's items in the given split parts, in time order (part by part)."""
+    mask = np.isin(self.split, parts)
+    return Csr.from_pairs(self.dataset.users[mask], self.dataset.items[mask],
+                          self.dataset.num_users)
+
+  def users_with(self, part: int) -> np.ndarray:
+    """[m] sorted ids of the users that have rows in `part`."""
+    return np.unique(self.dataset.users[self.split == part])
 
   @property
   def tokenizer_path(self) -> str:

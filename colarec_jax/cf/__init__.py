@@ -1,0 +1,1 @@
+"""Collaborative filtering: LightGCN (item embeddings for GIDs, and a baseline) and MostPop."""

@@ -1,0 +1,261 @@
+"""Training and evaluating the collaborative baselines: LightGCN (BPR, early stopping) and MostPop.
+
+LightGCN's item (and user) embeddings are saved to `<workdir>/lightgcn/` for the GID builder,
+with a manifest of what produced them, so a rerun with the same data and config reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from colarec_jax import evaluate, sharding
+from colarec_jax.cf import lightgcn
+from colarec_jax.data.dataset import TEST, TRAIN, VALID
+from colarec_jax.data.prepare import Prepared
+from colarec_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """config.eval, checked."""
+
+  ks: tuple[int, ...]
+  metric: str
+  long_tail_fraction: float
+  exclude_valid_at_test: bool
+  batch_size: int
+
+  @classmethod
+  def from_config(cls, ev) -> "EvalConfig":
+    ks = tuple(int(k) for k in ev.ks)
+    names = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
+    if ev.metric not in names:
+      raise ConfigError("eval.metric", f"got {ev.metric!r}, expected one of {', '.join(names)}")
+    if not 0 < float(ev.long_tail_fraction) <= 1:
+      raise ConfigError("eval.long_tail_fraction", f"got {ev.long_tail_fraction}, expected (0, 1]")
+    return cls(ks, ev.metric, float(ev.long_tail_fraction), bool(ev.exclude_valid_at_test),
+               int(ev.batch_size))
+
+
+def evaluate_scores(score_fn, prepared: Prepared, part: int, ev: EvalConfig) -> evaluate.Report:
+  """Full-ranking metrics of a score-based model on VALID or TEST users."""
+  users = prepared.users_with(part)
+  seen = (TRAIN,) if part == VALID or not ev.exclude_valid_at_test else (TRAIN, VALID)
+  ranked = evaluate.top_k_items(score_fn, users, prepared.csr(*seen), prepared.dataset.num_items,
+                                max(ev.ks), ev.batch_size)
+  train_counts = np.bincount(prepared.rows(TRAIN)[0], minlength=prepared.dataset.num_users + 1)
+  return evaluate.evaluate_ranking(ranked, users, prepared.csr(part), train_counts, ev.ks,
+                                   ev.long_tail_fraction)
+
+
+@jax.jit
+def _dot_scores(user_emb, item_emb, users):
+  return user_emb[users] @ item_emb.T
+
+
+@jax.jit
+def _popularity_scores(counts, users):
+  return jnp.broadcast_to(counts, (users.shape[0], counts.shape[0]))
+
+
+def mostpop(prepared: Prepared, ev: EvalConfig) -> dict[str, evaluate.Report]:
+  """MostPop: every user gets the items with the most training interactions."""
+  counts = np.bincount(prepared.rows(TRAIN)[1], minlength=prepared.dataset.num_items + 1)
+  score_fn = functools.partial(_popularity_scores, jnp.asarray(counts, jnp.float32))
+  return {"valid": evaluate_scores(score_fn, prepared, VALID, ev),
+          "test": evaluate_scores(score_fn, prepared, TEST, ev)}
+
+
+class NegativeSampler:
+  """Uniform negatives among items the user has no training interaction with."""
+
+  def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int):
+    self.num_items = num_items
+    self.keys = np.unique(users.astype(np.int64) * (num_items + 1) + items)
+
+  def __call__(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    neg = rng.integers(1, self.num_items + 1, len(users))
+    bad = np.arange(len(users))
+    while len(bad):
+      keys = users[bad].astype(np.int64) * (self.num_items + 1) + neg[bad]
+      pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+      bad = bad[self.keys[pos] == keys]
+      neg[bad] = rng.integers(1, self.num_items + 1, len(bad))
+    return neg
+
+
+def epoch_batches(users: np.ndarray, items: np.ndarray, sampler: NegativeSampler,
+                  batch_size: int, rng: np.random.Generator):
+  """Shuffled (user, pos, neg) batches of a fixed size; the last is padded with mask 0."""
+  order = rng.permutation(len(users))
+  neg = sampler(users[order], rng)
+  for start in range(0, len(order), batch_size):
+    idx = order[start:start + batch_size]
+    n = len(idx)
+    pad = lambda a: np.concatenate([a, np.zeros(batch_size - n, a.dtype)]).astype(np.int32)
+    yield {"users": pad(users[idx]), "pos": pad(items[idx]), "neg": pad(neg[start:start + n]),
+           "mask": (np.arange(batch_size) < n).astype(np.float32)}
+
+
+@dataclasses.dataclass
+class CFResult:
+  """What a LightGCN run produced."""
+
+  valid: evaluate.Report
+  test: evaluate.Report
+  best_epoch: int
+  epochs_run: int
+  seconds_per_epoch: float
+  user_embeddings: np.ndarray  # [num_users + 1, d]
+  item_embeddings: np.ndarray  # [num_items + 1, d]
+
+
+def _cache_key(config, prepared: Prepared) -> dict:
+  return {"data": prepared.manifest["key"], "cf": json.loads(config.cf.to_json()),
+          "eval": json.loads(config.eval.to_json()), "seed": int(config.seed)}
+
+
+def train_lightgcn(config, prepared: Prepared, workdir: str, *, log=print,
+                   progress: bool = True) -> CFResult:
+  """Trains LightGCN with BPR and early stopping on validation `config.eval.metric`.
+
+  Reuses `<workdir>/lightgcn/` when it was produced from the same data and config.
+
+  Returns:
+    The best epoch's validation and test reports and embeddings.
+  """
+  out_dir = os.path.join(workdir, "lightgcn")
+  key = _cache_key(config, prepared)
+  cached = load_result(out_dir, key)
+  if cached is not None:
+    log(f"reusing LightGCN embeddings in {out_dir}")
+    return cached
+
+  cfg = lightgcn.LightGCNConfig.from_config(config.cf)
+  ev = EvalConfig.from_config(config.eval)
+  mesh = sharding.make_mesh(int(config.num_devices))
+  shards = sharding.num_shards(mesh)
+  if cfg.batch_size % shards:
+    raise ConfigError("cf.batch_size", f"got {cfg.batch_size}, expected a multiple of the "
+                      f"{shards} devices")
+  ds = prepared.dataset
+  train_users, train_items = prepared.rows(TRAIN)
+  graph = lightgcn.place_graph(
+      lightgcn.build_graph(train_users, train_items, ds.num_users, ds.num_items, shards), mesh)
+  optimizer = lightgcn.make_optimizer(cfg)
+  params = lightgcn.init_params(jax.random.key(int(config.seed)),
+                                ds.num_users + ds.num_items + 2, cfg.embedding_dim)
+  params = sharding.replicate(params, mesh)
+  opt_state = sharding.replicate(optimizer.init(params), mesh)
+  step = lightgcn.make_train_step(cfg, optimizer, ds.num_users, mesh)
+  sampler = NegativeSampler(train_users, train_items, ds.num_items)
+  writer = _summary_writer(os.path.join(workdir, "tensorboard", "lightgcn"))
+
+  def score_fn_of(p):
+    user_emb, item_emb = lightgcn.final_embeddings(p, graph, num_layers=cfg.num_layers,
+                                                   num_users=ds.num_users)
+    return functools.partial(_dot_scores, user_emb, item_emb)
+
+  best = (-np.inf, None, -1, None)  # metric, params on host, epoch, valid report
+  bad_evals, epoch_seconds, epoch = 0, [], -1
+  steps_per_epoch = -(-len(train_users) // cfg.batch_size)
+  for epoch in range(int(config.cf.epochs)):
+    rng = np.random.default_rng([int(config.seed), epoch])
+    start = time.perf_counter()
+    sums = {}
+    bar = tqdm.tqdm(epoch_batches(train_users, train_items, sampler, cfg.batch_size, rng),
+                    total=steps_per_epoch, desc=f"lightgcn epoch {epoch + 1}", leave=False,
+                    disable=None if progress else True)
+    for batch in bar:
+      params, opt_state, metrics = step(params, opt_state, graph,
+                                        sharding.shard_rows(batch, mesh))
+      for k, v in metrics.items():
+        sums[k] = sums.get(k, 0.0) + v
+    losses = {k: float(v) / steps_per_epoch for k, v in sums.items()}
+    epoch_seconds.append(time.perf_counter() - start)
+    if not np.isfinite(losses["loss"]):
+      raise ConfigError("cf.learning_rate", f"LightGCN loss became {losses['loss']} in epoch "
+                        f"{epoch + 1}; expected a finite loss, try a lower learning rate")
+    for k, v in losses.items():
+      writer.add_scalar(f"train/{k}", v, epoch + 1)
+    if (epoch + 1) % int(config.cf.eval_every):
+      continue
+    report = evaluate_scores(score_fn_of(params), prepared, VALID, ev)
+    value = report.overall[ev.metric]
+    for k, v in report.overall.items():
+      writer.add_scalar(f"valid/{k}", v, epoch + 1)
+    log(f"lightgcn epoch {epoch + 1}: loss {losses['loss']:.4f} valid {ev.metric} {value:.4f} "
+        f"({epoch_seconds[-1]:.1f} s)")
+    if value > best[0]:
+      best = (value, jax.device_get(params), epoch + 1, report)
+      bad_evals = 0
+    else:
+      bad_evals += 1
+      if bad_evals >= int(config.cf.patience):
+        break
+  writer.close()
+  if best[1] is None:
+    raise ConfigError("cf.epochs", "no validation ran; expected cf.epochs >= cf.eval_every")
+  best_params = sharding.replicate(best[1], mesh)
+  test = evaluate_scores(score_fn_of(best_params), prepared, TEST, ev)
+  user_emb, item_emb = jax.device_get(lightgcn.final_embeddings(
+      best_params, graph, num_layers=cfg.num_layers, num_users=ds.num_users))
+  result = CFResult(valid=best[3], test=test, best_epoch=best[2], epochs_run=epoch + 1,
+                    seconds_per_epoch=float(np.mean(epoch_seconds[1:] or epoch_seconds)),
+                    user_embeddings=np.asarray(user_emb), item_embeddings=np.asarray(item_emb))
+  save_result(out_dir, key, result)
+  return result
+
+
+def _summary_writer(path: str):
+  from tensorboardX import SummaryWriter
+  return SummaryWriter(path)
+
+
+def save_result(out_dir: str, key: dict, result: CFResult) -> None:
+  """Writes embeddings and a manifest through a temp folder, then renames into place."""
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=".lightgcn-", dir=parent)
+  try:
+    np.savez(os.path.join(staging, "embeddings.npz"), users=result.user_embeddings,
+             items=result.item_embeddings)
+    summary = {k: v for k, v in dataclasses.asdict(result).items()
+               if k not in ("user_embeddings", "item_embeddings")}
+    with open(os.path.join(staging, "manifest.json"), "w") as f:
+      json.dump({"key": key, "result": summary}, f, indent=1)
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_result(out_dir: str, key: dict) -> CFResult | None:
+  """The saved result when its manifest key equals `key`, else None."""
+  path = os.path.join(out_dir, "manifest.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    manifest = json.load(f)
+  if manifest["key"] != key:
+    return None
+  summary = manifest["result"]
+  with np.load(os.path.join(out_dir, "embeddings.npz")) as z:
+    users, items = z["users"], z["items"]
+  report = lambda d: evaluate.Report(**d)
+  return CFResult(valid=report(summary["valid"]), test=report(summary["test"]),
+                  best_epoch=summary["best_epoch"], epochs_run=summary["epochs_run"],
+                  seconds_per_epoch=summary["seconds_per_epoch"], user_embeddings=users,
+                  item_embeddings=items)

@@ -1,0 +1,148 @@
+"""Full-ranking evaluation shared by every model: Recall@N, NDCG@N, long-tail breakdown (SPEC §6).
+
+Models hand in either a score function (batched top-k on device, excluded items masked) or ranked
+item lists; metrics use binary relevance against each user's whole held-out set, with NDCG's ideal
+DCG over min(|held-out|, N) hits, averaged over users that have held-out items.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from colarec_jax.data.dataset import Csr
+
+
+def ranking_metrics(ranked: np.ndarray, heldout: Sequence[np.ndarray],
+                    ks: Sequence[int] = (5, 10, 20)) -> dict[str, np.ndarray]:
+  """Per-user Recall@N and NDCG@N.
+
+  Args:
+    ranked: [users, >= max(ks)] item ids, best first (0 = no item).
+    heldout: per user, the held-out item ids (non-empty).
+    ks: cut-offs.
+
+  Returns:
+    {'recall@N': [users], 'ndcg@N': [users]} for each N.
+  """
+  k_max = max(ks)
+  hits = np.zeros((len(ranked), k_max), bool)
+  sizes = np.zeros(len(ranked))
+  for n, (row, truth) in enumerate(zip(ranked, heldout)):
+    hits[n] = np.isin(row[:k_max], truth) & (row[:k_max] > 0)
+    sizes[n] = len(truth)
+  discounts = 1.0 / np.log2(np.arange(2, k_max + 2))
+  out = {}
+  for k in ks:
+    dcg = (hits[:, :k] * discounts[:k]).sum(1)
+    ideal = np.cumsum(discounts[:k])[np.minimum(sizes, k).astype(int) - 1]
+    out[f"recall@{k}"] = hits[:, :k].sum(1) / sizes
+    out[f"ndcg@{k}"] = dcg / ideal
+  return out
+
+
+def long_tail_users(train_counts: np.ndarray, users: np.ndarray,
+                    fraction: float = 0.2) -> tuple[np.ndarray, int]:
+  """The users with the fewest training interactions.
+
+  Args:
+    train_counts: [num_users + 1] training interactions per user.
+    users: the evaluated users.
+    fraction: share of evaluated users to call long-tail.
+
+  Returns:
+    (mask over `users`, threshold): a user is long-tail when its count is <= threshold, the count
+    of the user at the `fraction` quantile (ties included, so the group can exceed the fraction).
+  """
+  counts = np.sort(train_counts[users])
+  threshold = int(counts[max(0, int(np.ceil(fraction * len(counts))) - 1)]) if len(counts) else 0
+  return train_counts[users] <= threshold, threshold
+
+
+def top_k_items(score_fn: Callable[[np.ndarray], jax.Array], users: np.ndarray, exclude: Csr,
+                num_items: int, k: int, batch_size: int = 1024) -> np.ndarray:
+  """Top-k items per user by score, excluded items (and padding item 0) never returned.
+
+  Args:
+    score_fn: [batch] user ids -> [batch, num_items + 1] scores (a jitted function; the last
+      batch is padded to `batch_size` so it compiles once).
+    users: [n] user ids.
+    exclude: items to drop per user (e.g. training items).
+    num_items: number of items.
+    k: list length.
+    batch_size: users per device call.
+
+  Returns:
+    [n, k] int32 item ids, best first.
+  """
+  out = np.zeros((len(users), k), np.int32)
+  for start in range(0, len(users), batch_size):
+    batch = users[start:start + batch_size]
+    padded = np.zeros(batch_size, users.dtype)
+    padded[:len(batch)] = batch
+    mask = np.zeros((batch_size, num_items + 1), bool)
+    mask[:len(batch)] = exclude.dense_mask(batch, num_items)
+    items = _top_k(score_fn(padded), jnp.asarray(mask), k)
+    out[start:start + len(batch)] = np.asarray(items)[:len(batch)]
+  return out
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def _top_k(scores: jax.Array, mask: jax.Array, k: int) -> jax.Array:
+  return jax.lax.top_k(jnp.where(mask, -jnp.inf, scores), k)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  """Averaged metrics overall and on long-tail users.
+
+  Attributes:
+    overall: metric name -> mean over evaluated users.
+    long_tail: metric name -> mean over long-tail users.
+    num_users: evaluated users.
+    num_long_tail: long-tail users.
+    long_tail_threshold: max training interactions of a long-tail user.
+  """
+
+  overall: dict[str, float]
+  long_tail: dict[str, float]
+  num_users: int
+  num_long_tail: int
+  long_tail_threshold: int
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def evaluate_ranking(ranked: np.ndarray, users: np.ndarray, heldout: Csr,
+                     train_counts: np.ndarray, ks: Sequence[int] = (5, 10, 20),
+                     long_tail_fraction: float = 0.2) -> Report:
+  """Metrics of ranked lists for `users` (all must have held-out items)."""
+  per_user = ranking_metrics(ranked, [heldout.row(u) for u in users], ks)
+  tail, threshold = long_tail_users(train_counts, users, long_tail_fraction)
+  mean = lambda mask: {k: float(v[mask].mean()) if mask.any() else 0.0
+                       for k, v in per_user.items()}
+  return Report(mean(np.ones(len(users), bool)), mean(tail), len(users), int(tail.sum()),
+                threshold)
+
+
+def format_table(rows: dict[str, Report], ks: Sequence[int] = (5, 10, 20)) -> str:
+  """One table: a row per model, Recall/NDCG@N overall and on long-tail users."""
+  names = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
+  header = f"{'model':<20} {'users':>6} " + " ".join(f"{n:>9}" for n in names)
+  lines = [header, "-" * len(header)]
+  for model, report in rows.items():
+    for label, values, count in (("", report.overall, report.num_users),
+                                 (" long-tail", report.long_tail, report.num_long_tail)):
+      lines.append(f"{(model + label):<20} {count:>6} " +
+                   " ".join(f"{values[n]:>9.4f}" for n in names))
+  if rows:
+    first = next(iter(rows.values()))
+    lines.append(f"long-tail: users with <= {first.long_tail_threshold} training interactions "
+                 f"({first.num_long_tail} of {first.num_users})")
+  return "\n".join(lines)
