@@ -61,6 +61,17 @@ def base_config() -> ml_collections.ConfigDict:
   cf.eval_every = 1  # validate every this many epochs
   cf.patience = 10  # validations without improvement before stopping
 
+  # GIDs: hierarchical balanced clustering (SPEC section 3).
+  gid = config.gid = ml_collections.ConfigDict()
+  gid.source = "lightgcn"  # lightgcn | content (TF-IDF + SVD of item text) | random | file
+  gid.branching = 32  # K: clusters per node, codes 1..K (official 32)
+  gid.depth = 3  # l: codes per item (official 3); K^l must be >= the number of items
+  gid.n_init = 10  # k-means seeds per clustering, best kept (official 10)
+  gid.max_iters = 100  # Lloyd iterations at most
+  gid.seed = 0
+  gid.file_column = "colarec_gid"  # source=file: token_seq column of <data.dir>/<name>.item
+  gid.content_dim = 64  # source=content: SVD dimensions
+
   # Evaluation: full ranking over all items, training items removed (SPEC section 6).
   ev = config.eval = ml_collections.ConfigDict()
   ev.ks = (5, 10, 20)

@@ -3,8 +3,9 @@
 Flags only; the work is done by library functions (`colarec_jax.pipeline`). Modes:
   prepare  load, filter, split and tokenise the dataset into <workdir>/data (reused when unchanged)
   stats    print the statistics table of the prepared dataset (preparing it first if needed)
+  gid      build (or reuse) the GIDs of config.gid.source and print the tree summary
   train    train and evaluate config.model.name (lightgcn | mostpop), print its metrics table
-  all      everything (default): prepare, stats, then MostPop and LightGCN in one metrics table
+  all      everything (default): prepare, stats, GIDs, then MostPop and LightGCN in one table
 """
 
 import sys
@@ -15,7 +16,7 @@ from ml_collections import config_flags
 from colarec_jax import pipeline
 from colarec_jax.errors import ColarecError
 
-MODES = ("all", "prepare", "stats", "train")
+MODES = ("all", "prepare", "stats", "gid", "train")
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                 lock_config=True)

@@ -9,6 +9,7 @@ from colarec_jax import evaluate
 from colarec_jax.cf import train as cf_train
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.errors import ConfigError
+from colarec_jax.gid import sources as gid_sources
 
 MODELS = ("lightgcn", "mostpop")
 
@@ -38,11 +39,20 @@ def report(results: dict[str, dict], workdir: str, ks) -> str:
       {name: parts["test"] for name, parts in results.items()}, ks)
 
 
+def build_gids(config, prepared, workdir: str, *, log=print):
+  """The GID table of config.gid (LightGCN is trained, or reused, when the source needs it)."""
+  def lightgcn_items():
+    return cf_train.train_lightgcn(config, prepared, workdir, log=log).item_embeddings
+  return gid_sources.build_gid_table(config, prepared, workdir, lightgcn_items, log=log)
+
+
 def run(mode: str, config, workdir: str, *, log=print) -> None:
-  """Runs one CLI mode: prepare | stats | train | all (prepare, stats, every baseline)."""
+  """Runs one CLI mode: prepare | stats | gid | train | all (prepare, stats, GIDs, baselines)."""
   prepared = prepare_lib.prepare(config, workdir, log=log)
   if mode in ("stats", "all"):
     log(prepare_lib.format_stats(prepared))
+  if mode in ("gid", "all"):
+    build_gids(config, prepared, workdir, log=log)
   if mode in ("train", "all"):
     names = MODELS[::-1] if mode == "all" else (config.model.name,)
     results = train_models(config, workdir, names, log=log)

@@ -1,0 +1,1 @@
+"""GIDs: compiled balanced k-means, the hierarchical builder, the GID table and its sources."""

@@ -1,0 +1,253 @@
+"""Where GIDs come from (config.gid.source), the cached GID stage, and its report.
+
+  lightgcn  hierarchical balanced k-means on LightGCN item embeddings (the paper's method)
+  content   the same clustering on item-text embeddings: TF-IDF over content words, truncated SVD
+  random    a balanced random tree (ablation)
+  file      codes read from a column of the dataset's item file, e.g. phones' `colarec_gid`
+            (the authors' own GIDs), for like-for-like comparisons
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+
+from colarec_jax.data import atomic
+from colarec_jax.data.prepare import Prepared
+from colarec_jax.errors import ConfigError, DataError
+from colarec_jax.gid import builder
+from colarec_jax.gid.table import GidTable
+
+SOURCES = ("lightgcn", "content", "random", "file")
+
+
+@dataclasses.dataclass(frozen=True)
+class GidConfig:
+  """config.gid, checked."""
+
+  source: str
+  branching: int
+  depth: int
+  n_init: int
+  max_iters: int
+  seed: int
+  file_column: str
+  content_dim: int
+
+  @classmethod
+  def from_config(cls, gid) -> "GidConfig":
+    if gid.source not in SOURCES:
+      raise ConfigError("gid.source", f"got {gid.source!r}, expected one of "
+                        f"{', '.join(map(repr, SOURCES))}")
+    for key in ("n_init", "max_iters", "content_dim"):
+      if int(gid[key]) < 1:
+        raise ConfigError(f"gid.{key}", f"got {gid[key]}, expected >= 1")
+    return cls(gid.source, int(gid.branching), int(gid.depth), int(gid.n_init),
+               int(gid.max_iters), int(gid.seed), str(gid.file_column), int(gid.content_dim))
+
+
+def content_embeddings(texts: list[str], dim: int, seed: int = 0) -> np.ndarray:
+  """TF-IDF over lowercased whitespace words, reduced by a randomized truncated SVD (Halko et
+  al.: an oversampled random range, power iterations, then an exact SVD of the small projection).
+
+  Args:
+    texts: [n] content strings.
+    dim: output dimension (capped by the vocabulary and n).
+    seed: seed of the random projection.
+
+  Returns:
+    [n, dim'] float32 embeddings (rows scaled by the singular values, as in LSA).
+  """
+  vocab: dict[str, int] = {}
+  rows, cols = [], []
+  for n, text in enumerate(texts):
+    for word in text.lower().split():
+      rows.append(n)
+      cols.append(vocab.setdefault(word, len(vocab)))
+  rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+  # Term counts per (row, word), then tf-idf with smoothed idf and l2-normalised rows.
+  pair, counts = np.unique(rows * max(1, len(vocab)) + cols, return_counts=True)
+  r, c = pair // max(1, len(vocab)), pair % max(1, len(vocab))
+  df = np.bincount(c, minlength=len(vocab))
+  values = counts * (np.log((1 + len(texts)) / (1 + df[c])) + 1)
+  norms = np.sqrt(np.bincount(r, weights=values ** 2, minlength=len(texts)))
+  values = values / np.maximum(norms[r], 1e-12)
+  dim = max(1, min(dim, len(vocab), len(texts)))
+
+  by_col = np.argsort(c, kind="stable")
+
+  def segment_sum(segments, contributions, size):  # rows of `contributions` summed by segment
+    out = np.zeros((size, contributions.shape[1]))
+    present, starts = np.unique(segments, return_index=True)
+    if len(present):
+      out[present] = np.add.reduceat(contributions, starts, axis=0)
+    return out
+
+  def matmul(dense):  # X @ dense, X sparse [n, V] (pairs are sorted by row)
+    return segment_sum(r, values[:, None] * dense[c], len(texts))
+
+  def rmatmul(dense):  # X.T @ dense
+    return segment_sum(c[by_col], (values[:, None] * dense[r])[by_col], len(vocab))
+
+  rng = np.random.default_rng(seed)
+  width = min(2 * dim + 16, len(vocab), len(texts))  # oversampled range finder
+  q = np.linalg.qr(matmul(rng.normal(size=(len(vocab), width))))[0]
+  for _ in range(4):  # power iterations sharpen the spectrum
+    q = np.linalg.qr(matmul(rmatmul(q)))[0]
+  # X ~ Q B with B = Q^T X = (X^T Q)^T; the SVD of the small B gives X's leading factors.
+  u, s, _ = np.linalg.svd(rmatmul(q).T, full_matrices=False)
+  return ((q @ u[:, :dim]) * s[:dim]).astype(np.float32)
+
+
+def file_codes(prepared: Prepared, data_dir: str, column: str, branching: int,
+               depth: int) -> np.ndarray:
+  """Codes from a `token_seq` column of `<data.dir>/<name>.item`, in our item order.
+
+  Raises:
+    DataError: naming the file and line of an item without codes or with the wrong number.
+  """
+  path = os.path.join(data_dir, f"{prepared.dataset.name}.item")
+  table = atomic.read_atomic(path)
+  col = table.index(column, "GID")
+  id_col = table.names.index("item_id") if "item_id" in table.names else 0
+  by_item = {row[id_col]: (row[col], line) for row, line in zip(table.rows, table.lines)}
+  codes = np.zeros((prepared.dataset.num_items, depth), np.int32)
+  for n, item in enumerate(prepared.dataset.item_ids[1:].tolist()):
+    value, line = by_item.get(item, ("", 1))
+    parts = value.split()
+    if len(parts) != depth or not all(p.isdigit() for p in parts):
+      raise DataError(path, f"item {item!r} has GID {value!r} in column {column!r}; expected "
+                      f"{depth} codes in 1..{branching} (config.gid.depth)", line)
+    codes[n] = [int(p) for p in parts]
+  return codes
+
+
+def _embeddings(gc: GidConfig, prepared: Prepared, lightgcn_items) -> np.ndarray | None:
+  ds = prepared.dataset
+  if gc.source == "lightgcn":
+    return np.asarray(lightgcn_items())[1:]
+  if gc.source == "content":
+    return content_embeddings([ds.content(i) for i in range(1, ds.num_items + 1)],
+                              gc.content_dim, gc.seed)
+  return None
+
+
+def build_gid_table(config, prepared: Prepared, workdir: str, lightgcn_items, *,
+                    log=print) -> GidTable:
+  """The GID table of `config.gid`, built or reused from `<workdir>/gid/`.
+
+  Args:
+    config: the full config.
+    prepared: the prepared dataset.
+    workdir: the run's folder.
+    lightgcn_items: callable returning LightGCN item embeddings [num_items + 1, d] (called only
+      for source 'lightgcn'; it trains or reuses LightGCN).
+    log: where the summary line goes.
+  """
+  gc = GidConfig.from_config(config.gid)
+  builder.check_capacity(prepared.dataset.num_items, gc.branching, gc.depth)
+  out_dir = os.path.join(workdir, "gid")
+  key = {"data": prepared.manifest["key"], "gid": dataclasses.asdict(gc)}
+  if gc.source == "lightgcn":
+    key["cf"] = json.loads(config.cf.to_json())
+    key["seed"] = int(config.seed)
+  manifest_path = os.path.join(out_dir, "manifest.json")
+  if os.path.isfile(manifest_path):
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+    if manifest["key"] == key:
+      log(f"reusing GIDs in {out_dir}")
+      log(manifest["summary"])
+      return GidTable.load(os.path.join(out_dir, "gids.npz"))
+
+  embeddings = _embeddings(gc, prepared, lightgcn_items)
+  if embeddings is not None:
+    codes, levels = builder.hierarchical_codes(
+        embeddings, branching=gc.branching, depth=gc.depth, key=jax.random.key(gc.seed),
+        n_init=gc.n_init, max_iters=gc.max_iters)
+  elif gc.source == "random":
+    codes = builder.random_codes(prepared.dataset.num_items, branching=gc.branching,
+                                 depth=gc.depth, seed=gc.seed)
+  else:
+    codes = file_codes(prepared, config.data.dir, gc.file_column, gc.branching, gc.depth)
+  table = GidTable.from_codes(codes, gc.branching, source=f"gid.source={gc.source}")
+  report = tree_report(table, embeddings, gc.source)
+  summary = summary_line(report)
+  log(summary)
+
+  os.makedirs(workdir, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=".gid-", dir=workdir)
+  try:
+    table.save(os.path.join(staging, "gids.npz"))
+    plot_balance(report, os.path.join(staging, "tree_balance.png"))
+    with open(os.path.join(staging, "manifest.json"), "w") as f:
+      json.dump({"key": key, "summary": summary, "report": report}, f, indent=1)
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return table
+
+
+def tree_report(table: GidTable, embeddings: np.ndarray | None, source: str) -> dict:
+  """Per level: cluster sizes (histogram), within-cluster squared error; leaf fill."""
+  codes = table.codes[1:]
+  levels = []
+  for level in range(1, table.depth):
+    prefix = np.unique(codes[:, :level], axis=0, return_counts=True)[1]
+    levels.append({
+        "level": level, "clusters": int(len(prefix)), "min_size": int(prefix.min()),
+        "max_size": int(prefix.max()), "mean_size": float(prefix.mean()),
+        "capacity": table.branching ** (table.depth - level),
+        "size_histogram": np.bincount(prefix).tolist(),
+        "squared_error": (None if embeddings is None
+                          else builder.within_cluster_error(embeddings, codes, level)),
+    })
+  leaves = levels[-1]
+  return {"source": source, "items": table.num_items, "branching": table.branching,
+          "depth": table.depth, "levels": levels,
+          "leaf_fill": leaves["mean_size"] / table.branching}
+
+
+def summary_line(report: dict) -> str:
+  parts = [f"GIDs ({report['source']}, K={report['branching']}, l={report['depth']}): "
+           f"{report['items']} items"]
+  for level in report["levels"]:
+    error = ("" if level["squared_error"] is None
+             else f", squared error {level['squared_error']:.4g}")
+    parts.append(f"level {level['level']}: {level['clusters']} clusters of "
+                 f"{level['min_size']}-{level['max_size']} items (cap {level['capacity']})"
+                 f"{error}")
+  parts.append(f"leaf fill {100 * report['leaf_fill']:.0f}%")
+  return "; ".join(parts)
+
+
+def plot_balance(report: dict, path: str) -> None:
+  """One histogram of cluster sizes per level, as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  levels = report["levels"]
+  fig, axes = plt.subplots(1, len(levels), figsize=(4.5 * len(levels), 3.2), squeeze=False)
+  for ax, level in zip(axes[0], levels):
+    hist = np.asarray(level["size_histogram"])
+    sizes = np.flatnonzero(hist)
+    ax.bar(sizes, hist[sizes], width=max(1, (sizes.max() - sizes.min()) / 40 if len(sizes) else 1))
+    ax.axvline(level["capacity"], color="red", linestyle="--", label="capacity")
+    ax.set_title(f"level {level['level']}: {level['clusters']} clusters")
+    ax.set_xlabel("items per cluster")
+    ax.set_ylabel("clusters")
+    ax.legend()
+  fig.suptitle(f"GID tree balance ({report['source']}, K={report['branching']}, "
+               f"l={report['depth']}, {report['items']} items)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)

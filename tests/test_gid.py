@@ -1,0 +1,110 @@
+"""Hierarchical GIDs and the GID table, checked against brute force over random shapes."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from colarec_jax.errors import ConfigError, DataError
+from colarec_jax.gid import builder
+from colarec_jax.gid.table import GidTable
+
+# (items, K, l): single item, exactly full (4 = 2^2, 64 = 4^3), ragged, deep, paper-sized K.
+SHAPES = [(1, 2, 2), (4, 2, 2), (37, 4, 3), (64, 4, 3), (20, 2, 5), (2000, 32, 3)]
+
+
+def check_tree(codes, branching, depth):
+  n = len(codes)
+  assert codes.shape == (n, depth) and codes.dtype == np.int32
+  assert codes.min() >= 1 and codes.max() <= branching
+  assert len({tuple(c) for c in codes.tolist()}) == n  # unique
+  for level in range(1, depth):
+    _, sizes = np.unique(codes[:, :level], axis=0, return_counts=True)
+    assert sizes.max() <= branching ** (depth - level), level
+
+
+@pytest.mark.parametrize("n,branching,depth", SHAPES)
+def test_hierarchical_codes_properties(n, branching, depth):
+  x = np.random.default_rng(n).normal(size=(n, 8)).astype(np.float32)
+  codes, levels = builder.hierarchical_codes(x, branching=branching, depth=depth,
+                                             key=jax.random.key(1), n_init=2, max_iters=20)
+  check_tree(codes, branching, depth)
+  again, _ = builder.hierarchical_codes(x, branching=branching, depth=depth,
+                                        key=jax.random.key(1), n_init=2, max_iters=20)
+  np.testing.assert_array_equal(codes, again)
+  for report in levels[:-1]:
+    assert sum(report.sizes) == n
+    assert report.error == pytest.approx(builder.within_cluster_error(x, codes, report.level),
+                                         rel=1e-3, abs=1e-3)
+
+
+@pytest.mark.parametrize("n,branching,depth", SHAPES)
+def test_random_codes_are_a_balanced_tree(n, branching, depth):
+  codes = builder.random_codes(n, branching=branching, depth=depth, seed=0)
+  check_tree(codes, branching, depth)
+  sizes = np.unique(codes[:, 0], return_counts=True)[1]
+  assert sizes.max() - sizes.min() <= 1
+
+
+def test_similar_items_share_prefixes():
+  rng = np.random.default_rng(0)
+  centers = rng.normal(scale=20, size=(4, 6))
+  x = np.concatenate([c + rng.normal(size=(16, 6)) for c in centers]).astype(np.float32)
+  codes, _ = builder.hierarchical_codes(x, branching=4, depth=3, key=jax.random.key(0), n_init=3)
+  for group in range(4):
+    assert len(set(codes[group * 16:(group + 1) * 16, 0].tolist())) == 1
+
+
+def test_capacity_errors_name_the_key():
+  with pytest.raises(ConfigError, match=r"config\.gid\.branching: K\^l = 4\^2 = 16 codes cannot "
+                     "hold 17 items"):
+    builder.check_capacity(17, 4, 2)
+  with pytest.raises(ConfigError, match=r"config\.gid\.depth: got 1"):
+    builder.check_capacity(3, 4, 1)
+  with pytest.raises(ConfigError, match=r"config\.gid\.branching: got 1"):
+    builder.check_capacity(3, 1, 3)
+
+
+def brute_next(codes, prefix, branching):
+  mask = np.zeros(branching + 1, bool)
+  for gid in codes.tolist():
+    if tuple(gid[:len(prefix)]) == tuple(prefix) and len(prefix) < len(gid):
+      mask[gid[len(prefix)]] = True
+  return mask
+
+
+@pytest.mark.parametrize("n,branching,depth", [(30, 3, 4), (60, 4, 3), (9, 3, 2)])
+def test_table_masks_lookup_and_siblings_match_brute_force(n, branching, depth):
+  codes = builder.random_codes(n, branching=branching, depth=depth, seed=n)
+  table = GidTable.from_codes(codes, branching)
+  for item in range(1, n + 1):
+    assert table.item_of(table.codes[item]) == item
+  for length in range(depth):
+    for prefix in itertools.product(range(1, branching + 1), repeat=length):
+      np.testing.assert_array_equal(table.valid_next(prefix), brute_next(codes, prefix, branching))
+  full = set(map(tuple, codes.tolist()))
+  for gid in itertools.product(range(1, branching + 1), repeat=depth):
+    assert (table.item_of(gid) > 0) == (gid in full)
+  siblings = table.siblings()
+  for item in range(1, n + 1):
+    expected = [j + 1 for j in range(n) if (codes[j, :-1] == codes[item - 1, :-1]).all()]
+    assert sorted(siblings.row(item).tolist()) == expected
+  assert table.item_of([0] * depth) == 0 and table.item_of([branching + 1] * depth) == 0
+
+
+def test_table_save_load_and_bad_codes(tmp_path):
+  codes = builder.random_codes(20, branching=3, depth=3, seed=0)
+  table = GidTable.from_codes(codes, 3)
+  table.save(str(tmp_path / "g.npz"))
+  loaded = GidTable.load(str(tmp_path / "g.npz"))
+  np.testing.assert_array_equal(loaded.codes, table.codes)
+  np.testing.assert_array_equal(loaded.children, table.children)
+  dup = codes.copy()
+  dup[5] = dup[2]
+  with pytest.raises(DataError, match=r"src: items 3 and 6 share the GID"):
+    GidTable.from_codes(dup, 3, source="src")
+  bad = codes.copy()
+  bad[4, 1] = 7
+  with pytest.raises(DataError, match=r"src: item 5 has GID \[.*\]; expected codes in 1\.\.3"):
+    GidTable.from_codes(bad, 3, source="src")
