@@ -20,9 +20,40 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.num_devices = 0  # devices on the mesh's data axis (0 = all JAX sees)
 
-  # Which model `--mode=train` trains: lightgcn | mostpop (the collaborative baselines).
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "lightgcn"
+  # The model: `--mode=train` trains config.model.name; the sizes shape ColaRec's encoder-decoder
+  # (defaults are small for CPU; configs for the paper's datasets use t5-small's 512/2048/8/6+6).
+  model = config.model = ml_collections.ConfigDict()
+  model.name = "lightgcn"  # lightgcn | mostpop (the collaborative baselines)
+  model.d_model = 128
+  model.d_ff = 512
+  model.num_heads = 4
+  model.num_encoder_layers = 2
+  model.num_decoder_layers = 2
+  model.dropout_rate = 0.1
+  model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+  # ColaRec inputs (SPEC section 4).
+  inputs = config.inputs = ml_collections.ConfigDict()
+  inputs.max_history = 10  # training: other training items sampled per user (official 10)
+  inputs.eval_history = 20  # evaluation: most recent training items, newest first (official 20)
+  inputs.max_item_tokens = 30  # content tokens per item (official 30; capped by data's)
+  inputs.max_length = 256  # recommendation input length (official 256)
+  inputs.index_users = 1  # user-ID slots on an indexing input (official 1)
+  inputs.uad_on_item_inputs = True  # paper; False = official code (uad only on the i+ input)
+
+  # Optimisation (official: AdamW, lr 5e-4, weight decay 0.01, constant, clip 1.0, batch 128).
+  optim = config.optim = ml_collections.ConfigDict()
+  optim.learning_rate = 5e-4
+  optim.weight_decay = 0.01
+  optim.schedule = "constant"  # constant | warmup_cosine
+  optim.warmup_steps = 0
+  optim.grad_clip = 1.0
+  optim.batch_size = 128
+
+  # Loss weights: lambda_gen (L_rec + L_index) + L_bpr + lambda_c L_c (official 0.08, 0.1).
+  loss = config.loss = ml_collections.ConfigDict()
+  loss.lambda_gen = 0.08
+  loss.lambda_c = 0.1
 
   # Data: where interactions and item text come from, and how they are split and tokenised.
   data = config.data = ml_collections.ConfigDict()

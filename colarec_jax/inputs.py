@@ -1,0 +1,190 @@
+"""Host-side input pipeline for ColaRec (NumPy): encoder inputs, sampled negatives and positives.
+
+Layout of one encoder input (length fixed by the config, padded with 0 and masked):
+  recommendation  [task_rec] [iad_j, content_j ...] for each history item j ... [EOS]
+  indexing        [task_index] [iad_i, content_i ...] [uad_u] for up to `index_users` users ... [EOS]
+Position 0 carries the task embedding, an iad slot the item's atomic embedding, a uad slot the
+user's. Histories that do not fit the length budget lose their last items. All randomness comes
+from the `numpy.random.Generator` passed in, seeded per epoch by the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from colarec_jax.data.dataset import TRAIN, Csr
+from colarec_jax.data.prepare import Prepared
+from colarec_jax.errors import ConfigError
+from colarec_jax.gid.table import GidTable
+from colarec_jax.model.colarec import TASK_INDEX, TASK_REC
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+  """Input shapes and sampling (config.inputs)."""
+
+  max_history: int = 10  # training: other training items sampled per user (official 10)
+  eval_history: int = 20  # evaluation: most recent training items, newest first (official 20)
+  max_item_tokens: int = 30  # content tokens per item (official 30)
+  max_length: int = 256  # recommendation input length (official 256)
+  index_users: int = 1  # user-ID slots on an indexing input (official samples 1)
+  uad_on_item_inputs: bool = True  # paper; False = official code (uad only on the i+ input)
+
+  @classmethod
+  def from_config(cls, cfg, data_max_tokens: int) -> "InputConfig":
+    out = cls(int(cfg.max_history), int(cfg.eval_history),
+              min(int(cfg.max_item_tokens), data_max_tokens), int(cfg.max_length),
+              int(cfg.index_users), bool(cfg.uad_on_item_inputs))
+    if out.max_length < out.max_item_tokens + 3:
+      raise ConfigError("inputs.max_length", f"got {out.max_length}, expected room for one item "
+                        f"(>= max_item_tokens + 3 = {out.max_item_tokens + 3})")
+    return out
+
+  @property
+  def index_length(self) -> int:
+    return 1 + 1 + self.max_item_tokens + self.index_users + 1
+
+
+class InputBuilder:
+  """Builds fixed-shape encoder inputs and training batches from a prepared dataset and GIDs."""
+
+  def __init__(self, prepared: Prepared, gids: GidTable, cfg: InputConfig):
+    self.cfg = cfg
+    self.gids = gids
+    ds = prepared.dataset
+    self.num_items = ds.num_items
+    self.eos = prepared.eos_id
+    self.train = prepared.csr(TRAIN)  # each user's training items in time order
+    users, items = prepared.rows(TRAIN)
+    self.item_users = Csr.from_pairs(items, users, ds.num_items)
+    self.train_keys = np.unique(users.astype(np.int64) * (ds.num_items + 1) + items)
+    tokens = prepared.item_tokens[:, :cfg.max_item_tokens]
+    self.content = [row[row != prepared.pad_id] for row in tokens]
+    self.siblings = gids.siblings()
+    self.leaf_parent = gids.item_leaf_parent
+
+  # Encoder inputs -------------------------------------------------------------------------------
+
+  def _row(self, task: int, items: list[int], users: list[int], length: int) -> dict:
+    tokens = np.zeros(length, np.int32)
+    item_slots = np.zeros(length, np.int32)
+    user_slots = np.zeros(length, np.int32)
+    pos = 1
+    for item in items:
+      content = self.content[item]
+      if pos + 1 + len(content) + 1 > length:
+        break  # keep room for EOS
+      item_slots[pos] = item
+      tokens[pos + 1:pos + 1 + len(content)] = content
+      pos += 1 + len(content)
+    for user in users:
+      if pos + 2 > length:
+        break
+      user_slots[pos] = user
+      pos += 1
+    tokens[pos] = self.eos
+    mask = np.arange(length) <= pos
+    return {"tokens": tokens, "items": item_slots, "users": user_slots, "mask": mask,
+            "task": np.int32(task)}
+
+  def rec_input(self, history: list[int]) -> dict:
+    """X_u for a history (item ids, in the order they are written)."""
+    return self._row(TASK_REC, history, [], self.cfg.max_length)
+
+  def index_input(self, item: int, users: list[int]) -> dict:
+    """X_i: the item's ID and content, then user-ID slots."""
+    return self._row(TASK_INDEX, [item], users, self.cfg.index_length)
+
+  def eval_history(self, user: int) -> list[int]:
+    """The user's most recent `eval_history` training items, newest first (official)."""
+    return self.train.row(user)[::-1][:self.cfg.eval_history].tolist()
+
+  def eval_inputs(self, users: np.ndarray) -> dict:
+    """Stacked recommendation inputs for evaluation, [n, max_length]."""
+    return stack([self.rec_input(self.eval_history(u)) for u in users])
+
+  # Sampling -------------------------------------------------------------------------------------
+
+  def train_history(self, user: int, item: int, rng: np.random.Generator) -> list[int]:
+    """Up to `max_history` of the user's other training items, sampled at random (official)."""
+    others = self.train.row(user)
+    others = others[others != item]
+    if len(others) > self.cfg.max_history:
+      others = rng.choice(others, self.cfg.max_history, replace=False)
+    else:
+      others = rng.permutation(others)
+    return others.tolist()
+
+  def sample_users(self, item: int, rng: np.random.Generator) -> list[int]:
+    users = self.item_users.row(item)
+    if not len(users):
+      return []
+    take = min(self.cfg.index_users, len(users))
+    return rng.choice(users, take, replace=False).tolist()
+
+  def sample_negatives(self, users: np.ndarray, items: np.ndarray,
+                       rng: np.random.Generator) -> np.ndarray:
+    """i-: uniform over items outside u's training history and outside i's leaf-parent prefix."""
+    neg = rng.integers(1, self.num_items + 1, len(users))
+    bad = np.arange(len(users))
+    for _ in range(1000):
+      keys = users[bad].astype(np.int64) * (self.num_items + 1) + neg[bad]
+      pos = np.minimum(np.searchsorted(self.train_keys, keys), len(self.train_keys) - 1)
+      seen = self.train_keys[pos] == keys
+      same_leaf = self.leaf_parent[neg[bad]] == self.leaf_parent[items[bad]]
+      bad = bad[seen | same_leaf]
+      if not len(bad):
+        return neg
+      neg[bad] = rng.integers(1, self.num_items + 1, len(bad))
+    raise ConfigError("data", "could not sample negatives: some user has interacted with nearly "
+                      "every item")
+
+  def sample_positives(self, items: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """i+: an item sharing i's first l-1 codes (other than i when there is one)."""
+    out = items.copy()
+    for n, item in enumerate(items.tolist()):
+      others = self.siblings.row(item)
+      others = others[others != item]
+      if len(others):
+        out[n] = others[rng.integers(len(others))]
+    return out
+
+  def training_batch(self, users: np.ndarray, items: np.ndarray, mask: np.ndarray,
+                     rng: np.random.Generator) -> dict:
+    """Everything one train step needs for interactions (u, i); padding rows have mask 0.
+
+    Returns:
+      {'user': X_u, 'item': X_i, 'neg': X_i-, 'pos': X_i+ (each a dict of [b, L] arrays),
+       'item_codes': [b, l], 'neg_codes': [b, l], 'mask': [b] float32}.
+    """
+    neg = self.sample_negatives(users, items, rng)
+    pos = self.sample_positives(items, rng)
+    uad = self.cfg.uad_on_item_inputs
+    batch = {"user": [], "item": [], "neg": [], "pos": []}
+    for u, i, n, p in zip(users.tolist(), items.tolist(), neg.tolist(), pos.tolist()):
+      batch["user"].append(self.rec_input(self.train_history(u, i, rng)))
+      batch["item"].append(self.index_input(i, self.sample_users(i, rng) if uad else []))
+      batch["neg"].append(self.index_input(n, self.sample_users(n, rng) if uad else []))
+      batch["pos"].append(self.index_input(p, self.sample_users(p, rng)))
+    out = {k: stack(v) for k, v in batch.items()}
+    out["item_codes"] = self.gids.codes[items]
+    out["neg_codes"] = self.gids.codes[neg]
+    out["mask"] = mask.astype(np.float32)
+    return out
+
+
+def stack(rows: list[dict]) -> dict:
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def epoch_order(users: np.ndarray, items: np.ndarray, batch_size: int,
+                rng: np.random.Generator):
+  """Shuffled fixed-size (users, items, mask) batches of the training interactions."""
+  order = rng.permutation(len(users))
+  for start in range(0, len(order), batch_size):
+    idx = order[start:start + batch_size]
+    pad = batch_size - len(idx)
+    idx_padded = np.concatenate([idx, np.full(pad, idx[0])])
+    yield users[idx_padded], items[idx_padded], np.arange(batch_size) < len(idx)

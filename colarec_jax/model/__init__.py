@@ -1,0 +1,1 @@
+"""Flax models: the T5 encoder-decoder stack and the ColaRec model built on it."""

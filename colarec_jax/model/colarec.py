@@ -1,0 +1,107 @@
+"""The ColaRec model (SPEC section 4): a T5 encoder-decoder whose encoder reads item content with
+atomic item/user-ID embeddings in their slots, and whose decoder emits one GID code per step through
+a per-level input table and a per-level codebook head.
+
+Encoder inputs are dicts of [b, L] arrays: 'tokens' (content token ids, EOS, padding), 'items'
+(item id at each item-ID slot, else 0), 'users' (user id at each user-ID slot, else 0), 'mask'
+(True at real positions), and 'task' [b] (0 = recommendation, 1 = indexing) whose embedding is
+written at position 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from colarec_jax.model.t5 import Decoder, Encoder, TransformerConfig
+
+TASK_REC, TASK_INDEX = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ColaRecConfig:
+  """The model's shape: the transformer plus the id tables and the GID tree."""
+
+  transformer: TransformerConfig
+  num_items: int
+  num_users: int
+  branching: int  # K: codes 1..K, 0 = decoder start
+  depth: int  # l: decoder steps
+
+
+class ColaRec(nn.Module):
+  """Encoder-decoder over content + atomic IDs, generating GIDs level by level."""
+
+  config: ColaRecConfig
+  decode: bool = False
+
+  def setup(self):
+    cfg, tc = self.config, self.config.transformer
+    embed = lambda n, name: nn.Embed(n, tc.d_model, embedding_init=nn.initializers.normal(1.0),
+                                     name=name)
+    self.shared = embed(tc.vocab_size, "shared")
+    self.item_embed = embed(cfg.num_items + 1, "item_embed")
+    self.user_embed = embed(cfg.num_users + 1, "user_embed")
+    self.task_embed = embed(2, "task_embed")
+    # Decoder input table per position (position 0 holds the start code 0) and codebook per level.
+    shape = (cfg.depth, cfg.branching + 1, tc.d_model)
+    self.code_embed = self.param("code_embed", nn.initializers.normal(1.0), shape)
+    self.codebook = self.param("codebook", nn.initializers.normal(1.0), shape)
+    self.codebook_bias = self.param("codebook_bias", nn.initializers.zeros, shape[:2])
+    self.encoder = Encoder(tc, name="encoder")
+    self.decoder = Decoder(tc, decode=self.decode, max_length=cfg.depth, name="decoder")
+
+  def embed_inputs(self, inputs: dict) -> jax.Array:
+    """[b, L, d]: content tokens, with item/user ID embeddings in their slots, task at 0."""
+    x = self.shared(inputs["tokens"])
+    x = jnp.where((inputs["items"] > 0)[..., None], self.item_embed(inputs["items"]), x)
+    x = jnp.where((inputs["users"] > 0)[..., None], self.user_embed(inputs["users"]), x)
+    return x.at[:, 0].set(self.task_embed(inputs["task"]))
+
+  def encode(self, inputs: dict, *, deterministic: bool = True) -> jax.Array:
+    """[b, L, d] encoder output."""
+    return self.encoder(self.embed_inputs(inputs), inputs["mask"], deterministic=deterministic)
+
+  @staticmethod
+  def pool(encoded: jax.Array, mask: jax.Array) -> jax.Array:
+    """h(X): the encoder output at the last real position (the EOS), [b, d]."""
+    last = jnp.sum(mask, axis=1).astype(jnp.int32) - 1
+    return jnp.take_along_axis(encoded, last[:, None, None], axis=1)[:, 0]
+
+  def decoder_inputs(self, codes: jax.Array) -> jax.Array:
+    """Teacher forcing: [b, l] target codes -> [b, l, d] inputs (start, z_1, ..., z_{l-1})."""
+    shifted = jnp.concatenate([jnp.zeros_like(codes[:, :1]), codes[:, :-1]], axis=1)
+    return self.code_embed[jnp.arange(self.config.depth)[None, :], shifted]
+
+  def code_logits(self, hidden: jax.Array, levels: jax.Array) -> jax.Array:
+    """[b, T, d] decoder states at levels [T] -> [b, T, K + 1] logits (d scaled by d^-1/2)."""
+    scaled = hidden.astype(jnp.float32) * self.config.transformer.d_model ** -0.5
+    return (jnp.einsum("btd,tkd->btk", scaled, self.codebook[levels])
+            + self.codebook_bias[levels][None])
+
+  def decode_codes(self, encoded, mask, codes, *, deterministic: bool = True) -> jax.Array:
+    """Teacher-forced decoding: [b, l] target codes -> [b, l, K + 1] logits."""
+    hidden = self.decoder(self.decoder_inputs(codes), encoded, mask,
+                          deterministic=deterministic)
+    return self.code_logits(hidden, jnp.arange(self.config.depth))
+
+  def __call__(self, inputs: dict, codes: jax.Array, *, deterministic: bool = True):
+    """(logits [b, l, K + 1], pooled h(X) [b, d]) for encoder inputs and target GIDs."""
+    encoded = self.encode(inputs, deterministic=deterministic)
+    logits = self.decode_codes(encoded, inputs["mask"], codes, deterministic=deterministic)
+    return logits, self.pool(encoded, inputs["mask"])
+
+  def init_cache(self, encoded, mask):
+    """Creates the decoding cache (apply with mutable=['cache']); cross keys/values computed."""
+    shape = (encoded.shape[0], self.config.depth, self.config.transformer.d_model)
+    return self.decoder(jnp.zeros(shape, encoded.dtype), encoded, mask, deterministic=True)
+
+  def decode_step(self, encoded, mask, previous_code, position):
+    """One cached decoder step: [b] previous code at `position` -> [b, K + 1] logits."""
+    level = jnp.asarray(position)
+    x = self.code_embed[level, previous_code][:, None]
+    hidden = self.decoder(x, encoded, mask, deterministic=True, position=level)
+    return self.code_logits(hidden, level[None])[:, 0]

@@ -1,0 +1,243 @@
+"""A T5 (v1.0) encoder-decoder stack in Flax linen: relative position bias, pre-norm RMSNorm,
+ReLU feed-forward, no attention scaling (folded into the initialisation), dropout.
+
+The layout follows Hugging Face's T5 so pretrained t5-small weights map one to one: the relative
+bias lives in the first layer of each stack and is shared by the others; cross-attention has no
+position bias. Embedding lookups are left to the caller (ColaRec writes item/user/task embeddings
+into slots), so the stacks take embedded inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Sizes of the encoder-decoder (t5-small: 512 / 2048 / 8 heads / 6 + 6 layers)."""
+
+  vocab_size: int = 32128
+  d_model: int = 512
+  d_ff: int = 2048
+  num_heads: int = 8
+  d_kv: int = 64
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  dropout_rate: float = 0.1
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
+
+
+def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> jax.Array:
+  """T5's bucketing of key - query offsets: exact for small offsets, logarithmic beyond."""
+  bucket = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    bucket = bucket + (relative_position > 0).astype(jnp.int32) * num_buckets
+    relative_position = jnp.abs(relative_position)
+  else:
+    relative_position = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = relative_position < max_exact
+  large = max_exact + (
+      jnp.log(jnp.maximum(relative_position, 1).astype(jnp.float32) / max_exact)
+      / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(is_small, relative_position, large)
+
+
+class RMSNorm(nn.Module):
+  """T5's layer norm: scale only, no mean subtraction, no bias."""
+
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+    return (x32 * scale).astype(self.dtype)
+
+
+class RelativeBias(nn.Module):
+  """[1, heads, q_len, k_len] bias from bucketed relative positions (one table per stack)."""
+
+  config: TransformerConfig
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
+    cfg = self.config
+    table = self.param("rel_embedding", nn.initializers.normal(1.0),
+                       (cfg.relative_attention_num_buckets, cfg.num_heads))
+    buckets = relative_position_bucket(
+        k_positions[None, :] - q_positions[:, None], bidirectional=self.bidirectional,
+        num_buckets=cfg.relative_attention_num_buckets,
+        max_distance=cfg.relative_attention_max_distance)
+    return jnp.transpose(table[buckets], (2, 0, 1))[None].astype(cfg.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head attention without bias terms or 1/sqrt(d) scaling (T5).
+
+  With `decode=True` keys and values are appended to a cache collection ('cache') one step at a
+  time; cross-attention computes its keys/values once and keeps them in the cache.
+  """
+
+  config: TransformerConfig
+  is_cross: bool = False
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, kv_input, bias, *, deterministic: bool):
+    """Args: x [b, q, d]; kv_input [b, k, d]; bias broadcastable to [b, h, q, k] (0 or -inf)."""
+    cfg = self.config
+    inner = cfg.num_heads * cfg.d_kv
+    init = lambda fan_in: nn.initializers.normal((fan_in) ** -0.5)
+    dense = lambda name, fan_in: nn.DenseGeneral(inner, use_bias=False, dtype=cfg.dtype,
+                                                 kernel_init=init(fan_in), name=name)
+    q = dense("q", cfg.d_model * cfg.d_kv)(x)
+    k_proj, v_proj = dense("k", cfg.d_model), dense("v", cfg.d_model)
+    split = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.d_kv))
+    if self.decode and self.is_cross:
+      # Encoder keys/values are computed once, when the cache is created, and reused every step.
+      k = self.variable("cache", "cross_key", lambda: split(k_proj(kv_input))).value
+      v = self.variable("cache", "cross_value", lambda: split(v_proj(kv_input))).value
+    else:
+      k, v = split(k_proj(kv_input)), split(v_proj(kv_input))
+      if self.decode:
+        k, v = self._append_to_cache(k, v)
+    q = split(q)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) + bias
+    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(cfg.dtype)
+    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape[:2] + (inner,))
+    return nn.DenseGeneral(cfg.d_model, use_bias=False, dtype=cfg.dtype,
+                           kernel_init=init(inner), name="o")(out)
+
+  def _append_to_cache(self, k, v):
+    """Writes this step's key/value at the cache index; returns the whole (masked later) cache."""
+    is_init = not self.has_variable("cache", "cached_key")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+    if is_init:
+      return k, v
+    i = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, i, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, i, 0, 0))
+    index.value = i + k.shape[1]
+    return cached_k.value, cached_v.value
+
+
+class FeedForward(nn.Module):
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool):
+    cfg = self.config
+    h = nn.Dense(cfg.d_ff, use_bias=False, dtype=cfg.dtype,
+                 kernel_init=nn.initializers.normal(cfg.d_model ** -0.5), name="wi")(x)
+    h = nn.Dropout(cfg.dropout_rate)(nn.relu(h), deterministic=deterministic)
+    return nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.dtype,
+                    kernel_init=nn.initializers.normal(cfg.d_ff ** -0.5), name="wo")(h)
+
+
+class EncoderLayer(nn.Module):
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, bias, *, deterministic: bool):
+    cfg = self.config
+    drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=deterministic)
+    h = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_attention_norm")(x)
+    x = x + drop(Attention(cfg, name="attention")(h, h, bias, deterministic=deterministic))
+    h = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_norm")(x)
+    return x + drop(FeedForward(cfg, name="mlp")(h, deterministic=deterministic))
+
+
+class DecoderLayer(nn.Module):
+  config: TransformerConfig
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, y, encoded, self_bias, cross_bias, *, deterministic: bool):
+    cfg = self.config
+    drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=deterministic)
+    h = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_self_attention_norm")(y)
+    y = y + drop(Attention(cfg, decode=self.decode, name="self_attention")(
+        h, h, self_bias, deterministic=deterministic))
+    h = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_cross_attention_norm")(y)
+    y = y + drop(Attention(cfg, is_cross=True, decode=self.decode, name="cross_attention")(
+        h, encoded, cross_bias, deterministic=deterministic))
+    h = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_norm")(y)
+    return y + drop(FeedForward(cfg, name="mlp")(h, deterministic=deterministic))
+
+
+def padding_bias(mask: jax.Array, dtype) -> jax.Array:
+  """[b, k] bool key mask -> [b, 1, 1, k] additive bias (0 or a large negative)."""
+  return jnp.where(mask, 0.0, jnp.finfo(dtype).min)[:, None, None, :].astype(dtype)
+
+
+class Encoder(nn.Module):
+  """[b, L, d] embedded inputs + [b, L] mask -> [b, L, d] encodings."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, mask, *, deterministic: bool):
+    cfg = self.config
+    positions = jnp.arange(x.shape[1])
+    bias = RelativeBias(cfg, bidirectional=True, name="relative_bias")(positions, positions)
+    bias = bias + padding_bias(mask, cfg.dtype)
+    x = nn.Dropout(cfg.dropout_rate)(x.astype(cfg.dtype), deterministic=deterministic)
+    for n in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f"layer_{n}")(x, bias, deterministic=deterministic)
+    x = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="final_norm")(x)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  """[b, T, d] embedded decoder inputs attending to encodings -> [b, T, d] hidden states.
+
+  With `decode=True`, first call on [b, max_length, d] with position=None to create the 'cache'
+  collection, then once per step on [b, 1, d] with that step's `position`: self-attention keys and
+  values accumulate in the cache, cross-attention keys and values are computed only once.
+  """
+
+  config: TransformerConfig
+  decode: bool = False
+  max_length: int = 0  # decode: the cache length (number of decoder positions)
+
+  @nn.compact
+  def __call__(self, y, encoded, encoder_mask, *, deterministic: bool, position=None):
+    cfg = self.config
+    length = y.shape[1]
+    rel = RelativeBias(cfg, bidirectional=False, name="relative_bias")
+    if self.decode and position is not None:
+      max_len = self.max_length
+      q_positions = jnp.reshape(position, (1,))
+      k_positions = jnp.arange(max_len)
+      self_bias = rel(q_positions, k_positions) + jnp.where(
+          k_positions <= position, 0.0, jnp.finfo(cfg.dtype).min)[None, None, None, :]
+    else:
+      positions = jnp.arange(length)
+      causal = jnp.where(positions[None, :] <= positions[:, None], 0.0,
+                         jnp.finfo(cfg.dtype).min)
+      self_bias = rel(positions, positions) + causal[None, None].astype(cfg.dtype)
+    cross_bias = padding_bias(encoder_mask, cfg.dtype)
+    y = nn.Dropout(cfg.dropout_rate)(y.astype(cfg.dtype), deterministic=deterministic)
+    for n in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, decode=self.decode, name=f"layer_{n}")(
+          y, encoded, self_bias, cross_bias, deterministic=deterministic)
+    y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="final_norm")(y)
+    return nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)

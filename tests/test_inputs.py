@@ -1,0 +1,116 @@
+"""ColaRec inputs: exact layout, truncation, histories, and the negative/positive samplers."""
+
+import numpy as np
+import pytest
+
+from colarec_jax.data import prepare as prepare_lib
+from colarec_jax.data.dataset import TRAIN
+from colarec_jax.gid import builder
+from colarec_jax.gid.table import GidTable
+from colarec_jax.inputs import InputBuilder, InputConfig, epoch_order
+from colarec_jax.model.colarec import TASK_INDEX, TASK_REC
+from configs import tiny
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  return prepare_lib.prepare(tiny.get_config(), str(tmp_path_factory.mktemp("inp")),
+                             log=lambda *_: 0)
+
+
+@pytest.fixture(scope="module")
+def gids(prepared):
+  return GidTable.from_codes(builder.random_codes(prepared.dataset.num_items, branching=4,
+                                                  depth=3, seed=0), 4)
+
+
+def make(prepared, gids, **kw):
+  cfg = InputConfig(**{"max_item_tokens": 12, **kw})
+  return InputBuilder(prepared, gids, cfg)
+
+
+def test_recommendation_input_layout(prepared, gids):
+  b = make(prepared, gids, max_length=64)
+  row = b.rec_input([3, 7])
+  c3, c7 = b.content[3], b.content[7]
+  expected = [0, 0] + c3.tolist() + [0] + c7.tolist() + [prepared.eos_id]
+  n = len(expected)
+  assert row["tokens"][:n].tolist() == expected and (row["tokens"][n:] == 0).all()
+  assert row["items"][1] == 3 and row["items"][2 + len(c3)] == 7
+  assert np.count_nonzero(row["items"]) == 2 and not row["users"].any()
+  assert row["mask"].tolist() == [True] * n + [False] * (64 - n)
+  assert row["task"] == TASK_REC
+
+
+def test_history_truncated_to_length_budget(prepared, gids):
+  b = make(prepared, gids, max_length=20)
+  row = b.rec_input([1, 2, 3, 4])
+  assert row["mask"].sum() <= 20 and row["tokens"][row["mask"].sum() - 1] == prepared.eos_id
+  kept = row["items"][row["items"] > 0].tolist()
+  assert kept == [1, 2, 3, 4][:len(kept)] and len(kept) >= 1
+
+
+def test_index_input_has_user_slots(prepared, gids):
+  b = make(prepared, gids, index_users=2)
+  row = b.index_input(5, [9, 4])
+  length = 1 + 1 + len(b.content[5])
+  assert row["task"] == TASK_INDEX and row["items"][1] == 5
+  assert row["users"][length:length + 2].tolist() == [9, 4]
+  assert row["tokens"][length + 2] == prepared.eos_id and row["mask"].sum() == length + 3
+  assert len(row["tokens"]) == b.cfg.index_length
+
+
+def test_eval_history_is_most_recent_first(prepared, gids):
+  b = make(prepared, gids, eval_history=3)
+  train = prepared.csr(TRAIN)
+  for user in (1, 5, 17):
+    assert b.eval_history(user) == train.row(user)[::-1][:3].tolist()
+
+
+def test_train_history_excludes_target_and_caps(prepared, gids):
+  b = make(prepared, gids, max_history=2)
+  rng = np.random.default_rng(0)
+  train = prepared.csr(TRAIN)
+  for user in range(1, 20):
+    target = int(train.row(user)[0])
+    history = b.train_history(user, target, rng)
+    assert target not in history and len(history) == min(2, len(train.row(user)) - 1)
+    assert set(history) <= set(train.row(user).tolist())
+
+
+def test_negatives_and_positives(prepared, gids):
+  b = make(prepared, gids)
+  users, items = prepared.rows(TRAIN)
+  rng = np.random.default_rng(1)
+  neg = b.sample_negatives(users, items, rng)
+  seen = set(zip(users.tolist(), items.tolist()))
+  assert not any((u, n) in seen for u, n in zip(users.tolist(), neg.tolist()))
+  codes = gids.codes
+  assert not (codes[neg, :2] == codes[items, :2]).all(1).any()
+  pos = b.sample_positives(items, rng)
+  assert (codes[pos, :2] == codes[items, :2]).all()
+  has_sibling = np.array([len(gids.siblings().row(i)) > 1 for i in items])
+  assert (pos[has_sibling] != items[has_sibling]).all()
+
+
+def test_training_batch_and_uad_switch(prepared, gids):
+  users, items = prepared.rows(TRAIN)
+  bu, bi, bm = next(epoch_order(users, items, 8, np.random.default_rng(0)))
+  paper = make(prepared, gids).training_batch(bu, bi, bm, np.random.default_rng(2))
+  official = make(prepared, gids, uad_on_item_inputs=False).training_batch(
+      bu, bi, bm, np.random.default_rng(2))
+  assert paper["user"]["tokens"].shape == (8, 256)
+  assert paper["item"]["users"].any() and not official["item"]["users"].any()
+  assert not official["neg"]["users"].any() and official["pos"]["users"].any()
+  np.testing.assert_array_equal(paper["item_codes"], gids.codes[bi])
+  again = make(prepared, gids).training_batch(bu, bi, bm, np.random.default_rng(2))
+  for key in ("user", "item", "neg", "pos"):
+    np.testing.assert_array_equal(again[key]["tokens"], paper[key]["tokens"])
+
+
+def test_epoch_order_pads_last_batch(prepared):
+  users, items = prepared.rows(TRAIN)
+  batches = list(epoch_order(users, items, 64, np.random.default_rng(0)))
+  assert all(len(b[0]) == 64 for b in batches)
+  masks = np.concatenate([b[2] for b in batches])
+  assert masks.sum() == len(users)

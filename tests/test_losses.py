@@ -1,0 +1,40 @@
+"""The four losses against hand computation."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from colarec_jax import losses
+
+
+def test_generation_loss_hand_computed():
+  logits = jnp.array([[[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]],
+                      [[5.0, 0.0, 0.0], [0.0, 0.0, 9.0]]])
+  codes = jnp.array([[2, 1], [0, 2]])
+  lse = lambda row: math.log(sum(math.exp(v) for v in row))
+  ex0 = -(2 - lse([0, 1, 2])) - (1 - lse([1, 1, 1]))
+  ex1 = -(5 - lse([5, 0, 0])) - (9 - lse([0, 0, 9]))
+  got = losses.generation(logits=logits, codes=codes, mask=jnp.array([1.0, 1.0]), total=2)
+  assert float(got) == pytest.approx((ex0 + ex1) / 2, rel=1e-6)
+  masked = losses.generation(logits=logits, codes=codes, mask=jnp.array([1.0, 0.0]), total=1)
+  assert float(masked) == pytest.approx(ex0, rel=1e-6)
+
+
+def test_pairwise_loss_hand_computed():
+  a = jnp.array([[1.0, 0.0], [0.5, 2.0]])
+  p = jnp.array([[2.0, 1.0], [0.0, 1.0]])
+  n = jnp.array([[1.0, 3.0], [1.0, 0.0]])
+  margins = [1 * (2 - 1) + 0, 0.5 * (0 - 1) + 2 * (1 - 0)]
+  expected = [math.log1p(math.exp(-m)) for m in margins]
+  got = losses.pairwise(anchor=a, positive=p, negative=n, mask=jnp.ones(2), total=2)
+  assert float(got) == pytest.approx(np.mean(expected), rel=1e-6)
+  got = losses.pairwise(anchor=a, positive=p, negative=n, mask=jnp.array([0.0, 1.0]), total=1)
+  assert float(got) == pytest.approx(expected[1], rel=1e-6)
+
+
+def test_total_weights():
+  got = losses.total_loss(rec=jnp.array(2.0), index=jnp.array(3.0), bpr=jnp.array(0.5),
+                          contrastive=jnp.array(4.0), lambda_gen=0.08, lambda_c=0.1)
+  assert float(got) == pytest.approx(0.08 * 5 + 0.5 + 0.4)

@@ -1,0 +1,121 @@
+"""The T5 stack and the ColaRec model: shapes, bucketing, slots, pooling, cached decoding, bf16."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from colarec_jax.model.colarec import ColaRec, ColaRecConfig
+from colarec_jax.model.t5 import TransformerConfig, relative_position_bucket
+
+TC = TransformerConfig(vocab_size=50, d_model=32, d_ff=64, num_heads=4, d_kv=8,
+                       num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
+CFG = ColaRecConfig(TC, num_items=20, num_users=10, branching=4, depth=3)
+
+
+def bucket_reference(rel, bidirectional, num_buckets=32, max_distance=128):
+  """T5's bucketing, written from the paper's description with Python integers."""
+  bucket = 0
+  if bidirectional:
+    num_buckets //= 2
+    bucket += num_buckets if rel > 0 else 0
+    n = abs(rel)
+  else:
+    n = max(-rel, 0)
+  max_exact = num_buckets // 2
+  if n < max_exact:
+    return bucket + n
+  large = max_exact + int(math.log(n / max_exact) / math.log(max_distance / max_exact)
+                          * (num_buckets - max_exact))
+  return bucket + min(large, num_buckets - 1)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_relative_position_buckets(bidirectional):
+  rel = np.arange(-300, 300)
+  got = relative_position_bucket(jnp.asarray(rel), bidirectional=bidirectional, num_buckets=32,
+                                 max_distance=128)
+  assert np.asarray(got).tolist() == [bucket_reference(int(r), bidirectional) for r in rel]
+
+
+def example_inputs(b=3, length=12, seed=0):
+  rng = np.random.default_rng(seed)
+  mask = np.ones((b, length), bool)
+  mask[0, 9:] = False
+  return {"tokens": jnp.asarray(rng.integers(3, 50, (b, length)), jnp.int32),
+          "items": jnp.zeros((b, length), jnp.int32).at[:, 1].set(5),
+          "users": jnp.zeros((b, length), jnp.int32).at[:, 6].set(2),
+          "mask": jnp.asarray(mask), "task": jnp.array([0, 1, 0])}, \
+      jnp.asarray(rng.integers(1, 5, (b, 3)), jnp.int32)
+
+
+@pytest.fixture(scope="module")
+def params():
+  inputs, codes = example_inputs()
+  return ColaRec(CFG).init(jax.random.key(0), inputs, codes)["params"]
+
+
+def test_shapes_and_parameter_tree(params):
+  inputs, codes = example_inputs()
+  logits, pooled = ColaRec(CFG).apply({"params": params}, inputs, codes)
+  assert logits.shape == (3, 3, 5) and pooled.shape == (3, 32)
+  assert params["codebook"].shape == (3, 5, 32) and params["codebook_bias"].shape == (3, 5)
+  assert params["item_embed"]["embedding"].shape == (21, 32)
+  assert "relative_bias" in params["encoder"] and "relative_bias" in params["decoder"]
+  assert "relative_bias" not in params["encoder"]["layer_1"]
+
+
+def test_pool_takes_the_last_real_position(params):
+  inputs, _ = example_inputs()
+  model = ColaRec(CFG)
+  encoded = model.apply({"params": params}, inputs, method=ColaRec.encode)
+  pooled = ColaRec.pool(encoded, inputs["mask"])
+  np.testing.assert_allclose(pooled[0], encoded[0, 8])
+  np.testing.assert_allclose(pooled[1], encoded[1, 11])
+
+
+def test_slots_use_atomic_embeddings(params):
+  inputs, _ = example_inputs()
+  model = ColaRec(CFG)
+  x = model.apply({"params": params}, inputs, method=ColaRec.embed_inputs)
+  np.testing.assert_allclose(x[:, 1], params["item_embed"]["embedding"][5][None].repeat(3, 0))
+  np.testing.assert_allclose(x[:, 6], params["user_embed"]["embedding"][2][None].repeat(3, 0))
+  np.testing.assert_allclose(x[:, 0], params["task_embed"]["embedding"][np.array([0, 1, 0])])
+  np.testing.assert_allclose(x[:, 3], params["shared"]["embedding"][inputs["tokens"][:, 3]])
+
+
+def test_padding_does_not_change_real_positions(params):
+  inputs, codes = example_inputs()
+  model = ColaRec(CFG)
+  changed = dict(inputs, tokens=inputs["tokens"].at[0, 10].set(7))  # row 0 is padded from 9
+  a, _ = model.apply({"params": params}, inputs, codes)
+  b, _ = model.apply({"params": params}, changed, codes)
+  np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_cached_decoding_equals_full_decoder(params):
+  inputs, codes = example_inputs()
+  logits, _ = ColaRec(CFG).apply({"params": params}, inputs, codes)
+  encoded = ColaRec(CFG).apply({"params": params}, inputs, method=ColaRec.encode)
+  decoder = ColaRec(CFG, decode=True)
+  _, state = decoder.apply({"params": params}, encoded, inputs["mask"],
+                           method=ColaRec.init_cache, mutable=["cache"])
+  previous = jnp.zeros(3, jnp.int32)
+  for t in range(3):
+    step, state = decoder.apply({"params": params, **state}, encoded, inputs["mask"], previous, t,
+                                method=ColaRec.decode_step, mutable=["cache"])
+    np.testing.assert_allclose(step, logits[:, t], atol=1e-5)
+    previous = codes[:, t]
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  cfg = ColaRecConfig(TransformerConfig(**{**TC.__dict__, "dtype": jnp.bfloat16}), 20, 10, 4, 3)
+  inputs, codes = example_inputs()
+  params = ColaRec(cfg).init(jax.random.key(0), inputs, codes)["params"]
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  logits, pooled = ColaRec(cfg).apply({"params": params}, inputs, codes)
+  assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+  full, _ = ColaRec(CFG).apply({"params": params}, inputs, codes)
+  np.testing.assert_allclose(logits, full, atol=0.1)
