@@ -123,4 +123,11 @@ def atomic_dataset(config: ml_collections.ConfigDict, name: str, text_fields: st
   config.data.time_field = time_field
   config.data.rating_field = ""
   config.data.vocab_size = 8000
+  return t5_small(config)
+
+
+def t5_small(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper's model size: d_model 512, d_ff 2048, 8 heads, 6 + 6 layers (for GPUs)."""
+  config.model.update(d_model=512, d_ff=2048, num_heads=8, num_encoder_layers=6,
+                      num_decoder_layers=6)
   return config

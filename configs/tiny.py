@@ -17,4 +17,13 @@ def get_config():
   config.data.rating_field = ""
   config.data.vocab_size = 200
   config.data.max_item_tokens = 12
+  config.model.update(d_model=32, d_ff=64, num_heads=4, num_encoder_layers=1,
+                      num_decoder_layers=1)
+  config.inputs.max_length = 64
+  config.gid.branching = 4  # 4^3 = 64 codes for 36 items
+  config.gid.n_init = 2
+  config.cf.embedding_dim = 16
+  config.cf.batch_size = 64
+  config.cf.epochs = 20
+  config.optim.batch_size = 16
   return config

@@ -10,8 +10,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import jax
@@ -22,6 +20,7 @@ import tqdm
 from colarec_jax import evaluate, sharding
 from colarec_jax.cf import lightgcn
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
+from colarec_jax.data.fileio import staged_directory
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.errors import ConfigError
 
@@ -225,21 +224,13 @@ def _summary_writer(path: str):
 
 def save_result(out_dir: str, key: dict, result: CFResult) -> None:
   """Writes embeddings and a manifest through a temp folder, then renames into place."""
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".lightgcn-", dir=parent)
-  try:
+  with staged_directory(out_dir) as staging:
     np.savez(os.path.join(staging, "embeddings.npz"), users=result.user_embeddings,
              items=result.item_embeddings)
     summary = {k: v for k, v in dataclasses.asdict(result).items()
                if k not in ("user_embeddings", "item_embeddings")}
     with open(os.path.join(staging, "manifest.json"), "w") as f:
       json.dump({"key": key, "result": summary}, f, indent=1)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_result(out_dir: str, key: dict) -> CFResult | None:

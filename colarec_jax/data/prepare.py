@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from colarec_jax.data import tokenizer as tokenizer_lib
 from colarec_jax.data.config import DataConfig
+from colarec_jax.data.fileio import staged_directory
 from colarec_jax.data.dataset import TEST, TRAIN, VALID, Csr, Dataset
 from colarec_jax.data.movielens import sha256
 from colarec_jax.data.sources import load_dataset, source_files
@@ -105,15 +104,8 @@ def prepare(config, workdir: str, *, log=print, force: bool = False) -> Prepared
       if json.load(f).get("key") == key:
         log(f"reusing prepared data in {target}")
         return load_prepared(target)
-  os.makedirs(workdir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".data-", dir=workdir)
-  try:
+  with staged_directory(target) as staging:
     _build(cfg, key, staging, log)
-    if os.path.exists(target):
-      shutil.rmtree(target)
-    os.replace(staging, target)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   log(f"prepared data written to {target}")
   return load_prepared(target)
 

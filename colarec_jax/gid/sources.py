@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 
 import jax
 import numpy as np
 
 from colarec_jax.data import atomic
+from colarec_jax.data.fileio import staged_directory
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.errors import ConfigError, DataError
 from colarec_jax.gid import builder
@@ -181,18 +180,11 @@ def build_gid_table(config, prepared: Prepared, workdir: str, lightgcn_items, *,
   summary = summary_line(report)
   log(summary)
 
-  os.makedirs(workdir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".gid-", dir=workdir)
-  try:
+  with staged_directory(out_dir) as staging:
     table.save(os.path.join(staging, "gids.npz"))
     plot_balance(report, os.path.join(staging, "tree_balance.png"))
     with open(os.path.join(staging, "manifest.json"), "w") as f:
       json.dump({"key": key, "summary": summary, "report": report}, f, indent=1)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   return table
 
 

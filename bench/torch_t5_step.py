@@ -1,0 +1,77 @@
+"""PyTorch peer of bench/train_step.py: the same multi-task ColaRec step on Hugging Face's T5.
+
+Usage: python bench/torch_t5_step.py D_MODEL D_FF HEADS LAYERS BATCH STEPS
+Per step: encoder over X_u [b, 256] and over X_i, X_i-, X_i+ [3b, 34], decoder passes (length 3)
+for X_u -> GID(i) and X_i, X_i- -> GIDs, per-level codebook heads, the four losses, backward,
+AdamW with clipping. Random inputs of the same shapes as ours. Prints one JSON line.
+"""
+
+import json
+import resource
+import sys
+import time
+
+import torch
+from transformers import T5Config
+from transformers.models.t5.modeling_t5 import T5Stack
+
+VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
+
+
+def main(d_model, d_ff, heads, layers, batch, steps):
+  d_model, d_ff, heads, layers, batch, steps = map(int, (d_model, d_ff, heads, layers, batch,
+                                                         steps))
+  torch.manual_seed(0)
+  cfg = T5Config(vocab_size=VOCAB, d_model=d_model, d_ff=d_ff, num_heads=heads,
+                 d_kv=d_model // heads, num_layers=layers, num_decoder_layers=layers,
+                 dropout_rate=0.1, feed_forward_proj="relu")
+  shared = torch.nn.Embedding(VOCAB, d_model)
+  enc_cfg = T5Config(**{**cfg.to_dict(), "is_decoder": False, "use_cache": False})
+  dec_cfg = T5Config(**{**cfg.to_dict(), "is_decoder": True, "use_cache": False})
+  encoder, decoder = T5Stack(enc_cfg, shared), T5Stack(dec_cfg, shared)
+  code_embed = torch.nn.Parameter(torch.randn(DEPTH, K + 1, d_model))
+  codebook = torch.nn.Parameter(torch.randn(DEPTH, K + 1, d_model))
+  bias = torch.nn.Parameter(torch.zeros(DEPTH, K + 1))
+  params = list(encoder.parameters()) + list(decoder.parameters()) + [code_embed, codebook, bias]
+  opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.01)
+
+  def gen_loss(enc, mask, codes):
+    shifted = torch.cat([torch.zeros_like(codes[:, :1]), codes[:, :-1]], 1)
+    x = code_embed[torch.arange(DEPTH)[None], shifted]
+    h = decoder(inputs_embeds=x, encoder_hidden_states=enc,
+                encoder_attention_mask=mask).last_hidden_state * d_model ** -0.5
+    logits = torch.einsum("btd,tkd->btk", h, codebook) + bias[None]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, K + 1), codes.reshape(-1),
+                                             reduction="sum") / codes.shape[0]
+
+  def one_step():
+    xu = torch.randint(3, VOCAB, (batch, LEN_U))
+    xi = torch.randint(3, VOCAB, (3 * batch, LEN_I))
+    mu, mi = torch.ones_like(xu), torch.ones_like(xi)
+    codes = torch.randint(1, K + 1, (2 * batch, DEPTH))
+    enc_u = encoder(input_ids=xu, attention_mask=mu).last_hidden_state
+    enc_i = encoder(input_ids=xi, attention_mask=mi).last_hidden_state
+    h_u, (h_i, h_n, h_p) = enc_u[:, -1], enc_i[:, -1].chunk(3)
+    rec = gen_loss(enc_u, mu, codes[:batch])
+    index = gen_loss(enc_i[:2 * batch], mi[:2 * batch], codes)
+    pair = lambda a, p, n: -torch.nn.functional.logsigmoid((a * (p - n)).sum(-1)).mean()
+    loss = 0.08 * (rec + index) + pair(h_u, h_i, h_n) + 0.1 * pair(h_i, h_p, h_n)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return float(loss)
+
+  one_step()  # warm-up
+  start = time.perf_counter()
+  for _ in range(steps):
+    one_step()
+  seconds = time.perf_counter() - start
+  print(json.dumps({"examples_per_second": batch * steps / seconds,
+                    "seconds_per_step": seconds / steps,
+                    "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "torch": torch.__version__, "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])

@@ -1,0 +1,146 @@
+"""Benchmark: ColaRec training examples/s and peak memory, ours against a PyTorch T5 step.
+
+Both run the same multi-task step (encoder over X_u [b, 256] and over X_i, X_i-, X_i+ [3b, 34],
+three decoder passes of length 3, four losses, AdamW with clipping) on random inputs of the same
+shapes, on this machine's CPU, for the default size (d_model 128, 2 + 2 layers) and t5-small
+(512, 6 + 6). Each side runs in its own subprocess for its peak memory. On a GPU (ours only) it
+also reports bf16 and the achieved FLOP/s as a fraction of --peak-tflops.
+
+  python bench/train_step.py --torch-python /path/to/venv/bin/python
+
+The peer needs torch and transformers (bench extra, or a venv given with --torch-python). Prints a
+table and writes JSON (default bench/results/train_step.json).
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
+VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
+
+
+def ours(size, batch, steps, dtype):
+  """Runs in a subprocess: builds a random batch and times our jitted step."""
+  import jax
+  import numpy as np
+
+  sys.path.insert(0, REPO)
+  from colarec_jax import train as train_lib
+  from colarec_jax.config import base_config
+
+  d_model, d_ff, heads, layers = SIZES[size]
+  config = base_config()
+  config.model.update(d_model=d_model, d_ff=d_ff, num_heads=heads, num_encoder_layers=layers,
+                      num_decoder_layers=layers, dtype=dtype)
+  rng = np.random.default_rng(0)
+  num_items, num_users = 12101, 22363
+
+  def encoder_input(n, length, task):
+    return {"tokens": rng.integers(3, VOCAB, (n, length)).astype(np.int32),
+            "items": np.zeros((n, length), np.int32), "users": np.zeros((n, length), np.int32),
+            "mask": np.ones((n, length), bool), "task": np.full(n, task, np.int32)}
+
+  def batch_of():
+    out = {"user": encoder_input(batch, LEN_U, 0)}
+    out["user"]["items"][:, 1::31] = rng.integers(1, num_items, (batch, 9))
+    for key in ("item", "neg", "pos"):
+      out[key] = encoder_input(batch, LEN_I, 1)
+      out[key]["items"][:, 1] = rng.integers(1, num_items, batch)
+      out[key]["users"][:, 32] = rng.integers(1, num_users, batch)
+    out["item_codes"] = rng.integers(1, K + 1, (batch, DEPTH)).astype(np.int32)
+    out["neg_codes"] = rng.integers(1, K + 1, (batch, DEPTH)).astype(np.int32)
+    out["mask"] = np.ones(batch, np.float32)
+    return out
+
+  model = train_lib.create_model(config, vocab_size=VOCAB, num_items=num_items,
+                                 num_users=num_users)
+  example = batch_of()
+  state = train_lib.init_state(model, train_lib.create_optimizer(config.optim), example,
+                               jax.random.key(0))
+  step = train_lib.make_train_step(model, train_lib.LossWeights())
+  compiled = step.lower(state, example, jax.random.key(1)).compile()
+  flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+  batches = [batch_of() for _ in range(3)]
+  state, metrics = compiled(state, batches[0], jax.random.key(1))
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for n in range(steps):
+    state, metrics = compiled(state, batches[n % 3], jax.random.key(1))
+  jax.block_until_ready(metrics)
+  seconds = time.perf_counter() - start
+  device = jax.devices()[0]
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  stats = device.memory_stats() or {}
+  print(json.dumps({"examples_per_second": batch * steps / seconds,
+                    "seconds_per_step": seconds / steps, "flops_per_step": flops,
+                    "peak_mb": stats.get("peak_bytes_in_use", peak * 2 ** 20) / 2 ** 20,
+                    "device": device.platform, "device_kind": device.device_kind}))
+
+
+def subprocess_json(cmd):
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  if result.returncode:
+    raise SystemExit(f"{cmd[:3]} failed:\n{result.stderr[-3000:]}")
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", default="default,t5-small")
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--torch-python", default=sys.executable)
+  parser.add_argument("--dtypes", default="float32", help="ours: float32,bfloat16 on a GPU")
+  parser.add_argument("--peak-tflops", type=float, default=0.0,
+                      help="the chip's bf16 peak (e.g. 989 for an H100/H200) for utilisation")
+  parser.add_argument("--no-peer", action="store_true")
+  parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_step.json"))
+  parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    size, batch, steps, dtype = args.child
+    ours(size, int(batch), int(steps), dtype)
+    return
+  rows = []
+  for size in args.sizes.split(","):
+    for dtype in args.dtypes.split(","):
+      row = subprocess_json([sys.executable, __file__, "--child", size, str(args.batch),
+                             str(args.steps), dtype])
+      rows.append({"size": size, "library": f"colarec-jax {dtype}", **row})
+      print(json.dumps(rows[-1]), flush=True)
+    if not args.no_peer:
+      d_model, d_ff, heads, layers = SIZES[size]
+      row = subprocess_json([args.torch_python, os.path.join(REPO, "bench", "torch_t5_step.py"),
+                             str(d_model), str(d_ff), str(heads), str(layers), str(args.batch),
+                             str(args.steps)])
+      rows.append({"size": size, "library": "pytorch t5 (hf)", **row})
+      print(json.dumps(rows[-1]), flush=True)
+  header = f"{'size':<9} {'library':<22} {'ex/s':>8} {'vs peer':>8} {'s/step':>8} {'peak MB':>8}"
+  if args.peak_tflops:
+    header += f" {'TFLOP/s':>8} {'of peak':>8}"
+  lines = [header, "-" * len(header)]
+  for row in rows:
+    peer = next((r for r in rows if r["size"] == row["size"] and r["library"].startswith("py")),
+                None)
+    ratio = row["examples_per_second"] / peer["examples_per_second"] if peer else float("nan")
+    line = (f"{row['size']:<9} {row['library']:<22} {row['examples_per_second']:>8.2f} "
+            f"{ratio:>7.2f}x {row['seconds_per_step']:>8.3f} {row['peak_mb']:>8.0f}")
+    if args.peak_tflops and "flops_per_step" in row:
+      achieved = row["flops_per_step"] / row["seconds_per_step"] / 1e12
+      line += f" {achieved:>8.2f} {achieved / args.peak_tflops:>7.1%}"
+    lines.append(line)
+  print(f"batch {args.batch}, {args.steps} timed steps after one warm-up")
+  print("\n".join(lines))
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"batch": args.batch, "steps": args.steps, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
