@@ -104,9 +104,17 @@ def balanced_assign(dist: jax.Array, mask: jax.Array, capacity: int) -> jax.Arra
   return jax.lax.while_loop(pending, round_, init).assign
 
 
-def _lloyd(key, x, mask, *, k, capacity, max_iters):
-  """One balanced k-means run: (assign [n], within-cluster squared error [])."""
+def _lloyd(key, x, mask, *, k, capacity, max_iters, tol=1e-4):
+  """One balanced k-means run: (assign [n], within-cluster squared error []).
+
+  Stops when no assignment changes, or (as scikit-learn and k-means-constrained do) when the
+  centroids move less than `tol` times the mean per-feature variance of the points.
+  """
   centroids = kmeans_plus_plus(key, x, mask, k)
+  count = jnp.maximum(jnp.sum(mask), 1)
+  mean = jnp.sum(jnp.where(mask[:, None], x, 0.0), 0) / count
+  variance = jnp.sum(jnp.where(mask[:, None], (x - mean) ** 2, 0.0), 0) / count
+  threshold = tol * jnp.mean(variance)
 
   def cond(state):
     return (state.iteration < max_iters) & state.changed
@@ -119,7 +127,9 @@ def _lloyd(key, x, mask, *, k, capacity, max_iters):
     # An empty cluster keeps its centroid rather than collapsing to the origin.
     centroids = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None],
                           state.centroids)
-    return _LloydState(centroids, assign, state.iteration + 1, jnp.any(assign != state.assign))
+    shift = jnp.sum((centroids - state.centroids) ** 2)
+    moving = jnp.any(assign != state.assign) & (shift > threshold)
+    return _LloydState(centroids, assign, state.iteration + 1, moving)
 
   init = _LloydState(centroids, jnp.full(x.shape[0], -1, jnp.int32), jnp.array(0), jnp.array(True))
   final = jax.lax.while_loop(cond, body, init)
@@ -149,7 +159,7 @@ def balanced_kmeans(key: jax.Array, x: jax.Array, mask: jax.Array, *, k: int, ca
     mask: [n] bool, False for padding rows.
     k: clusters.
     capacity: most points per cluster (traced: changing it does not recompile).
-    max_iters: Lloyd iterations at most, stopping early when no assignment changes (traced).
+    max_iters: Lloyd iterations at most; runs stop earlier once converged (see `_lloyd`).
     n_init: seeds tried.
 
   Returns:
