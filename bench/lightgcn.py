@@ -27,10 +27,10 @@ from colarec_jax.data import prepare as prepare_lib  # noqa: E402
 from colarec_jax.data.dataset import SPLIT_NAMES  # noqa: E402
 
 
-def timed(cmd, env=None):
+def timed(cmd, env=None, cwd=REPO):
   """Runs cmd under /usr/bin/time; returns (stdout, peak RSS in MB)."""
   with tempfile.NamedTemporaryFile("r", suffix=".time") as t:
-    result = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", t.name, *cmd], cwd=REPO,
+    result = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", t.name, *cmd], cwd=cwd,
                             capture_output=True, text=True, env=env)
     if result.returncode:
       raise RuntimeError(f"{cmd[:4]} failed:\n{result.stderr[-3000:]}")
@@ -66,8 +66,9 @@ def run_ours(name, data_dir, workdir, epochs, eval_every):
 
 
 def run_recbole(python, rb_dir, name, epochs, eval_every):
+  # RecBole writes log_tensorboard/ into its working directory: keep it out of the checkout.
   out, peak = timed([python, os.path.join(REPO, "bench", "recbole_lightgcn.py"), rb_dir, name,
-                     str(epochs), str(eval_every)])
+                     str(epochs), str(eval_every)], cwd=rb_dir)
   result = json.loads(out.strip().splitlines()[-1])
   test = {k.lower(): v for k, v in result["test"].items()}
   return {"seconds_per_epoch": result["seconds_per_epoch"], "epochs_run": result["epochs_run"],
