@@ -16,6 +16,7 @@ import numpy as np
 
 from colarec_jax.data.dataset import TRAIN, Csr
 from colarec_jax.data.prepare import Prepared
+from colarec_jax.data.sampling import NegativeSampler
 from colarec_jax.errors import ConfigError
 from colarec_jax.gid.table import GidTable
 from colarec_jax.model.colarec import TASK_INDEX, TASK_REC
@@ -59,7 +60,7 @@ class InputBuilder:
     self.train = prepared.csr(TRAIN)  # each user's training items in time order
     users, items = prepared.rows(TRAIN)
     self.item_users = Csr.from_pairs(items, users, ds.num_items)
-    self.train_keys = np.unique(users.astype(np.int64) * (ds.num_items + 1) + items)
+    self.negatives = NegativeSampler(users, items, ds.num_items)
     tokens = prepared.item_tokens[:, :cfg.max_item_tokens]
     self.content = [row[row != prepared.pad_id] for row in tokens]
     self.siblings = gids.siblings()
@@ -127,19 +128,8 @@ class InputBuilder:
   def sample_negatives(self, users: np.ndarray, items: np.ndarray,
                        rng: np.random.Generator) -> np.ndarray:
     """i-: uniform over items outside u's training history and outside i's leaf-parent prefix."""
-    neg = rng.integers(1, self.num_items + 1, len(users))
-    bad = np.arange(len(users))
-    for _ in range(1000):
-      keys = users[bad].astype(np.int64) * (self.num_items + 1) + neg[bad]
-      pos = np.minimum(np.searchsorted(self.train_keys, keys), len(self.train_keys) - 1)
-      seen = self.train_keys[pos] == keys
-      same_leaf = self.leaf_parent[neg[bad]] == self.leaf_parent[items[bad]]
-      bad = bad[seen | same_leaf]
-      if not len(bad):
-        return neg
-      neg[bad] = rng.integers(1, self.num_items + 1, len(bad))
-    raise ConfigError("data", "could not sample negatives: some user has interacted with nearly "
-                      "every item")
+    same_leaf = lambda rows, cand: self.leaf_parent[cand] == self.leaf_parent[items[rows]]
+    return self.negatives(users, rng, reject=same_leaf)
 
   def sample_positives(self, items: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """i+: an item sharing i's first l-1 codes (other than i when there is one)."""

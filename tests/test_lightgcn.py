@@ -7,7 +7,8 @@ import pytest
 
 from colarec_jax import sharding
 from colarec_jax.cf import lightgcn
-from colarec_jax.cf.train import NegativeSampler, epoch_batches
+from colarec_jax.cf.train import epoch_batches
+from colarec_jax.data.sampling import NegativeSampler
 
 U, I = 9, 7
 

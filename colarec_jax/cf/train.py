@@ -22,6 +22,7 @@ from colarec_jax.cf import lightgcn
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
 from colarec_jax.data.fileio import staged_directory
 from colarec_jax.data.prepare import Prepared
+from colarec_jax.data.sampling import NegativeSampler
 from colarec_jax.errors import ConfigError
 
 
@@ -74,24 +75,6 @@ def mostpop(prepared: Prepared, ev: EvalConfig) -> dict[str, evaluate.Report]:
   score_fn = functools.partial(_popularity_scores, jnp.asarray(counts, jnp.float32))
   return {"valid": evaluate_scores(score_fn, prepared, VALID, ev),
           "test": evaluate_scores(score_fn, prepared, TEST, ev)}
-
-
-class NegativeSampler:
-  """Uniform negatives among items the user has no training interaction with."""
-
-  def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int):
-    self.num_items = num_items
-    self.keys = np.unique(users.astype(np.int64) * (num_items + 1) + items)
-
-  def __call__(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    neg = rng.integers(1, self.num_items + 1, len(users))
-    bad = np.arange(len(users))
-    while len(bad):
-      keys = users[bad].astype(np.int64) * (self.num_items + 1) + neg[bad]
-      pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-      bad = bad[self.keys[pos] == keys]
-      neg[bad] = rng.integers(1, self.num_items + 1, len(bad))
-    return neg
 
 
 def epoch_batches(users: np.ndarray, items: np.ndarray, sampler: NegativeSampler,
