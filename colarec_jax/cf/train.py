@@ -48,14 +48,36 @@ class EvalConfig:
                int(ev.batch_size))
 
 
-def evaluate_scores(score_fn, prepared: Prepared, part: int, ev: EvalConfig) -> evaluate.Report:
-  """Full-ranking metrics of a score-based model on VALID or TEST users."""
-  users = prepared.users_with(part)
-  seen = (TRAIN,) if part == VALID or not ev.exclude_valid_at_test else (TRAIN, VALID)
-  ranked = evaluate.top_k_items(score_fn, users, prepared.csr(*seen), prepared.dataset.num_items,
-                                max(ev.ks), ev.batch_size)
-  train_counts = np.bincount(prepared.rows(TRAIN)[0], minlength=prepared.dataset.num_users + 1)
-  return evaluate.evaluate_ranking(ranked, users, prepared.csr(part), train_counts, ev.ks,
+@dataclasses.dataclass(frozen=True)
+class EvalSplit:
+  """What evaluating one part needs, built once per run rather than at every validation.
+
+  Attributes:
+    users: [m] users with held-out items in the part.
+    exclude: items removed from their rankings (training items, plus validation items at test
+      time when `exclude_valid_at_test`).
+    heldout: the part's items per user.
+    train_counts: [num_users + 1] training interactions per user (for the long-tail split).
+  """
+
+  users: np.ndarray
+  exclude: evaluate.Csr
+  heldout: evaluate.Csr
+  train_counts: np.ndarray
+
+  @classmethod
+  def build(cls, prepared: Prepared, part: int, ev: EvalConfig) -> "EvalSplit":
+    seen = (TRAIN,) if part == VALID or not ev.exclude_valid_at_test else (TRAIN, VALID)
+    return cls(prepared.users_with(part), prepared.csr(*seen), prepared.csr(part),
+               np.bincount(prepared.rows(TRAIN)[0], minlength=prepared.dataset.num_users + 1))
+
+
+def evaluate_scores(score_fn, split: EvalSplit, num_items: int,
+                    ev: EvalConfig) -> evaluate.Report:
+  """Full-ranking metrics of a score-based model on one evaluation split."""
+  ranked = evaluate.top_k_items(score_fn, split.users, split.exclude, num_items, max(ev.ks),
+                                ev.batch_size)
+  return evaluate.evaluate_ranking(ranked, split.users, split.heldout, split.train_counts, ev.ks,
                                    ev.long_tail_fraction)
 
 
@@ -73,8 +95,9 @@ def mostpop(prepared: Prepared, ev: EvalConfig) -> dict[str, evaluate.Report]:
   """MostPop: every user gets the items with the most training interactions."""
   counts = np.bincount(prepared.rows(TRAIN)[1], minlength=prepared.dataset.num_items + 1)
   score_fn = functools.partial(_popularity_scores, jnp.asarray(counts, jnp.float32))
-  return {"valid": evaluate_scores(score_fn, prepared, VALID, ev),
-          "test": evaluate_scores(score_fn, prepared, TEST, ev)}
+  num_items = prepared.dataset.num_items
+  return {part_name: evaluate_scores(score_fn, EvalSplit.build(prepared, part, ev), num_items, ev)
+          for part_name, part in (("valid", VALID), ("test", TEST))}
 
 
 def epoch_batches(users: np.ndarray, items: np.ndarray, sampler: NegativeSampler,
@@ -143,6 +166,7 @@ def train_lightgcn(config, prepared: Prepared, workdir: str, *, log=print,
   step = lightgcn.make_train_step(cfg, optimizer, ds.num_users, mesh)
   sampler = NegativeSampler(train_users, train_items, ds.num_items)
   writer = _summary_writer(os.path.join(workdir, "tensorboard", "lightgcn"))
+  valid_split = EvalSplit.build(prepared, VALID, ev)
 
   def score_fn_of(p):
     user_emb, item_emb = lightgcn.final_embeddings(p, graph, num_layers=cfg.num_layers,
@@ -173,7 +197,7 @@ def train_lightgcn(config, prepared: Prepared, workdir: str, *, log=print,
       writer.add_scalar(f"train/{k}", v, epoch + 1)
     if (epoch + 1) % int(config.cf.eval_every):
       continue
-    report = evaluate_scores(score_fn_of(params), prepared, VALID, ev)
+    report = evaluate_scores(score_fn_of(params), valid_split, ds.num_items, ev)
     value = report.overall[ev.metric]
     for k, v in report.overall.items():
       writer.add_scalar(f"valid/{k}", v, epoch + 1)
@@ -190,7 +214,8 @@ def train_lightgcn(config, prepared: Prepared, workdir: str, *, log=print,
   if best[1] is None:
     raise ConfigError("cf.epochs", "no validation ran; expected cf.epochs >= cf.eval_every")
   best_params = sharding.replicate(best[1], mesh)
-  test = evaluate_scores(score_fn_of(best_params), prepared, TEST, ev)
+  test = evaluate_scores(score_fn_of(best_params), EvalSplit.build(prepared, TEST, ev),
+                         ds.num_items, ev)
   user_emb, item_emb = jax.device_get(lightgcn.final_embeddings(
       best_params, graph, num_layers=cfg.num_layers, num_users=ds.num_users))
   result = CFResult(valid=best[3], test=test, best_epoch=best[2], epochs_run=epoch + 1,
