@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   # The model: `--mode=train` trains config.model.name; the sizes shape ColaRec's encoder-decoder
   # (defaults are small for CPU; configs for the paper's datasets use t5-small's 512/2048/8/6+6).
   model = config.model = ml_collections.ConfigDict()
-  model.name = "lightgcn"  # lightgcn | mostpop (the collaborative baselines)
+  model.name = "colarec"  # colarec | lightgcn | mostpop (the collaborative baselines)
   model.d_model = 128
   model.d_ff = 512
   model.num_heads = 4
@@ -49,6 +49,15 @@ def base_config() -> ml_collections.ConfigDict:
   optim.warmup_steps = 0
   optim.grad_clip = 1.0
   optim.batch_size = 128
+
+  # The ColaRec training loop (official: 60 epochs, validation every epoch, patience 10).
+  train = config.train = ml_collections.ConfigDict()
+  train.epochs = 60
+  train.steps_per_epoch = 0  # cap on steps per epoch (0 = every training interaction once)
+  train.eval_every = 1  # validate (beam search on the valid split) every this many epochs
+  train.patience = 10  # validations without improvement of eval.metric before stopping
+  train.log_every = 10  # steps between progress-bar / TensorBoard updates
+  train.keep_checkpoints = 2  # latest checkpoints kept for resuming (the best is kept apart)
 
   # Loss weights: lambda_gen (L_rec + L_index) + L_bpr + lambda_c L_c (official 0.08, 0.1).
   loss = config.loss = ml_collections.ConfigDict()
@@ -109,7 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
   ev.metric = "ndcg@10"  # model selection and early stopping
   ev.long_tail_fraction = 0.2  # long-tail users: this share with the fewest training interactions
   ev.exclude_valid_at_test = True  # drop validation items from test rankings (official: False)
-  ev.batch_size = 1024  # users per scoring call
+  ev.batch_size = 1024  # users per scoring call (score-based baselines)
+  ev.beam_size = 100  # ColaRec's constrained beam search (official 100)
+  ev.renormalize = False  # official: invalid codes get -inf after the log-softmax
+  ev.decode_batch_size = 32  # users per beam-search call
   return config
 
 

@@ -21,3 +21,11 @@ class ConfigError(ColarecError):
   def __init__(self, key, message):
     super().__init__(f"config.{key}: {message}")
     self.key = key
+
+
+class UsageError(ColarecError):
+  """A command-line flag is invalid (e.g. an unknown user id); the message names the flag."""
+
+  def __init__(self, flag, message):
+    super().__init__(f"--{flag}: {message}")
+    self.flag = flag

@@ -4,24 +4,37 @@ Flags only; the work is done by library functions (`colarec_jax.pipeline`). Mode
   prepare  load, filter, split and tokenise the dataset into <workdir>/data (reused when unchanged)
   stats    print the statistics table of the prepared dataset (preparing it first if needed)
   gid      build (or reuse) the GIDs of config.gid.source and print the tree summary
-  train    train and evaluate config.model.name (lightgcn | mostpop), print its metrics table
-  all      everything (default): prepare, stats, GIDs, then MostPop and LightGCN in one table
+  train    train and evaluate config.model.name (colarec | lightgcn | mostpop), print its table;
+           ColaRec resumes from the latest checkpoint in <workdir>/colarec/checkpoints
+  evaluate a ColaRec checkpoint (--checkpoint=best|latest|<epoch>) on --split=valid|test
+  recommend top --top_n items for --user=<user id>, or for --items=<id,id,...> (a new user's
+           history, most recent first), from a ColaRec checkpoint
+  all      everything (default): prepare, stats, GIDs, then MostPop, LightGCN and ColaRec in one
+           table
 """
 
+import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from colarec_jax import pipeline
+from colarec_jax.data.movielens import cache_dir
 from colarec_jax.errors import ColarecError
 
-MODES = ("all", "prepare", "stats", "gid", "train")
+MODES = ("all", "prepare", "stats", "gid", "train", "evaluate", "recommend")
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints and results.")
 flags.DEFINE_enum("mode", "all", MODES, "What to run.")
+flags.DEFINE_string("checkpoint", "best", "evaluate/recommend: best | latest | an epoch number.")
+flags.DEFINE_enum("split", "test", ("valid", "test"), "evaluate: the split to rank.")
+flags.DEFINE_string("user", "", "recommend: a user id of the dataset.")
+flags.DEFINE_string("items", "", "recommend: comma-separated item ids, most recent first.")
+flags.DEFINE_integer("top_n", 10, "recommend: how many items to list.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -30,8 +43,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  # Compiled steps are cached on disk across runs (JAX's persistent cache), unless the user
+  # points JAX_COMPILATION_CACHE_DIR elsewhere: a rerun or a later mode starts in seconds.
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(cache_dir(FLAGS.config.data.cache_dir), "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   try:
-    pipeline.run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+    pipeline.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+                 split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n)
   except ColarecError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

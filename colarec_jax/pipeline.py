@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 
-from colarec_jax import evaluate
+
+from colarec_jax import checkpoint, evaluate
+from colarec_jax import train as train_lib
 from colarec_jax.cf import train as cf_train
 from colarec_jax.data import prepare as prepare_lib
-from colarec_jax.errors import ConfigError
+from colarec_jax.data.dataset import TEST, TRAIN, VALID
+from colarec_jax.errors import ConfigError, UsageError
 from colarec_jax.gid import sources as gid_sources
 
-MODELS = ("lightgcn", "mostpop")
+MODELS = ("colarec", "lightgcn", "mostpop")
+PARTS = {"valid": VALID, "test": TEST}
 
 
 def train_models(config, workdir: str, names, *, log=print) -> dict[str, dict]:
@@ -25,35 +29,113 @@ def train_models(config, workdir: str, names, *, log=print) -> dict[str, dict]:
     elif name == "lightgcn":
       run = cf_train.train_lightgcn(config, prepared, workdir, log=log)
       results[name] = {"valid": run.valid, "test": run.test}
+    elif name == "colarec":
+      results[name] = train_lib.train_and_evaluate(config, workdir, log=log)
     else:
       raise ConfigError("model.name", f"got {name!r}, expected one of {', '.join(MODELS)}")
   return results
 
 
-def report(results: dict[str, dict], workdir: str, ks) -> str:
-  """Writes `<workdir>/results.json` and returns the test-metrics table."""
+def report(results: dict[str, dict], workdir: str, ks, part: str = "test") -> str:
+  """Writes `<workdir>/results.json` and returns the metrics table of `part`."""
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({name: {part: r.to_json() for part, r in parts.items()}
+    json.dump({name: {p: r.to_json() for p, r in parts.items()}
                for name, parts in results.items()}, f, indent=1)
-  return "test metrics\n" + evaluate.format_table(
-      {name: parts["test"] for name, parts in results.items()}, ks)
+  return f"{part} metrics\n" + evaluate.format_table(
+      {name: parts[part] for name, parts in results.items()}, ks)
 
 
-def build_gids(config, prepared, workdir: str, *, log=print):
-  """The GID table of config.gid (LightGCN is trained, or reused, when the source needs it)."""
-  def lightgcn_items():
-    return cf_train.train_lightgcn(config, prepared, workdir, log=log).item_embeddings
-  return gid_sources.build_gid_table(config, prepared, workdir, lightgcn_items, log=log)
+def _checkpoint_epoch(which: str) -> tuple[str, int | None]:
+  """'best' | 'latest' | an epoch number -> (kind, epoch or None for the newest of that kind)."""
+  if which in (checkpoint.BEST, checkpoint.LATEST):
+    return which, None
+  if not which.isdigit():
+    raise UsageError("checkpoint", f"got {which!r}, expected 'best', 'latest' or an epoch number")
+  return checkpoint.LATEST, int(which)
 
 
-def run(mode: str, config, workdir: str, *, log=print) -> None:
-  """Runs one CLI mode: prepare | stats | gid | train | all (prepare, stats, GIDs, baselines)."""
+def _restored_context(config, workdir: str, which: str, log):
+  ctx = train_lib.build_context(config, workdir, log=log)
+  kind, epoch = _checkpoint_epoch(which)
+  tc = train_lib.TrainConfig.from_config(config.train)
+  optimizer = train_lib.create_optimizer(config.optim,
+                                         tc.epochs * train_lib.steps_per_epoch(ctx, tc))
+  restored = train_lib.restore_checkpoint(ctx, kind, ctx.init_state(optimizer), epoch)
+  if restored is None:
+    raise UsageError("checkpoint", f"no {kind} checkpoint in {ctx.checkpoint_dir}; train first "
+                     "(--mode=train)")
+  state, _, epoch = restored
+  log(f"using the {kind} checkpoint (epoch {epoch}) in {ctx.checkpoint_dir}")
+  return ctx, state
+
+
+def evaluate_checkpoint(config, workdir: str, *, which: str = "best", part: str = "test",
+                        log=print) -> evaluate.Report:
+  """Recall/NDCG of a ColaRec checkpoint on the valid or test split."""
+  if part not in PARTS:
+    raise UsageError("split", f"got {part!r}, expected 'valid' or 'test'")
+  ctx, state = _restored_context(config, workdir, which, log)
+  ev = cf_train.EvalConfig.from_config(config.eval)
+  split = cf_train.EvalSplit.build(ctx.prepared, PARTS[part], ev)
+  return ctx.ranker(state.params).evaluate(split, ctx.builder.eval_inputs(split.users), ev)
+
+
+def recommend(config, workdir: str, *, user: str = "", items: str = "", top_n: int = 10,
+              which: str = "best", log=print) -> list[tuple[str, str]]:
+  """Top-N (item id, content) for a known user id, or for a comma-separated list of item ids
+  (an ad-hoc history, most recent first: a new user, no retraining). Ids are the dataset's own."""
+  if bool(user) == bool(items):
+    raise UsageError("user", "give exactly one of --user=<user id> or --items=<id,id,...>")
+  if top_n < 1:
+    raise UsageError("top_n", f"got {top_n}, expected >= 1")
+  ds = prepare_lib.prepare(config, workdir, log=lambda *_: None).dataset
+  if user:
+    index = {raw: n for n, raw in enumerate(ds.user_ids.tolist()) if n}
+    if user not in index:
+      raise UsageError("user", f"{user!r} is not a user of {ds.name} ({ds.num_users} users, "
+                       f"e.g. {str(ds.user_ids[1])!r})")
+    user_id = index[user]
+  else:
+    index = {raw: n for n, raw in enumerate(ds.item_ids.tolist()) if n}
+    history = []
+    for raw in (x.strip() for x in items.split(",")):
+      if raw not in index:
+        raise UsageError("items", f"{raw!r} is not an item of {ds.name} ({ds.num_items} items, "
+                         f"e.g. {str(ds.item_ids[1])!r})")
+      history.append(index[raw])
+  ctx, state = _restored_context(config, workdir, which, log)
+  ranker = ctx.ranker(state.params)
+  if top_n > ranker.cfg.beam_size:
+    raise UsageError("top_n", f"got {top_n}, expected at most eval.beam_size = "
+                     f"{ranker.cfg.beam_size}")
+  if user:
+    ranked = ranker.for_user(user_id, ctx.prepared.csr(TRAIN), top_n)
+  else:
+    ranked = ranker.for_history(history, top_n)
+  return [(str(ds.item_ids[i]), ds.content(int(i))) for i in ranked[ranked > 0]]
+
+
+def run(mode: str, config, workdir: str, *, log=print, **flags) -> None:
+  """Runs one CLI mode (see `main`); `flags` are the evaluate/recommend flags."""
   prepared = prepare_lib.prepare(config, workdir, log=log)
   if mode in ("stats", "all"):
     log(prepare_lib.format_stats(prepared))
   if mode in ("gid", "all"):
-    build_gids(config, prepared, workdir, log=log)
+    gid_sources.gids_for_config(config, prepared, workdir, log=log)
+  ks = tuple(config.eval.ks)
   if mode in ("train", "all"):
     names = MODELS[::-1] if mode == "all" else (config.model.name,)
     results = train_models(config, workdir, names, log=log)
-    log(report(results, workdir, tuple(config.eval.ks)))
+    log(report(results, workdir, ks))
+  elif mode == "evaluate":
+    part = flags.get("split", "test")
+    result = evaluate_checkpoint(config, workdir, which=flags.get("checkpoint", "best"),
+                                 part=part, log=log)
+    log(f"{part} metrics\n" + evaluate.format_table({"colarec": result}, ks))
+  elif mode == "recommend":
+    rows = recommend(config, workdir, user=flags.get("user", ""), items=flags.get("items", ""),
+                     top_n=int(flags.get("top_n", 10)), which=flags.get("checkpoint", "best"),
+                     log=log)
+    width = max(len(item) for item, _ in rows) if rows else 4
+    log("\n".join(f"{rank:>3}. {item:<{width}}  {content}"
+                  for rank, (item, content) in enumerate(rows, start=1)))

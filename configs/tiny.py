@@ -26,4 +26,7 @@ def get_config():
   config.cf.batch_size = 64
   config.cf.epochs = 20
   config.optim.batch_size = 16
+  config.train.epochs = 3
+  config.eval.beam_size = 20
+  config.eval.decode_batch_size = 16
   return config

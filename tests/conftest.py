@@ -1,9 +1,15 @@
 """Shared fixtures: the shared datasets (../shared/data) and the repository root."""
 
 import os
+import tempfile
 
 # Several fake CPU devices for the sharding tests; must be set before JAX starts.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# The CLI tests' subprocesses compile the same steps: share them through JAX's persistent cache
+# (keyed by the program and the JAX/XLA versions, so a stale entry is never used).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "colarec-jax-tests-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import pytest  # noqa: E402
 

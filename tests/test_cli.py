@@ -1,5 +1,6 @@
 """The real command line, in subprocesses: modes, locked config, one-line errors."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -92,3 +93,71 @@ def test_train_mode_runs_the_named_baseline(tmp_path):
   table = result.stdout.split("test metrics\n")[1].splitlines()
   assert table[2].startswith("mostpop ") and table[3].startswith("mostpop long-tail")
   assert "lightgcn" not in result.stdout
+
+
+TINY = ("--config=configs/tiny.py", "--config.cf.epochs=2")  # what the checkpoints are tied to
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """ColaRec trained for 2 short epochs on the tiny config through the CLI."""
+  workdir = tmp_path_factory.mktemp("colarec")
+  result = cli(*TINY, f"--workdir={workdir}", "--mode=train", "--config.train.epochs=2",
+               "--config.train.steps_per_epoch=4")
+  return workdir, result
+
+
+def test_train_mode_trains_colarec_and_writes_outputs(trained):
+  workdir, result = trained
+  assert result.returncode == 0, result.stderr
+  table = result.stdout.split("test metrics\n")[1].splitlines()
+  assert table[2].startswith("colarec ") and table[3].startswith("colarec long-tail")
+  assert "colarec epoch 2:" in result.stdout
+  run = workdir / "colarec"
+  with open(run / "metrics.json") as f:
+    metrics = json.load(f)
+  assert len(metrics["history"]) == 2 and 0 <= metrics["test"]["overall"]["ndcg@10"] <= 1
+  assert (run / "training_curves.png").is_file()
+  assert sorted(os.listdir(run / "checkpoints" / "latest")) == ["1", "2"]
+  assert os.listdir(run / "checkpoints" / "best") == [str(metrics["best_epoch"])]
+
+
+def test_evaluate_mode_reproduces_the_test_metrics(trained):
+  workdir, _ = trained
+  result = cli(*TINY, f"--workdir={workdir}", "--mode=evaluate")
+  assert result.returncode == 0, result.stderr
+  with open(workdir / "colarec" / "metrics.json") as f:
+    expected = json.load(f)["test"]["overall"]["ndcg@10"]
+  row = next(line for line in result.stdout.splitlines() if line.startswith("colarec "))
+  header = next(line for line in result.stdout.splitlines() if line.startswith("model "))
+  assert float(row.split()[header.split().index("ndcg@10")]) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("flag", ["--user=u03", "--items=i04,i29"])
+def test_recommend_prints_top_n(trained, flag):
+  workdir, _ = trained
+  result = cli(*TINY, f"--workdir={workdir}", "--mode=recommend", flag,
+               "--top_n=5", "--checkpoint=latest")
+  assert result.returncode == 0, result.stderr
+  lines = [line for line in result.stdout.splitlines() if line[:4].strip().rstrip(".").isdigit()]
+  assert [int(line.split(".")[0]) for line in lines] == [1, 2, 3, 4, 5]
+  items = [line.split()[1] for line in lines]
+  assert len(set(items)) == 5 and all(i.startswith("i") for i in items)
+  assert all("title" in line for line in lines)  # the item's content string
+  if flag.startswith("--items"):
+    assert not {"i04", "i29"} & set(items)  # the history is not recommended back
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--user=nobody"], "error: --user: 'nobody' is not a user of tiny (48 users, e.g. 'u00')"),
+    (["--items=i04,zz"], "error: --items: 'zz' is not an item of tiny (36 items, e.g. 'i00')"),
+    (["--user=u03", "--items=i04"], "error: --user: give exactly one of --user=<user id> or "
+                                    "--items=<id,id,...>"),
+    (["--user=u03", "--checkpoint=7"], "error: --checkpoint: no latest checkpoint for epoch 7"),
+])
+def test_recommend_errors_are_one_line(trained, flags, message):
+  workdir, _ = trained
+  result = cli(*TINY, f"--workdir={workdir}", "--mode=recommend", *flags)
+  assert result.returncode == 2
+  assert result.stderr.strip().startswith(message), result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1

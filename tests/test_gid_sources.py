@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-from colarec_jax import pipeline
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.errors import DataError
 from colarec_jax.gid import sources
@@ -57,7 +56,7 @@ def test_gid_stage_builds_caches_and_reports(tiny_prepared, tmp_path, source):
   _, prepared = tiny_prepared
   config = small_gid_config(source)
   logs = []
-  table = pipeline.build_gids(config, prepared, str(tmp_path), log=logs.append)
+  table = sources.gids_for_config(config, prepared, str(tmp_path), log=logs.append)
   assert table.num_items == prepared.dataset.num_items and table.depth == 3
   assert len({tuple(c) for c in table.codes[1:].tolist()}) == table.num_items
   summary = logs[-1]
@@ -67,7 +66,7 @@ def test_gid_stage_builds_caches_and_reports(tiny_prepared, tmp_path, source):
              [manifest["report"]["levels"][0]["size_histogram"]]) == 36
   assert (tmp_path / "gid" / "tree_balance.png").read_bytes()[:4] == b"\x89PNG"
   logs.clear()
-  again = pipeline.build_gids(config, prepared, str(tmp_path), log=logs.append)
+  again = sources.gids_for_config(config, prepared, str(tmp_path), log=logs.append)
   assert logs[0] == f"reusing GIDs in {tmp_path}/gid" and logs[1] == summary
   np.testing.assert_array_equal(again.codes, table.codes)
 
@@ -77,7 +76,7 @@ def test_file_source_reads_the_authors_gids(shared_data, tmp_path):
   config.data.dir = os.path.join(shared_data, "phones")
   config.gid.source = "file"
   prepared = prepare_lib.prepare(config, str(tmp_path), log=lambda *_: 0)
-  table = pipeline.build_gids(config, prepared, str(tmp_path), log=lambda *_: 0)
+  table = sources.gids_for_config(config, prepared, str(tmp_path), log=lambda *_: 0)
   with open(os.path.join(shared_data, "phones", "phones.item"), encoding="utf-8") as f:
     next(f)
     column = {line.split("\t")[0]: line.rstrip("\n").split("\t")[4] for line in f}

@@ -119,3 +119,22 @@ def test_bfloat16_compute_keeps_float32_parameters():
   assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
   full, _ = ColaRec(CFG).apply({"params": params}, inputs, codes)
   np.testing.assert_allclose(logits, full, atol=0.1)
+
+
+def test_dropout_keeps_the_right_share_and_scales():
+  from colarec_jax.model.t5 import Dropout
+  x = jnp.ones((64, 8, 128))
+  layer = Dropout(0.1)
+  out = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(3)}))
+  kept = out != 0
+  assert kept.mean() == pytest.approx(0.9, abs=0.005)  # 65,536 draws: sd 0.0012
+  np.testing.assert_allclose(out[kept], 1 / 0.9, rtol=1e-6)
+  again = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
+  other = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(4)})
+  np.testing.assert_array_equal(out, again)  # a function of the rng
+  agree = (np.asarray(other) != 0) == kept
+  assert agree.mean() == pytest.approx(0.9 * 0.9 + 0.1 * 0.1, abs=0.005)  # independent masks
+  # Neighbouring elements are independent too (no stripes from the element counter).
+  flat = kept.reshape(-1).astype(float)
+  assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.02
+  np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)

@@ -165,7 +165,7 @@ def train_lightgcn(config, prepared: Prepared, workdir: str, *, log=print,
   opt_state = sharding.replicate(optimizer.init(params), mesh)
   step = lightgcn.make_train_step(cfg, optimizer, ds.num_users, mesh)
   sampler = NegativeSampler(train_users, train_items, ds.num_items)
-  writer = _summary_writer(os.path.join(workdir, "tensorboard", "lightgcn"))
+  writer = summary_writer(os.path.join(workdir, "tensorboard", "lightgcn"))
   valid_split = EvalSplit.build(prepared, VALID, ev)
 
   def score_fn_of(p):
@@ -225,7 +225,8 @@ def train_lightgcn(config, prepared: Prepared, workdir: str, *, log=print,
   return result
 
 
-def _summary_writer(path: str):
+def summary_writer(path: str):
+  """A TensorBoard event writer for `path`."""
   from tensorboardX import SummaryWriter
   return SummaryWriter(path)
 

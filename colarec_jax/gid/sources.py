@@ -16,6 +16,7 @@ import os
 import jax
 import numpy as np
 
+from colarec_jax.cf import train as cf_train
 from colarec_jax.data import atomic
 from colarec_jax.data.fileio import staged_directory
 from colarec_jax.data.prepare import Prepared
@@ -243,3 +244,10 @@ def plot_balance(report: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)
+
+
+def gids_for_config(config, prepared: Prepared, workdir: str, *, log=print) -> GidTable:
+  """The GID table of config.gid; LightGCN is trained (or reused) when the source needs it."""
+  def lightgcn_items():
+    return cf_train.train_lightgcn(config, prepared, workdir, log=log).item_embeddings
+  return build_gid_table(config, prepared, workdir, lightgcn_items, log=log)

@@ -68,6 +68,35 @@ class RMSNorm(nn.Module):
     return (x32 * scale).astype(self.dtype)
 
 
+def _mix32(h: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finaliser: a bijection on uint32 with full avalanche."""
+  h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+  h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+class Dropout(nn.Module):
+  """Inverted dropout whose keep mask is a counter-based hash of (element index, rng).
+
+  Same semantics as `nn.Dropout` (keep with probability 1 - rate, scale by 1 / (1 - rate)), but
+  the mask costs a few integer ops per element that XLA fuses into the consumer, instead of a
+  Threefry stream materialised per site: on CPU that halves the cost of dropout, which was 40% of
+  the default-size train step. Each call site draws two seed words from the 'dropout' rng.
+  """
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    seeds = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+    index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+    bits = _mix32(_mix32(index + seeds[0]) ^ seeds[1])
+    threshold = jnp.uint32(min(int((1.0 - self.rate) * 2.0 ** 32), 2 ** 32 - 1))
+    return jnp.where(bits < threshold, x / (1.0 - self.rate), 0).astype(x.dtype)
+
+
 class RelativeBias(nn.Module):
   """[1, heads, q_len, k_len] bias from bucketed relative positions (one table per stack)."""
 
@@ -90,7 +119,8 @@ class Attention(nn.Module):
   """Multi-head attention without bias terms or 1/sqrt(d) scaling (T5).
 
   With `decode=True` keys and values are appended to a cache collection ('cache') one step at a
-  time; cross-attention computes its keys/values once and keeps them in the cache.
+  time; cross-attention computes its keys/values once and keeps them in the cache. Queries may have
+  a multiple of the keys' batch (beams of one input, user-major): they then share its keys.
   """
 
   config: TransformerConfig
@@ -117,9 +147,13 @@ class Attention(nn.Module):
       if self.decode:
         k, v = self._append_to_cache(k, v)
     q = split(q)
+    if q.shape[0] != k.shape[0]:
+      # Beam search: the rows of q are (user, beam) pairs, user-major, and all beams of a user
+      # share that user's cross keys/values, so fold the beams into the query axis.
+      q = q.reshape((k.shape[0], -1) + q.shape[2:])
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) + bias
     weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(cfg.dtype)
-    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
+    weights = Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape[:2] + (inner,))
     return nn.DenseGeneral(cfg.d_model, use_bias=False, dtype=cfg.dtype,
                            kernel_init=init(inner), name="o")(out)
@@ -147,7 +181,7 @@ class FeedForward(nn.Module):
     cfg = self.config
     h = nn.Dense(cfg.d_ff, use_bias=False, dtype=cfg.dtype,
                  kernel_init=nn.initializers.normal(cfg.d_model ** -0.5), name="wi")(x)
-    h = nn.Dropout(cfg.dropout_rate)(nn.relu(h), deterministic=deterministic)
+    h = Dropout(cfg.dropout_rate)(nn.relu(h), deterministic=deterministic)
     return nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.dtype,
                     kernel_init=nn.initializers.normal(cfg.d_ff ** -0.5), name="wo")(h)
 
@@ -158,7 +192,7 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, bias, *, deterministic: bool):
     cfg = self.config
-    drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=deterministic)
+    drop = lambda t: Dropout(cfg.dropout_rate)(t, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_attention_norm")(x)
     x = x + drop(Attention(cfg, name="attention")(h, h, bias, deterministic=deterministic))
     h = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_norm")(x)
@@ -172,7 +206,7 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, y, encoded, self_bias, cross_bias, *, deterministic: bool):
     cfg = self.config
-    drop = lambda t: nn.Dropout(cfg.dropout_rate)(t, deterministic=deterministic)
+    drop = lambda t: Dropout(cfg.dropout_rate)(t, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_self_attention_norm")(y)
     y = y + drop(Attention(cfg, decode=self.decode, name="self_attention")(
         h, h, self_bias, deterministic=deterministic))
@@ -199,11 +233,11 @@ class Encoder(nn.Module):
     positions = jnp.arange(x.shape[1])
     bias = RelativeBias(cfg, bidirectional=True, name="relative_bias")(positions, positions)
     bias = bias + padding_bias(mask, cfg.dtype)
-    x = nn.Dropout(cfg.dropout_rate)(x.astype(cfg.dtype), deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x.astype(cfg.dtype), deterministic=deterministic)
     for n in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f"layer_{n}")(x, bias, deterministic=deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="final_norm")(x)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
 class Decoder(nn.Module):
@@ -235,9 +269,9 @@ class Decoder(nn.Module):
                          jnp.finfo(cfg.dtype).min)
       self_bias = rel(positions, positions) + causal[None, None].astype(cfg.dtype)
     cross_bias = padding_bias(encoder_mask, cfg.dtype)
-    y = nn.Dropout(cfg.dropout_rate)(y.astype(cfg.dtype), deterministic=deterministic)
+    y = Dropout(cfg.dropout_rate)(y.astype(cfg.dtype), deterministic=deterministic)
     for n in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, decode=self.decode, name=f"layer_{n}")(
           y, encoded, self_bias, cross_bias, deterministic=deterministic)
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="final_norm")(y)
-    return nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    return Dropout(cfg.dropout_rate)(y, deterministic=deterministic)

@@ -1,0 +1,165 @@
+"""Benchmark: users/s of our constrained beam search against the authors' approach.
+
+The peer is Hugging Face `generate` (beam search, `prefix_allowed_tokens_fn` over a Python trie of
+the GIDs) on a PyTorch T5 of the same size, as the authors' code decodes. Both sides decode the same
+random inputs ([batch, 256] real tokens) against the same random balanced GIDs (12,101 items,
+K=32, l=3, beam 100, 100 sequences returned per user), on this machine's CPU, for the default size
+(d_model 128, 2 + 2 layers) and t5-small (512, 6 + 6). Each side runs in its own subprocess.
+
+  python bench/decode.py [--torch-python /path/to/venv/bin/python]
+
+The peer needs torch and transformers (bench extra). Prints a table and writes JSON (default
+bench/results/decode.json).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
+VOCAB, NUM_ITEMS, K, DEPTH, LENGTH = 8000, 12101, 32, 3, 256
+
+
+def random_gids() -> np.ndarray:
+  """[NUM_ITEMS, DEPTH] balanced random GIDs, the same on both sides."""
+  sys.path.insert(0, REPO)
+  from colarec_jax.gid.builder import random_codes
+  return random_codes(NUM_ITEMS, branching=K, depth=DEPTH, seed=0)
+
+
+def random_tokens(batch: int, seed: int) -> np.ndarray:
+  return np.random.default_rng(seed).integers(3, VOCAB, (batch, LENGTH)).astype(np.int32)
+
+
+def ours(size: str, batch: int, rounds: int, beam: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  from colarec_jax import decode
+  from colarec_jax.config import base_config
+  from colarec_jax.gid.table import GidTable
+  from colarec_jax.train import create_model
+
+  d_model, d_ff, heads, layers = SIZES[size]
+  config = base_config()
+  config.model.update(d_model=d_model, d_ff=d_ff, num_heads=heads, num_encoder_layers=layers,
+                      num_decoder_layers=layers, dropout_rate=0.0)
+  config.gid.update(branching=K, depth=DEPTH)
+  gids = GidTable.from_codes(random_gids(), K)
+  model = create_model(config, vocab_size=VOCAB, num_items=NUM_ITEMS, num_users=100)
+
+  def inputs_of(seed):
+    tokens = random_tokens(batch, seed)
+    zeros = np.zeros_like(tokens)
+    return {"tokens": jnp.asarray(tokens), "items": jnp.asarray(zeros),
+            "users": jnp.asarray(zeros), "mask": jnp.ones(tokens.shape, bool),
+            "task": jnp.zeros(batch, jnp.int32)}
+
+  params = jax.jit(model.init)(jax.random.key(0), inputs_of(0),
+                               jnp.asarray(gids.codes[1:batch + 1]))["params"]
+  trie = decode.Trie.build(gids, beam)
+  start = time.perf_counter()
+  jax.block_until_ready(decode.beam_search(model, params, inputs_of(0), trie, beam_size=beam))
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for r in range(rounds):
+    items, _, _ = decode.beam_search(model, params, inputs_of(r + 1), trie, beam_size=beam)
+    jax.block_until_ready(items)
+  seconds = time.perf_counter() - start
+  assert np.all(np.asarray(items) > 0)  # every beam is a real item
+  return {"users_per_second": batch * rounds / seconds, "compile_seconds": compile_s,
+          "widths": list(trie.widths)}
+
+
+def peer(size: str, batch: int, rounds: int, beam: int) -> dict:
+  import torch
+  from transformers import T5Config, T5ForConditionalGeneration
+
+  d_model, d_ff, heads, layers = SIZES[size]
+  torch.manual_seed(0)
+  model = T5ForConditionalGeneration(T5Config(
+      vocab_size=VOCAB, d_model=d_model, d_ff=d_ff, num_heads=heads, d_kv=d_model // heads,
+      num_layers=layers, num_decoder_layers=layers, dropout_rate=0.0, feed_forward_proj="relu",
+      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
+  # The authors' trie: GID codes are tokens (code c -> token 3 + c), prefixes -> allowed next.
+  trie = {}
+  for gid in random_gids().tolist():
+    for t in range(DEPTH):
+      trie.setdefault(tuple(gid[:t]), set()).add(3 + gid[t])
+  trie = {prefix: sorted(codes) for prefix, codes in trie.items()}
+
+  def allowed(_, prefix):
+    return trie.get(tuple(c - 3 for c in prefix.tolist()[1:]), [1])
+
+  def run(seed):
+    tokens = torch.from_numpy(random_tokens(batch, seed).astype(np.int64))
+    with torch.no_grad():
+      return model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens),
+                            num_beams=beam, num_return_sequences=beam, max_new_tokens=DEPTH,
+                            min_new_tokens=DEPTH, prefix_allowed_tokens_fn=allowed,
+                            early_stopping=False, do_sample=False)
+
+  run(0)  # warm-up
+  start = time.perf_counter()
+  for r in range(rounds):
+    out = run(r + 1)
+  seconds = time.perf_counter() - start
+  assert out.shape == (batch * beam, DEPTH + 1)
+  return {"users_per_second": batch * rounds / seconds, "torch": torch.__version__,
+          "threads": torch.get_num_threads()}
+
+
+def child_json(python, args):
+  result = subprocess.run([python, __file__, "--child", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True)
+  if result.returncode:
+    raise SystemExit(f"{args[:2]} failed:\n{result.stderr[-3000:]}")
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", default="default,t5-small")
+  parser.add_argument("--batch", type=int, default=20)
+  parser.add_argument("--beam", type=int, default=100)
+  parser.add_argument("--rounds", type=int, default=3, help="timed batches per side (ours)")
+  parser.add_argument("--peer-rounds", type=int, default=1, help="timed batches (the peer)")
+  parser.add_argument("--torch-python", default=sys.executable)
+  parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "decode.json"))
+  parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    side, size, batch, rounds, beam = args.child
+    fn = ours if side == "ours" else peer
+    print(json.dumps(fn(size, int(batch), int(rounds), int(beam))))
+    return
+  rows = []
+  for size in args.sizes.split(","):
+    for side, python, rounds in (("ours", sys.executable, args.rounds),
+                                 ("peer", args.torch_python, args.peer_rounds)):
+      row = child_json(python, [side, size, args.batch, rounds, args.beam])
+      rows.append({"size": size, "library": "colarec-jax" if side == "ours"
+                   else "hf generate + trie", **row})
+      print(json.dumps(rows[-1]), flush=True)
+  header = f"{'size':<9} {'library':<20} {'users/s':>9} {'vs peer':>8}"
+  lines = [header, "-" * len(header)]
+  for row in rows:
+    peer_row = next(r for r in rows if r["size"] == row["size"] and r["library"] != "colarec-jax")
+    lines.append(f"{row['size']:<9} {row['library']:<20} {row['users_per_second']:>9.2f} "
+                 f"{row['users_per_second'] / peer_row['users_per_second']:>7.1f}x")
+  print(f"batch {args.batch}, beam {args.beam}, {LENGTH} input tokens, {NUM_ITEMS} items, "
+        f"K={K}, l={DEPTH}")
+  print("\n".join(lines))
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"batch": args.batch, "beam": args.beam, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,176 @@
+"""Constrained beam search over GIDs (SPEC section 6): every returned code sequence is an item's GID.
+
+One compiled call per batch of users: the encoder runs once per user, the decoder's cross-attention
+keys/values are computed once per user and shared by all of its beams, and the decoder then takes
+exactly l cached steps. At each step the codes that extend no real item's GID get -inf after the
+log-softmax (official; `renormalize=True` masks before the softmax instead). Beams carry their node
+in the GID trie (`GidTable.children`), so the validity mask of a step is one dense row gather.
+
+Beam widths grow with the tree: step t can only hold as many distinct prefixes as the trie has
+nodes at depth t, at most K^t, so widths are 1, min(beam, K), ... and the first steps are cheap.
+Steps of equal width run in a `lax.fori_loop` over a `BeamState`; a step that widens the beam
+changes the state's shape and is traced on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from colarec_jax.gid.table import GidTable
+from colarec_jax.model.colarec import ColaRec
+
+SELF_CACHE = ("cached_key", "cached_value")  # self-attention cache leaves: one row per beam
+
+
+@flax.struct.dataclass
+class BeamState:
+  """The search after some steps.
+
+  Attributes:
+    scores: [b, w] summed log-probabilities of each beam's prefix (-inf: no beam).
+    nodes: [b, w] trie node of each prefix (the extra 'dead' node for -inf beams).
+    codes: [b, w, l] codes so far (0 beyond the current step).
+    cache: the decoder cache; self-attention rows are [b * w, ...], cross-attention rows [b, ...].
+  """
+
+  scores: jax.Array
+  nodes: jax.Array
+  codes: jax.Array
+  cache: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Trie:
+  """The GID trie as device arrays (from `GidTable`), with a dead node appended.
+
+  Attributes:
+    children: [num_nodes + 1, K + 1] next node per code, -1 where the code is invalid; the last
+      row (the dead node) is all -1.
+    leaf_item: [num_nodes + 1] item at a leaf, else 0.
+    widths: beam width before each step and after the last, (1, ..., w_l), given the beam size.
+  """
+
+  children: jax.Array
+  leaf_item: jax.Array
+  widths: tuple[int, ...]
+
+  @classmethod
+  def build(cls, gids: GidTable, beam_size: int) -> "Trie":
+    dead = np.full((1, gids.branching + 1), -1, np.int32)
+    per_depth = np.bincount(gids.node_depth, minlength=gids.depth + 1)
+    widths = [1]
+    for t in range(1, gids.depth + 1):
+      widths.append(int(min(beam_size, widths[-1] * gids.branching, per_depth[t])))
+    return cls(jnp.asarray(np.concatenate([gids.children, dead])),
+               jnp.asarray(np.append(gids.leaf_item, 0).astype(np.int32)), tuple(widths))
+
+  @property
+  def dead(self) -> int:
+    return self.children.shape[0] - 1
+
+
+def _reorder_cache(cache, parent: jax.Array):
+  """Self-attention cache rows follow their beams: [b * w, ...] -> [b * w', ...] by `parent`.
+
+  Args:
+    cache: the decoder cache collection.
+    parent: [b, w'] index of each new beam's parent among the w old beams.
+  """
+  b, new_width = parent.shape
+
+  def gather(path, leaf):
+    if getattr(path[-1], "key", None) not in SELF_CACHE:
+      return leaf  # cross keys/values are per user; the step index is shared
+    rows = leaf.reshape((b, -1) + leaf.shape[1:])
+    picked = jnp.take_along_axis(rows, parent.reshape((b, new_width) + (1,) * (leaf.ndim - 1)),
+                                 axis=1)
+    return picked.reshape((b * new_width,) + leaf.shape[1:])
+
+  return jax.tree_util.tree_map_with_path(gather, cache)
+
+
+def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, position,
+          new_width: int, renormalize: bool) -> BeamState:
+  """Extends every beam by one code and keeps the best `new_width` of all extensions."""
+  b, width = state.scores.shape
+  k1 = trie.children.shape[1]
+  previous = jnp.where(position > 0,
+                       jnp.take(state.codes, jnp.maximum(position - 1, 0), axis=2), 0)
+  logits, mutated = model.apply({"params": params, "cache": state.cache}, encoded, mask,
+                                previous.reshape(-1), position, method=ColaRec.decode_step,
+                                mutable=["cache"])
+  logits = logits.reshape(b, width, k1)
+  valid = trie.children[state.nodes] >= 0
+  if renormalize:
+    logp = jax.nn.log_softmax(jnp.where(valid, logits, -jnp.inf), axis=-1)
+  else:
+    logp = jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), -jnp.inf)
+  candidates = (state.scores[..., None] + logp).reshape(b, width * k1)
+  scores, flat = jax.lax.top_k(candidates, new_width)
+  parent, code = flat // k1, flat % k1
+  nodes = trie.children[jnp.take_along_axis(state.nodes, parent, axis=1), code]
+  nodes = jnp.where(jnp.isfinite(scores) & (nodes >= 0), nodes, trie.dead)
+  codes = jnp.take_along_axis(state.codes, parent[..., None], axis=1)
+  codes = codes.at[:, :, position].set(jnp.where(nodes == trie.dead, 0, code))
+  return BeamState(scores, nodes, codes, _reorder_cache(mutated["cache"], parent))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize"))
+def _search(params, inputs, children, leaf_item, *, model: ColaRec, widths: tuple[int, ...],
+            beam_size: int, renormalize: bool):
+  trie = Trie(children, leaf_item, widths)
+  depth = len(widths) - 1
+  encoded = model.apply({"params": params}, inputs, method=ColaRec.encode)
+  mask = inputs["mask"]
+  decoder = model.clone(decode=True)
+  _, init = decoder.apply({"params": params}, encoded, mask, method=ColaRec.init_cache,
+                          mutable=["cache"])
+  b = encoded.shape[0]
+  state = BeamState(scores=jnp.zeros((b, 1)), nodes=jnp.zeros((b, 1), jnp.int32),
+                    codes=jnp.zeros((b, 1, depth), jnp.int32), cache=init["cache"])
+  step = functools.partial(_step, decoder, params, trie, encoded, mask,
+                           renormalize=renormalize)
+  t = 0
+  while t < depth:
+    if widths[t + 1] != widths[t]:
+      state = step(state, jnp.int32(t), new_width=widths[t + 1])
+      t += 1
+      continue
+    end = t
+    while end < depth and widths[end + 1] == widths[t]:
+      end += 1
+    state = jax.lax.fori_loop(t, end, lambda i, s: step(s, i, new_width=widths[t]), state)
+    t = end
+  items = jnp.where(jnp.isfinite(state.scores), trie.leaf_item[state.nodes], 0)
+  pad = beam_size - items.shape[1]
+  items = jnp.pad(items, ((0, 0), (0, pad)))
+  scores = jnp.pad(state.scores, ((0, 0), (0, pad)), constant_values=-jnp.inf)
+  codes = jnp.pad(state.codes, ((0, 0), (0, pad), (0, 0)))
+  return items, scores, codes
+
+
+def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, beam_size: int,
+                renormalize: bool = False):
+  """Top `beam_size` items for each input by constrained beam search.
+
+  Args:
+    model: the ColaRec module (decode=False; a decoding copy is made inside).
+    params: its parameters.
+    inputs: encoder inputs, a dict of [b, L] arrays (and 'task' [b]).
+    trie: `Trie.build(gids, beam_size)`.
+    beam_size: beams kept per input (official 100).
+    renormalize: mask invalid codes before the log-softmax instead of after it.
+
+  Returns:
+    (items [b, beam_size] int32, best first, 0 where fewer items exist; scores [b, beam_size]
+    log-probabilities, -inf for those; codes [b, beam_size, l] the items' GIDs).
+  """
+  return _search(params, inputs, trie.children, trie.leaf_item, model=model,
+                 widths=trie.widths, beam_size=beam_size, renormalize=renormalize)

@@ -1,0 +1,140 @@
+"""Constrained beam search: valid GIDs only, exhaustive scoring when the beam holds every item,
+greedy decoding at beam 1, renormalisation, and beams sharing one user's cross keys/values."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from colarec_jax import decode
+from colarec_jax.gid.builder import random_codes
+from colarec_jax.gid.table import GidTable
+from colarec_jax.model.colarec import ColaRec, ColaRecConfig
+from colarec_jax.model.t5 import TransformerConfig
+
+K, DEPTH, NUM_ITEMS = 3, 3, 20
+TC = TransformerConfig(vocab_size=40, d_model=32, d_ff=64, num_heads=4, d_kv=8,
+                       num_encoder_layers=1, num_decoder_layers=2, dropout_rate=0.0)
+MODEL = ColaRec(ColaRecConfig(TC, num_items=NUM_ITEMS, num_users=5, branching=K, depth=DEPTH))
+
+
+def make_inputs(b=4, length=10, seed=0):
+  rng = np.random.default_rng(seed)
+  mask = np.arange(length)[None] < rng.integers(4, length + 1, b)[:, None]
+  return {"tokens": jnp.asarray(rng.integers(3, 40, (b, length)) * mask, jnp.int32),
+          "items": jnp.asarray((rng.integers(0, NUM_ITEMS + 1, (b, length)) *
+                                (rng.random((b, length)) < 0.2)) * mask, jnp.int32),
+          "users": jnp.zeros((b, length), jnp.int32), "mask": jnp.asarray(mask),
+          "task": jnp.zeros(b, jnp.int32)}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  gids = GidTable.from_codes(random_codes(NUM_ITEMS, branching=K, depth=DEPTH, seed=1), K)
+  inputs = make_inputs()
+  params = MODEL.init(jax.random.key(0), inputs, jnp.asarray(gids.codes[1:5]))["params"]
+  # Sharper code distributions than the initialisation gives, so rankings are well separated.
+  params = {**params, "codebook": params["codebook"] * 8}
+  return gids, inputs, params
+
+
+def exhaustive_scores(params, inputs, gids: GidTable, renormalize: bool) -> np.ndarray:
+  """[b, num_items + 1] log-probability of every item's GID by teacher forcing (no cache, no
+  beams); item 0 gets -inf. Invalid codes are masked per prefix like the search does."""
+  encoded = MODEL.apply({"params": params}, inputs, method=ColaRec.encode)
+  b = encoded.shape[0]
+  out = np.full((b, NUM_ITEMS + 1), -np.inf)
+  for item in range(1, NUM_ITEMS + 1):
+    codes = jnp.asarray(np.repeat(gids.codes[item][None], b, 0))
+    logits = np.asarray(MODEL.apply({"params": params}, encoded, inputs["mask"], codes,
+                                    method=ColaRec.decode_codes), np.float64)
+    total = np.zeros(b)
+    for t, code in enumerate(gids.codes[item]):
+      valid = gids.valid_next(gids.codes[item][:t])
+      row = logits[:, t]
+      if renormalize:
+        row = np.where(valid, row, -np.inf)
+      logp = row - np.log(np.exp(row - row.max(1, keepdims=True)).sum(1, keepdims=True)) \
+          - row.max(1, keepdims=True)
+      total += logp[:, code]
+    out[:, item] = total
+  return out
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_full_beam_equals_exhaustive_ranking(setup, renormalize):
+  gids, inputs, params = setup
+  beam = 32  # more than the 20 items: every item is reached
+  trie = decode.Trie.build(gids, beam)
+  items, scores, codes = map(np.asarray, decode.beam_search(MODEL, params, inputs, trie,
+                                                            beam_size=beam,
+                                                            renormalize=renormalize))
+  reference = exhaustive_scores(params, inputs, gids, renormalize)
+  for row in range(len(items)):
+    found = items[row][items[row] > 0]
+    assert sorted(found.tolist()) == list(range(1, NUM_ITEMS + 1))
+    expected_order = np.argsort(-reference[row][1:], kind="stable") + 1
+    np.testing.assert_array_equal(found, expected_order)
+    np.testing.assert_allclose(scores[row][:NUM_ITEMS], reference[row][found], atol=1e-4)
+    assert np.all(np.isneginf(scores[row][NUM_ITEMS:]))
+    np.testing.assert_array_equal(codes[row][:NUM_ITEMS], gids.codes[found])
+
+
+@pytest.mark.parametrize("beam", [1, 2, 5, 7])
+def test_every_returned_gid_is_an_items_gid(setup, beam):
+  gids, inputs, params = setup
+  trie = decode.Trie.build(gids, beam)
+  items, scores, codes = map(np.asarray,
+                             decode.beam_search(MODEL, params, inputs, trie, beam_size=beam))
+  assert items.shape == (4, beam) and codes.shape == (4, beam, DEPTH)
+  assert np.all(items > 0)
+  for row in range(len(items)):
+    assert len(set(items[row].tolist())) == beam
+    for item, gid in zip(items[row], codes[row]):
+      assert gids.item_of(gid.tolist()) == item
+    assert np.all(np.diff(scores[row]) <= 1e-6)  # best first
+
+
+def test_beam_one_is_greedy(setup):
+  gids, inputs, params = setup
+  trie = decode.Trie.build(gids, 1)
+  items, _, _ = map(np.asarray, decode.beam_search(MODEL, params, inputs, trie, beam_size=1))
+  encoded = MODEL.apply({"params": params}, inputs, method=ColaRec.encode)
+  b = encoded.shape[0]
+  prefix = np.zeros((b, DEPTH), np.int32)
+  for t in range(DEPTH):
+    # Full (uncached) decoder on the greedy prefix; positions after t do not affect position t.
+    logits = np.asarray(MODEL.apply({"params": params}, encoded, inputs["mask"],
+                                    jnp.asarray(prefix), method=ColaRec.decode_codes))[:, t]
+    for row in range(b):
+      valid = gids.valid_next(prefix[row, :t].tolist())
+      prefix[row, t] = int(np.argmax(np.where(valid, logits[row], -np.inf)))
+  expected = [gids.item_of(p.tolist()) for p in prefix]
+  assert items[:, 0].tolist() == expected
+
+
+def test_widths_follow_the_tree():
+  gids = GidTable.from_codes(random_codes(NUM_ITEMS, branching=K, depth=DEPTH, seed=1), K)
+  per_depth = np.bincount(gids.node_depth)
+  assert decode.Trie.build(gids, 100).widths == (1, per_depth[1], per_depth[2], NUM_ITEMS)
+  assert decode.Trie.build(gids, 4).widths == (1, min(4, per_depth[1]), 4, 4)
+
+
+def test_search_compiles_once_per_shape(setup):
+  gids, inputs, params = setup
+  trie = decode.Trie.build(gids, 6)
+  search = chex.assert_max_traces(decode._search.__wrapped__, n=1)
+  jitted = jax.jit(search, static_argnames=("model", "widths", "beam_size", "renormalize"))
+  for seed in range(3):
+    jitted(params, make_inputs(seed=seed), trie.children, trie.leaf_item, model=MODEL,
+           widths=trie.widths, beam_size=6, renormalize=False)
+
+
+def test_items_with_a_long_beam_on_a_small_catalogue_pad_with_zero(setup):
+  gids, inputs, params = setup
+  trie = decode.Trie.build(gids, 50)
+  items, scores, _ = map(np.asarray, decode.beam_search(MODEL, params, inputs, trie,
+                                                        beam_size=50))
+  assert items.shape == (4, 50)
+  assert np.all(items[:, NUM_ITEMS:] == 0) and np.all(np.isneginf(scores[:, NUM_ITEMS:]))

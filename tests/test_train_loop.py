@@ -1,0 +1,131 @@
+"""train_and_evaluate on the tiny config: exact resume, checkpoints, outputs, and its errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from colarec_jax import checkpoint
+from colarec_jax import train as train_lib
+from colarec_jax.errors import ConfigError
+from configs import tiny
+
+QUIET = dict(log=lambda *_: None, progress_bar=False)
+
+
+def config(**train):
+  c = tiny.get_config()
+  c.cf.epochs = 2
+  c.train.update(train)
+  return c
+
+
+def latest_params(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "colarec", "checkpoints", "latest"))
+  step = manager.latest_step()
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, restored["state"]["params"]
+
+
+def history(workdir):
+  with open(os.path.join(workdir, "colarec", "metrics.json")) as f:
+    rows = json.load(f)["history"]
+  return [{k: v for k, v in r.items() if k not in ("seconds", "examples_per_second")}
+          for r in rows]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  reports = train_lib.train_and_evaluate(config(epochs=2, steps_per_epoch=6), workdir, **QUIET)
+  return workdir, reports
+
+
+def test_resume_continues_exactly(straight, tmp_path):
+  workdir, reports = straight
+  resumed = str(tmp_path)
+  train_lib.train_and_evaluate(config(epochs=1, steps_per_epoch=6), resumed, **QUIET)
+  assert latest_params(resumed)[0] == 1
+  logs = []
+  again = train_lib.train_and_evaluate(config(epochs=2, steps_per_epoch=6), resumed,
+                                       log=logs.append, progress_bar=False)
+  assert any("resuming ColaRec after epoch 1" in line for line in logs)
+  step_a, params_a = latest_params(workdir)
+  step_b, params_b = latest_params(resumed)
+  assert step_a == step_b == 2
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(a, b)
+  assert history(workdir) == history(resumed)
+  assert again["test"].overall == reports["test"].overall
+
+
+def test_outputs_and_best_checkpoint(straight):
+  workdir, reports = straight
+  run = os.path.join(workdir, "colarec")
+  with open(os.path.join(run, "metrics.json")) as f:
+    metrics = json.load(f)
+  assert [r["epoch"] for r in metrics["history"]] == [1, 2]
+  best_epoch = max(metrics["history"], key=lambda r: r["valid/ndcg@10"])["epoch"]
+  assert metrics["best_epoch"] == best_epoch
+  assert metrics["test"]["overall"] == reports["test"].overall
+  assert set(metrics["history"][0]) >= {"loss", "rec", "index", "bpr", "contrastive",
+                                        "grad_norm", "learning_rate", "valid/ndcg@10"}
+  assert os.path.getsize(os.path.join(run, "training_curves.png")) > 1000
+  best = checkpoint.create_manager(os.path.join(run, "checkpoints"), checkpoint.BEST)
+  assert best.all_steps() == [best_epoch]
+  assert os.listdir(os.path.join(workdir, "tensorboard", "colarec"))
+  for report in reports.values():
+    assert 0 <= report.overall["recall@5"] <= report.overall["recall@20"] <= 1
+
+
+def test_finished_run_does_not_train_again(straight):
+  workdir, reports = straight
+  logs = []
+  again = train_lib.train_and_evaluate(config(epochs=2, steps_per_epoch=6), workdir,
+                                       log=logs.append, progress_bar=False)
+  assert not any(line.startswith("colarec epoch") for line in logs)
+  assert again["test"].overall == reports["test"].overall
+
+
+def test_changed_model_config_is_refused_on_resume(straight):
+  workdir, _ = straight
+  c = config(epochs=3, steps_per_epoch=6)
+  c.model.d_ff = 48
+  with pytest.raises(ConfigError, match=r"config.model.d_ff: got 48, but the checkpoints in .* "
+                                        r"were trained with 64"):
+    train_lib.train_and_evaluate(c, workdir, **QUIET)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+  c = config(epochs=1, steps_per_epoch=3, log_every=1)
+  c.optim.learning_rate = 1e38
+  with pytest.raises(ConfigError, match=r"config.optim.learning_rate: the training loss became "
+                                        r"non-finite at step \d+ of epoch 1 .*no checkpoint"):
+    train_lib.train_and_evaluate(c, str(tmp_path), **QUIET)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.epochs", 0, "expected >= 1"),
+    ("train.steps_per_epoch", -1, "expected >= 0"),
+    ("eval.beam_size", 5, "expected at least the longest list evaluated"),
+])
+def test_bad_train_keys(tmp_path, key, value, message):
+  c = config()
+  section, name = key.split(".")
+  c[section][name] = value
+  with pytest.raises(ConfigError, match=f"config.{key}: got {value}, {message}"):
+    train_lib.train_and_evaluate(c, str(tmp_path), **QUIET)
+
+
+def test_prefetch_keeps_order_and_reraises():
+  assert list(train_lib.prefetch(iter(range(50)), size=3)) == list(range(50))
+
+  def broken():
+    yield 1
+    raise ValueError("bad batch")
+
+  with pytest.raises(ValueError, match="bad batch"):
+    list(train_lib.prefetch(broken()))
