@@ -31,6 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
   model.num_decoder_layers = 2
   model.dropout_rate = 0.1
   model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+  # A local Hugging Face T5 v1.0 folder (e.g. t5-small: config.json, model.safetensors or
+  # pytorch_model.bin, tokenizer.json) to start from, as the authors do: its weights and its
+  # tokenizer (data.tokenizer follows); sizes above must match it. '' = random init.
+  model.init_from = ""
 
   # ColaRec inputs (SPEC section 4).
   inputs = config.inputs = ml_collections.ConfigDict()

@@ -4,11 +4,31 @@ Text: title, brand, categories (official content string). The shipped train/vali
 used as is; the 5 items that occur only in valid/test keep their text (cold_items='keep').
 
 Model: t5-small size (512 / 2048 / 8 heads / 6 + 6 layers), meant for a GPU.
+
+Variants (`--config=configs/phones.py:VARIANT`):
+  ''            randomly initialised encoder-decoder, a tokenizer trained on the item text.
+  'pretrained'  as the authors: t5-small's weights and tokenizer from the local Hugging Face folder
+                `$COLAREC_T5_DIR` (config.json, model.safetensors or pytorch_model.bin,
+                tokenizer.json). The same as `--config.model.init_from=/path/to/t5-small`.
 """
+
+import os
 
 from colarec_jax.config import atomic_dataset, base_config
 
+VARIANTS = ("", "pretrained")
 
-def get_config():
-  return atomic_dataset(base_config(), "phones", "title,brand,categories",
-                        time_field="timestamp")
+
+def get_config(variant: str = ""):
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}, expected one of {VARIANTS}")
+  config = atomic_dataset(base_config(), "phones", "title,brand,categories",
+                          time_field="timestamp")
+  if variant == "pretrained":
+    folder = os.environ.get("COLAREC_T5_DIR", "")
+    if not folder:
+      # A ValueError, which the flag parser reports as the --config flag's error.
+      raise ValueError("the 'pretrained' variant reads the t5-small folder from $COLAREC_T5_DIR, "
+                       "which is unset (or use --config.model.init_from=FOLDER)")
+    config.model.init_from = folder
+  return config

@@ -22,6 +22,7 @@ from colarec_jax.data.movielens import sha256
 from colarec_jax.data.sources import load_dataset, source_files
 from colarec_jax.data.split import ratio_split
 from colarec_jax.errors import ConfigError
+from colarec_jax.model import pretrained
 
 FORMAT_VERSION = 1
 DATA_DIR = "data"
@@ -87,7 +88,7 @@ def prepare(config, workdir: str, *, log=print, force: bool = False) -> Prepared
   """Prepares `config.data` into `<workdir>/data/`, reusing it when inputs and config match.
 
   Args:
-    config: the full config (only `config.data` is read).
+    config: the full config (`config.data`, and `config.model.init_from` for the tokenizer).
     workdir: the run's working directory.
     log: where progress lines go.
     force: rebuild even when the manifest matches.
@@ -95,7 +96,9 @@ def prepare(config, workdir: str, *, log=print, force: bool = False) -> Prepared
   Returns:
     The `Prepared` dataset.
   """
-  cfg = DataConfig.from_config(config.data)
+  # A pretrained model (config.model.init_from) brings its own vocabulary.
+  cfg = dataclasses.replace(DataConfig.from_config(config.data),
+                            tokenizer=pretrained.data_tokenizer(config))
   target = os.path.join(workdir, DATA_DIR)
   key = manifest_key(cfg, source_files(cfg, log))
   manifest_path = os.path.join(target, "manifest.json")
