@@ -142,8 +142,11 @@ class InputBuilder:
     return out
 
   def training_batch(self, users: np.ndarray, items: np.ndarray, mask: np.ndarray,
-                     rng: np.random.Generator) -> dict:
+                     rng: np.random.Generator, rows: slice | None = None) -> dict:
     """Everything one train step needs for interactions (u, i); padding rows have mask 0.
+
+    Sampling always covers the whole batch, so the generator advances the same way in every
+    process; only the `rows` slice (this process's share of a global batch) is built.
 
     Returns:
       {'user': X_u, 'item': X_i, 'neg': X_i-, 'pos': X_i+ (each a dict of [b, L] arrays),
@@ -152,16 +155,21 @@ class InputBuilder:
     neg = self.sample_negatives(users, items, rng)
     pos = self.sample_positives(items, rng)
     uad = self.cfg.uad_on_item_inputs
+    rows = rows or slice(0, len(users))
     batch = {"user": [], "item": [], "neg": [], "pos": []}
-    for u, i, n, p in zip(users.tolist(), items.tolist(), neg.tolist(), pos.tolist()):
-      batch["user"].append(self.rec_input(self.train_history(u, i, rng)))
-      batch["item"].append(self.index_input(i, self.sample_users(i, rng) if uad else []))
-      batch["neg"].append(self.index_input(n, self.sample_users(n, rng) if uad else []))
-      batch["pos"].append(self.index_input(p, self.sample_users(p, rng)))
+    for row, (u, i, n, p) in enumerate(zip(users.tolist(), items.tolist(), neg.tolist(),
+                                           pos.tolist())):
+      history = self.train_history(u, i, rng)
+      sampled = [self.sample_users(i, rng) if uad else [],
+                 self.sample_users(n, rng) if uad else [], self.sample_users(p, rng)]
+      if rows.start <= row < rows.stop:
+        batch["user"].append(self.rec_input(history))
+        for key, item, slot_users in zip(("item", "neg", "pos"), (i, n, p), sampled):
+          batch[key].append(self.index_input(item, slot_users))
     out = {k: stack(v) for k, v in batch.items()}
-    out["item_codes"] = self.gids.codes[items]
-    out["neg_codes"] = self.gids.codes[neg]
-    out["mask"] = mask.astype(np.float32)
+    out["item_codes"] = self.gids.codes[items[rows]]
+    out["neg_codes"] = self.gids.codes[neg[rows]]
+    out["mask"] = mask[rows].astype(np.float32)
     return out
 
 

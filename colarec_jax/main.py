@@ -20,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from colarec_jax import pipeline
+from colarec_jax import pipeline, sharding
 from colarec_jax.data.movielens import cache_dir
 from colarec_jax.errors import ColarecError
 
@@ -35,6 +35,9 @@ flags.DEFINE_enum("split", "test", ("valid", "test"), "evaluate: the split to ra
 flags.DEFINE_string("user", "", "recommend: a user id of the dataset.")
 flags.DEFINE_string("items", "", "recommend: comma-separated item ids, most recent first.")
 flags.DEFINE_integer("top_n", 10, "recommend: how many items to list.")
+flags.DEFINE_bool("distributed", os.environ.get("COLAREC_DISTRIBUTED", "") in ("1", "true"),
+                  "Start JAX's multi-process runtime first (one process per host; default from "
+                  "$COLAREC_DISTRIBUTED). See colarec_jax/sharding.py and launch/.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -50,6 +53,8 @@ def main(argv):
                       os.path.join(cache_dir(FLAGS.config.data.cache_dir), "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   try:
+    if FLAGS.distributed:
+      sharding.initialize_distributed()
     pipeline.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                  split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n)
   except ColarecError as e:

@@ -6,7 +6,7 @@ import json
 import os
 
 
-from colarec_jax import checkpoint, evaluate
+from colarec_jax import checkpoint, evaluate, sharding
 from colarec_jax import train as train_lib
 from colarec_jax.cf import train as cf_train
 from colarec_jax.data import prepare as prepare_lib
@@ -27,7 +27,8 @@ def train_models(config, workdir: str, names, *, log=print) -> dict[str, dict]:
     if name == "mostpop":
       results[name] = cf_train.mostpop(prepared, ev)
     elif name == "lightgcn":
-      run = cf_train.train_lightgcn(config, prepared, workdir, log=log)
+      run = sharding.main_first("colarec-lightgcn", lambda: cf_train.train_lightgcn(
+          config, prepared, workdir, log=log))
       results[name] = {"valid": run.valid, "test": run.test}
     elif name == "colarec":
       results[name] = train_lib.train_and_evaluate(config, workdir, log=log)
@@ -38,9 +39,10 @@ def train_models(config, workdir: str, names, *, log=print) -> dict[str, dict]:
 
 def report(results: dict[str, dict], workdir: str, ks, part: str = "test") -> str:
   """Writes `<workdir>/results.json` and returns the metrics table of `part`."""
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({name: {p: r.to_json() for p, r in parts.items()}
-               for name, parts in results.items()}, f, indent=1)
+  if sharding.is_main_process():
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump({name: {p: r.to_json() for p, r in parts.items()}
+                 for name, parts in results.items()}, f, indent=1)
   return f"{part} metrics\n" + evaluate.format_table(
       {name: parts[part] for name, parts in results.items()}, ks)
 
@@ -117,11 +119,18 @@ def recommend(config, workdir: str, *, user: str = "", items: str = "", top_n: i
 
 def run(mode: str, config, workdir: str, *, log=print, **flags) -> None:
   """Runs one CLI mode (see `main`); `flags` are the evaluate/recommend flags."""
-  prepared = prepare_lib.prepare(config, workdir, log=log)
-  if mode in ("stats", "all"):
-    log(prepare_lib.format_stats(prepared))
-  if mode in ("gid", "all"):
-    gid_sources.gids_for_config(config, prepared, workdir, log=log)
+  if not sharding.is_main_process():
+    log = lambda *_: None  # noqa: E731  (one voice on the console)
+
+  def stages():
+    prepared = prepare_lib.prepare(config, workdir, log=log)
+    if mode in ("stats", "all"):
+      log(prepare_lib.format_stats(prepared))
+    if mode in ("gid", "all"):
+      gid_sources.gids_for_config(config, prepared, workdir, log=log)
+    if mode == "all":
+      cf_train.train_lightgcn(config, prepared, workdir, log=log)
+  sharding.main_first("colarec-stages", stages)
   ks = tuple(config.eval.ks)
   if mode in ("train", "all"):
     names = MODELS[::-1] if mode == "all" else (config.model.name,)

@@ -81,7 +81,7 @@ class Ranker:
           self.model, self.params, sharding.shard_rows(
               {name: jnp.asarray(v) for name, v in padded.items()}, self.mesh),
           self.trie, beam_size=self.cfg.beam_size, renormalize=self.cfg.renormalize)
-      out[start:start + size] = drop_excluded(np.asarray(items)[:size],
+      out[start:start + size] = drop_excluded(sharding.to_host(items)[:size],
                                               exclude[start:start + size], k)
     return out
 

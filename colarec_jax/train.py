@@ -43,6 +43,7 @@ from colarec_jax.errors import ConfigError, UsageError
 from colarec_jax.gid import sources as gid_sources
 from colarec_jax.gid.table import GidTable
 from colarec_jax.inputs import InputBuilder, InputConfig, epoch_order
+from colarec_jax.model import pretrained
 from colarec_jax.model.colarec import ColaRec, ColaRecConfig
 from colarec_jax.model.t5 import TransformerConfig
 from colarec_jax.recommend import DecodeConfig, Ranker
@@ -110,10 +111,16 @@ class LossWeights:
 
 
 def init_state(model: ColaRec, optimizer, example_batch: dict, key: jax.Array,
-               mesh=None) -> train_state.TrainState:
-  """Parameters initialised from one example of `example_batch`, replicated on the mesh."""
+               mesh=None, init_from: str = "") -> train_state.TrainState:
+  """Parameters initialised from one example of `example_batch`, replicated on the mesh.
+
+  With `init_from` (a Hugging Face T5 folder) the encoder-decoder's weights are loaded from it;
+  ColaRec's own parameters keep their fresh initialisation.
+  """
   one = jax.tree.map(lambda x: x[:1], example_batch)
   params = jax.jit(model.init)(key, one["user"], one["item_codes"])["params"]
+  if init_from:
+    params = pretrained.init_from_pretrained(params, init_from, model.config.transformer)
   # No apply_fn: the step calls the model itself, and a bound method (compared by identity) would
   # give every run's state a new tree structure, hence a new compile of the same step.
   state = train_state.TrainState.create(apply_fn=None, params=params, tx=optimizer)
@@ -255,7 +262,8 @@ class Context:
     example = {"user": self.builder.eval_inputs(np.asarray([1])),
                "item_codes": self.gids.codes[1:2]}
     key = jax.random.fold_in(jax.random.key(int(self.config.seed)), PARAMS_STREAM)
-    return init_state(self.model, optimizer, example, key, self.mesh)
+    return init_state(self.model, optimizer, example, key, self.mesh,
+                      init_from=self.config.model.init_from)
 
   def ranker(self, params) -> Ranker:
     return Ranker(self.model, params, self.gids, self.builder,
@@ -264,8 +272,13 @@ class Context:
 
 def build_context(config, workdir: str, *, log=print) -> Context:
   """Prepared data, GIDs (LightGCN first when they come from it), inputs and the model."""
-  prepared = prepare_lib.prepare(config, workdir, log=log)
-  gids = gid_sources.gids_for_config(config, prepared, workdir, log=log)
+  if config.model.init_from:  # a size mismatch fails now, not after LightGCN and the GIDs
+    pretrained.check_transformer_config(transformer_config(config.model, vocab_size=1),
+                                        pretrained.read_config(config.model.init_from))
+  def cached_stages():
+    prepared = prepare_lib.prepare(config, workdir, log=log)
+    return prepared, gid_sources.gids_for_config(config, prepared, workdir, log=log)
+  prepared, gids = sharding.main_first("colarec-context", cached_stages)
   builder = InputBuilder(prepared, gids, InputConfig.from_config(
       config.inputs, prepared.item_tokens.shape[1]))
   ds = prepared.dataset
@@ -328,8 +341,9 @@ def epoch_batches(ctx: Context, epoch: int, steps: int):
   rng = np.random.default_rng([int(ctx.config.seed), epoch])
   users, items = ctx.prepared.rows(TRAIN)
   order = epoch_order(users, items, int(ctx.config.optim.batch_size), rng)
+  rows = sharding.process_rows(ctx.mesh, int(ctx.config.optim.batch_size))
   for bu, bi, bm in itertools.islice(order, steps):
-    yield ctx.builder.training_batch(bu, bi, bm, rng)
+    yield ctx.builder.training_batch(bu, bi, bm, rng, rows)
 
 
 def steps_per_epoch(ctx: Context, tc: TrainConfig) -> int:
@@ -383,7 +397,8 @@ def train_and_evaluate(config, workdir: str, *, log=print, progress_bar: bool = 
   dropout_key = jax.random.fold_in(jax.random.key(int(config.seed)), DROPOUT_STREAM)
   valid = EvalSplit.build(ctx.prepared, VALID, ev)
   valid_inputs = ctx.builder.eval_inputs(valid.users)
-  writer = summary_writer(os.path.join(workdir, "tensorboard", "colarec"))
+  writer = (summary_writer(os.path.join(workdir, "tensorboard", "colarec"))
+            if sharding.is_main_process() else NullWriter())
   batch_size = int(config.optim.batch_size)
 
   while progress.epoch < tc.epochs and not progress.stopped:
@@ -393,19 +408,21 @@ def train_and_evaluate(config, workdir: str, *, log=print, progress_bar: bool = 
     bar = tqdm.tqdm(total=steps, desc=f"colarec epoch {epoch + 1}", leave=False,
                     disable=None if progress_bar else True)
     for n, batch in enumerate(prefetch(epoch_batches(ctx, epoch, steps))):
-      state, metrics = step_fn(state, sharding.shard_rows(batch, ctx.mesh), dropout_key)
+      state, metrics = step_fn(state, sharding.global_rows(batch, ctx.mesh, batch_size),
+                               dropout_key)
       pending.append(metrics)
       if (n + 1) % tc.log_every and n + 1 < steps:
         continue
       # Fetch a window of step metrics at once: no host sync on every step.
-      for m in jax.device_get(pending):
+      fetched = sharding.to_host(pending)
+      for m in fetched:
         seen += 1
         if not np.isfinite(m["loss"]):
           raise ConfigError("optim.learning_rate", _non_finite_message(ctx, m, epoch, seen))
         for k, v in m.items():
           sums[k] = sums.get(k, 0.0) + float(v)
       global_step = int(epoch * steps + seen)
-      for k, v in jax.device_get(pending[-1]).items():
+      for k, v in fetched[-1].items():
         writer.add_scalar(f"train/{k}", float(v), global_step)
       bar.update(len(pending))
       bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}",
@@ -415,6 +432,7 @@ def train_and_evaluate(config, workdir: str, *, log=print, progress_bar: bool = 
     seconds = time.perf_counter() - start
     record = {"epoch": epoch + 1, "seconds": seconds,
               "examples_per_second": seen * batch_size / seconds,
+              "seconds_per_step": seconds / max(seen, 1),
               **{k: v / max(seen, 1) for k, v in sums.items()}}
     evaluated = (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs
     if evaluated:
@@ -455,11 +473,25 @@ def finish(ctx: Context, state, progress: Progress, ev: EvalConfig) -> dict:
   for name, part in (("valid", VALID), ("test", TEST)):
     split = EvalSplit.build(ctx.prepared, part, ev)
     reports[name] = ranker.evaluate(split, ctx.builder.eval_inputs(split.users), ev)
-  with open(os.path.join(ctx.run_dir, "metrics.json"), "w") as f:
-    json.dump({"best_epoch": best_epoch, "history": progress.history,
-               **{k: r.to_json() for k, r in reports.items()}}, f, indent=1)
-  plot_curves(progress.history, ev.metric, os.path.join(ctx.run_dir, "training_curves.png"))
+  if sharding.is_main_process():
+    with open(os.path.join(ctx.run_dir, "metrics.json"), "w") as f:
+      json.dump({"best_epoch": best_epoch, "history": progress.history,
+                 **{k: r.to_json() for k, r in reports.items()}}, f, indent=1)
+    plot_curves(progress.history, ev.metric, os.path.join(ctx.run_dir, "training_curves.png"))
   return reports
+
+
+class NullWriter:
+  """Stands in for the TensorBoard writer on processes other than the main one."""
+
+  def add_scalar(self, *args):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
 
 
 def _epoch_line(record: dict, metric: str) -> str:

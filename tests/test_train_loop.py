@@ -33,8 +33,8 @@ def latest_params(workdir):
 def history(workdir):
   with open(os.path.join(workdir, "colarec", "metrics.json")) as f:
     rows = json.load(f)["history"]
-  return [{k: v for k, v in r.items() if k not in ("seconds", "examples_per_second")}
-          for r in rows]
+  timings = ("seconds", "examples_per_second", "seconds_per_step")
+  return [{k: v for k, v in r.items() if k not in timings} for r in rows]
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,8 @@ def train_lightgcn(config, prepared: Prepared, workdir: str, *, log=print,
 
   cfg = lightgcn.LightGCNConfig.from_config(config.cf)
   ev = EvalConfig.from_config(config.eval)
-  mesh = sharding.make_mesh(int(config.num_devices))
+  # Every process of a multi-process run trains the same LightGCN on its own devices.
+  mesh = sharding.make_mesh(int(config.num_devices), local=True)
   shards = sharding.num_shards(mesh)
   if cfg.batch_size % shards:
     raise ConfigError("cf.batch_size", f"got {cfg.batch_size}, expected a multiple of the "
