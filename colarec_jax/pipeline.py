@@ -18,9 +18,13 @@ MODELS = ("colarec", "lightgcn", "mostpop")
 PARTS = {"valid": VALID, "test": TEST}
 
 
-def train_models(config, workdir: str, names, *, log=print) -> dict[str, dict]:
-  """Trains and evaluates each named model; returns {name: {'valid': Report, 'test': Report}}."""
-  prepared = prepare_lib.prepare(config, workdir, log=log)
+def train_models(config, workdir: str, names, *, log=print, prepared=None,
+                 gids=None) -> dict[str, dict]:
+  """Trains and evaluates each named model; returns {name: {'valid': Report, 'test': Report}}.
+
+  `prepared` and `gids` may be passed when the caller has built them for this config.
+  """
+  prepared = prepared or prepare_lib.prepare(config, workdir, log=log)
   ev = cf_train.EvalConfig.from_config(config.eval)
   results = {}
   for name in names:
@@ -31,7 +35,8 @@ def train_models(config, workdir: str, names, *, log=print) -> dict[str, dict]:
           config, prepared, workdir, log=log))
       results[name] = {"valid": run.valid, "test": run.test}
     elif name == "colarec":
-      results[name] = train_lib.train_and_evaluate(config, workdir, log=log)
+      results[name] = train_lib.train_and_evaluate(config, workdir, log=log, prepared=prepared,
+                                                   gids=gids)
     else:
       raise ConfigError("model.name", f"got {name!r}, expected one of {', '.join(MODELS)}")
   return results
@@ -123,18 +128,17 @@ def run(mode: str, config, workdir: str, *, log=print, **flags) -> None:
     log = lambda *_: None  # noqa: E731  (one voice on the console)
 
   def stages():
-    prepared = prepare_lib.prepare(config, workdir, log=log)
+    prepared, gids = prepare_lib.prepare(config, workdir, log=log), None
     if mode in ("stats", "all"):
       log(prepare_lib.format_stats(prepared))
     if mode in ("gid", "all"):
-      gid_sources.gids_for_config(config, prepared, workdir, log=log)
-    if mode == "all":
-      cf_train.train_lightgcn(config, prepared, workdir, log=log)
-  sharding.main_first("colarec-stages", stages)
+      gids = gid_sources.gids_for_config(config, prepared, workdir, log=log)
+    return prepared, gids
+  prepared, gids = sharding.main_first("colarec-stages", stages)
   ks = tuple(config.eval.ks)
   if mode in ("train", "all"):
     names = MODELS[::-1] if mode == "all" else (config.model.name,)
-    results = train_models(config, workdir, names, log=log)
+    results = train_models(config, workdir, names, log=log, prepared=prepared, gids=gids)
     log(report(results, workdir, ks))
   elif mode == "evaluate":
     part = flags.get("split", "test")

@@ -270,14 +270,18 @@ class Context:
                   DecodeConfig.from_config(self.config.eval), self.mesh)
 
 
-def build_context(config, workdir: str, *, log=print) -> Context:
-  """Prepared data, GIDs (LightGCN first when they come from it), inputs and the model."""
+def build_context(config, workdir: str, *, log=print, prepared: Prepared | None = None,
+                  gids: GidTable | None = None) -> Context:
+  """Prepared data, GIDs (LightGCN first when they come from it), inputs and the model.
+
+  `prepared` and `gids`, when the caller already has them for this config, are used as given.
+  """
   if config.model.init_from:  # a size mismatch fails now, not after LightGCN and the GIDs
     pretrained.check_transformer_config(transformer_config(config.model, vocab_size=1),
                                         pretrained.read_config(config.model.init_from))
   def cached_stages():
-    prepared = prepare_lib.prepare(config, workdir, log=log)
-    return prepared, gid_sources.gids_for_config(config, prepared, workdir, log=log)
+    data = prepared or prepare_lib.prepare(config, workdir, log=log)
+    return data, gids or gid_sources.gids_for_config(config, data, workdir, log=log)
   prepared, gids = sharding.main_first("colarec-context", cached_stages)
   builder = InputBuilder(prepared, gids, InputConfig.from_config(
       config.inputs, prepared.item_tokens.shape[1]))
@@ -372,13 +376,16 @@ def _arrays(state: train_state.TrainState) -> dict:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
 
-def train_and_evaluate(config, workdir: str, *, log=print, progress_bar: bool = True) -> dict:
+def train_and_evaluate(config, workdir: str, *, log=print, progress_bar: bool = True,
+                       prepared: Prepared | None = None, gids: GidTable | None = None) -> dict:
   """Trains ColaRec (resuming from `<workdir>/colarec/checkpoints` if present) and tests it.
+
+  `prepared` and `gids` may be passed when the caller has built them (see `build_context`).
 
   Returns:
     {'valid': Report, 'test': Report} of the best checkpoint.
   """
-  ctx = build_context(config, workdir, log=log)
+  ctx = build_context(config, workdir, log=log, prepared=prepared, gids=gids)
   tc = TrainConfig.from_config(config.train)
   ev = EvalConfig.from_config(config.eval)
   DecodeConfig.from_config(config.eval)  # fail on a bad decoding key before training
