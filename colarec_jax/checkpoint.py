@@ -64,3 +64,13 @@ def restore(manager: ocp.CheckpointManager, epoch: int, target) -> tuple[object,
 def restore_meta(manager: ocp.CheckpointManager, epoch: int) -> dict:
   """Only the JSON part of checkpoint `epoch` (what produced it, and the run's progress)."""
   return manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def restore_params(manager: ocp.CheckpointManager, epoch: int, target):
+  """Only the parameters of checkpoint `epoch` (no optimizer state read), placed like `target`
+  (a tree of arrays or `jax.ShapeDtypeStruct`s with shardings)."""
+  item = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, target)}
+  restored = manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True)))
+  return restored["state"]["params"]

@@ -61,19 +61,17 @@ def _checkpoint_epoch(which: str) -> tuple[str, int | None]:
   return checkpoint.LATEST, int(which)
 
 
-def _restored_context(config, workdir: str, which: str, log):
-  ctx = train_lib.build_context(config, workdir, log=log)
+def _restored_ranker(config, workdir: str, which: str, log, prepared=None):
+  """(context, ranker) with the parameters of checkpoint `which`."""
+  ctx = train_lib.build_context(config, workdir, log=log, prepared=prepared)
   kind, epoch = _checkpoint_epoch(which)
-  tc = train_lib.TrainConfig.from_config(config.train)
-  optimizer = train_lib.create_optimizer(config.optim,
-                                         tc.epochs * train_lib.steps_per_epoch(ctx, tc))
-  restored = train_lib.restore_checkpoint(ctx, kind, ctx.init_state(optimizer), epoch)
+  restored = train_lib.restore_params(ctx, kind, epoch)
   if restored is None:
     raise UsageError("checkpoint", f"no {kind} checkpoint in {ctx.checkpoint_dir}; train first "
                      "(--mode=train)")
-  state, _, epoch = restored
+  params, epoch = restored
   log(f"using the {kind} checkpoint (epoch {epoch}) in {ctx.checkpoint_dir}")
-  return ctx, state
+  return ctx, ctx.ranker(params)
 
 
 def evaluate_checkpoint(config, workdir: str, *, which: str = "best", part: str = "test",
@@ -81,10 +79,8 @@ def evaluate_checkpoint(config, workdir: str, *, which: str = "best", part: str 
   """Recall/NDCG of a ColaRec checkpoint on the valid or test split."""
   if part not in PARTS:
     raise UsageError("split", f"got {part!r}, expected 'valid' or 'test'")
-  ctx, state = _restored_context(config, workdir, which, log)
-  ev = cf_train.EvalConfig.from_config(config.eval)
-  split = cf_train.EvalSplit.build(ctx.prepared, PARTS[part], ev)
-  return ctx.ranker(state.params).evaluate(split, ctx.builder.eval_inputs(split.users), ev)
+  ctx, ranker = _restored_ranker(config, workdir, which, log)
+  return ranker.evaluate(*ctx.eval_data(PARTS[part]), cf_train.EvalConfig.from_config(config.eval))
 
 
 def recommend(config, workdir: str, *, user: str = "", items: str = "", top_n: int = 10,
@@ -93,9 +89,11 @@ def recommend(config, workdir: str, *, user: str = "", items: str = "", top_n: i
   (an ad-hoc history, most recent first: a new user, no retraining). Ids are the dataset's own."""
   if bool(user) == bool(items):
     raise UsageError("user", "give exactly one of --user=<user id> or --items=<id,id,...>")
-  if top_n < 1:
-    raise UsageError("top_n", f"got {top_n}, expected >= 1")
-  ds = prepare_lib.prepare(config, workdir, log=lambda *_: None).dataset
+  if not 1 <= top_n <= int(config.eval.beam_size):
+    raise UsageError("top_n", f"got {top_n}, expected 1 to eval.beam_size = "
+                     f"{config.eval.beam_size}")
+  prepared = prepare_lib.prepare(config, workdir, log=log)
+  ds = prepared.dataset
   if user:
     index = {raw: n for n, raw in enumerate(ds.user_ids.tolist()) if n}
     if user not in index:
@@ -110,13 +108,9 @@ def recommend(config, workdir: str, *, user: str = "", items: str = "", top_n: i
         raise UsageError("items", f"{raw!r} is not an item of {ds.name} ({ds.num_items} items, "
                          f"e.g. {str(ds.item_ids[1])!r})")
       history.append(index[raw])
-  ctx, state = _restored_context(config, workdir, which, log)
-  ranker = ctx.ranker(state.params)
-  if top_n > ranker.cfg.beam_size:
-    raise UsageError("top_n", f"got {top_n}, expected at most eval.beam_size = "
-                     f"{ranker.cfg.beam_size}")
+  ctx, ranker = _restored_ranker(config, workdir, which, log, prepared)
   if user:
-    ranked = ranker.for_user(user_id, ctx.prepared.csr(TRAIN), top_n)
+    ranked = ranker.for_user(user_id, prepared.csr(TRAIN), top_n)
   else:
     ranked = ranker.for_history(history, top_n)
   return [(str(ds.item_ids[i]), ds.content(int(i))) for i in ranked[ranked > 0]]

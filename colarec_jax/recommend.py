@@ -16,7 +16,6 @@ from colarec_jax import decode, evaluate, sharding
 from colarec_jax.cf.train import EvalConfig, EvalSplit
 from colarec_jax.data.dataset import Csr
 from colarec_jax.errors import ConfigError
-from colarec_jax.gid.table import GidTable
 from colarec_jax.inputs import InputBuilder, stack
 from colarec_jax.model.colarec import ColaRec
 
@@ -61,10 +60,11 @@ def drop_excluded(items: np.ndarray, exclude: list[np.ndarray], k: int) -> np.nd
 class Ranker:
   """Beam-search ranking with fixed parameters; one compile per (batch, input length)."""
 
-  def __init__(self, model: ColaRec, params, gids: GidTable, builder: InputBuilder,
+  def __init__(self, model: ColaRec, params, trie: decode.Trie, builder: InputBuilder,
                cfg: DecodeConfig, mesh=None):
-    self.model, self.params, self.builder, self.cfg, self.mesh = model, params, builder, cfg, mesh
-    self.trie = decode.Trie.build(gids, cfg.beam_size)
+    """`trie` is `decode.Trie.build(gids, cfg.beam_size)`."""
+    self.model, self.params, self.trie, self.builder, self.cfg, self.mesh = (
+        model, params, trie, builder, cfg, mesh)
     shards = sharding.num_shards(mesh)
     self.batch_size = -(-cfg.batch_size // shards) * shards  # whole rows per device
 

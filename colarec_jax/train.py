@@ -34,7 +34,7 @@ import optax
 import tqdm
 from flax.training import train_state
 
-from colarec_jax import checkpoint, losses, sharding
+from colarec_jax import checkpoint, decode, losses, sharding
 from colarec_jax.cf.train import EvalConfig, EvalSplit, summary_writer
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
@@ -252,21 +252,44 @@ class Context:
   model: ColaRec
   mesh: object
   run_dir: str
+  _eval_data: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def checkpoint_dir(self) -> str:
     return os.path.join(self.run_dir, "checkpoints")
 
+  def _example(self) -> dict:
+    return {"user": self.builder.eval_inputs(np.asarray([1])), "item_codes": self.gids.codes[1:2]}
+
   def init_state(self, optimizer) -> train_state.TrainState:
     """Fresh parameters (from the config's seed) and optimizer state, placed on the mesh."""
-    example = {"user": self.builder.eval_inputs(np.asarray([1])),
-               "item_codes": self.gids.codes[1:2]}
     key = jax.random.fold_in(jax.random.key(int(self.config.seed)), PARAMS_STREAM)
-    return init_state(self.model, optimizer, example, key, self.mesh,
+    return init_state(self.model, optimizer, self._example(), key, self.mesh,
                       init_from=self.config.model.init_from)
 
+  def abstract_params(self):
+    """Shapes, dtypes and (replicated) shardings of the parameters, without initialising them."""
+    one = self._example()
+    shapes = jax.eval_shape(lambda: self.model.init(jax.random.key(0), one["user"],
+                                                    one["item_codes"])["params"])
+    placement = (jax.sharding.NamedSharding(self.mesh, jax.P()) if self.mesh is not None
+                 else jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement),
+                        shapes)
+
+  @functools.cached_property
+  def trie(self) -> decode.Trie:
+    return decode.Trie.build(self.gids, DecodeConfig.from_config(self.config.eval).beam_size)
+
+  def eval_data(self, part: int) -> tuple[EvalSplit, dict]:
+    """An evaluation split and its encoder inputs, built once per run and part."""
+    if part not in self._eval_data:
+      split = EvalSplit.build(self.prepared, part, EvalConfig.from_config(self.config.eval))
+      self._eval_data[part] = (split, self.builder.eval_inputs(split.users))
+    return self._eval_data[part]
+
   def ranker(self, params) -> Ranker:
-    return Ranker(self.model, params, self.gids, self.builder,
+    return Ranker(self.model, params, self.trie, self.builder,
                   DecodeConfig.from_config(self.config.eval), self.mesh)
 
 
@@ -355,8 +378,9 @@ def steps_per_epoch(ctx: Context, tc: TrainConfig) -> int:
   return min(full, tc.steps_per_epoch) if tc.steps_per_epoch else full
 
 
-def restore_checkpoint(ctx: Context, kind: str, state, epoch: int | None = None):
-  """(state, Progress, epoch) from the run's `kind` checkpoints, or None when there are none."""
+def _find_checkpoint(ctx: Context, kind: str, epoch: int | None):
+  """(manager, epoch) of the run's `kind` checkpoint (the newest, or `epoch`), checked against
+  the config; None when there is none."""
   manager = checkpoint.create_manager(ctx.checkpoint_dir, kind)
   epoch = epoch if epoch is not None else (
       manager.best_step() if kind == checkpoint.BEST else manager.latest_step())
@@ -367,9 +391,26 @@ def restore_checkpoint(ctx: Context, kind: str, state, epoch: int | None = None)
                      f"{ctx.checkpoint_dir}; there are {sorted(manager.all_steps())}")
   check_compatible(ctx.config, checkpoint.restore_meta(manager, epoch)["config"],
                    ctx.checkpoint_dir)
+  return manager, epoch
+
+
+def restore_checkpoint(ctx: Context, kind: str, state, epoch: int | None = None):
+  """(state, Progress, epoch) from the run's `kind` checkpoints, or None when there are none."""
+  found = _find_checkpoint(ctx, kind, epoch)
+  if found is None:
+    return None
+  manager, epoch = found
   restored, meta = checkpoint.restore(manager, epoch, _arrays(state))
-  state = state.replace(**restored)
-  return state, Progress(**meta["progress"]), epoch
+  return state.replace(**restored), Progress(**meta["progress"]), epoch
+
+
+def restore_params(ctx: Context, kind: str, epoch: int | None = None):
+  """(params, epoch) of a checkpoint for ranking (the optimizer state is not read), or None."""
+  found = _find_checkpoint(ctx, kind, epoch)
+  if found is None:
+    return None
+  manager, epoch = found
+  return checkpoint.restore_params(manager, epoch, ctx.abstract_params()), epoch
 
 
 def _arrays(state: train_state.TrainState) -> dict:
@@ -402,8 +443,7 @@ def train_and_evaluate(config, workdir: str, *, log=print, progress_bar: bool = 
   best = checkpoint.create_manager(ctx.checkpoint_dir, checkpoint.BEST)
   step_fn = make_train_step(ctx.model, LossWeights.from_config(config.loss), ctx.mesh)
   dropout_key = jax.random.fold_in(jax.random.key(int(config.seed)), DROPOUT_STREAM)
-  valid = EvalSplit.build(ctx.prepared, VALID, ev)
-  valid_inputs = ctx.builder.eval_inputs(valid.users)
+  valid, valid_inputs = ctx.eval_data(VALID)
   writer = (summary_writer(os.path.join(workdir, "tensorboard", "colarec"))
             if sharding.is_main_process() else NullWriter())
   batch_size = int(config.optim.batch_size)
@@ -425,7 +465,8 @@ def train_and_evaluate(config, workdir: str, *, log=print, progress_bar: bool = 
       for m in fetched:
         seen += 1
         if not np.isfinite(m["loss"]):
-          raise ConfigError("optim.learning_rate", _non_finite_message(ctx, m, epoch, seen))
+          raise ConfigError("optim.learning_rate",
+                            _non_finite_message(ctx, m, progress.epoch, seen))
         for k, v in m.items():
           sums[k] = sums.get(k, 0.0) + float(v)
       global_step = int(epoch * steps + seen)
@@ -466,20 +507,18 @@ def train_and_evaluate(config, workdir: str, *, log=print, progress_bar: bool = 
   writer.close()
   if progress.stopped:
     log(f"early stopping: no better valid {ev.metric} for {tc.patience} validations")
-  return finish(ctx, state, progress, ev)
+  return finish(ctx, progress, ev)
 
 
-def finish(ctx: Context, state, progress: Progress, ev: EvalConfig) -> dict:
+def finish(ctx: Context, progress: Progress, ev: EvalConfig) -> dict:
   """Tests the best checkpoint; writes metrics.json and training_curves.png into the run dir."""
-  restored = restore_checkpoint(ctx, checkpoint.BEST, state)
+  restored = restore_params(ctx, checkpoint.BEST)
   if restored is None:
     raise ConfigError("train.epochs", "no validation ran, so there is no best checkpoint")
-  best_state, _, best_epoch = restored
-  ranker = ctx.ranker(best_state.params)
-  reports = {}
-  for name, part in (("valid", VALID), ("test", TEST)):
-    split = EvalSplit.build(ctx.prepared, part, ev)
-    reports[name] = ranker.evaluate(split, ctx.builder.eval_inputs(split.users), ev)
+  params, best_epoch = restored
+  ranker = ctx.ranker(params)
+  reports = {name: ranker.evaluate(*ctx.eval_data(part), ev)
+             for name, part in (("valid", VALID), ("test", TEST))}
   if sharding.is_main_process():
     with open(os.path.join(ctx.run_dir, "metrics.json"), "w") as f:
       json.dump({"best_epoch": best_epoch, "history": progress.history,
@@ -511,13 +550,12 @@ def _epoch_line(record: dict, metric: str) -> str:
   return line
 
 
-def _non_finite_message(ctx: Context, metrics: dict, epoch: int, step: int) -> str:
-  manager = checkpoint.create_manager(ctx.checkpoint_dir, checkpoint.LATEST)
-  last = manager.latest_step()
-  where = (f"the last good state is the checkpoint of epoch {last} in {ctx.checkpoint_dir}"
-           if last is not None else "no checkpoint was written yet")
+def _non_finite_message(ctx: Context, metrics: dict, completed: int, step: int) -> str:
+  """`completed` epochs are done, each ended by a checkpoint: the last one is the good state."""
+  where = (f"the last good state is the checkpoint of epoch {completed} in {ctx.checkpoint_dir}"
+           if completed else "no checkpoint was written yet")
   parts = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
-  return (f"the training loss became non-finite at step {step} of epoch {epoch + 1} ({parts}); "
+  return (f"the training loss became non-finite at step {step} of epoch {completed + 1} ({parts}); "
           f"{where}; expected a finite loss, try a lower learning rate")
 
 
