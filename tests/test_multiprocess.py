@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import traverse_util
 
+from colarec_jax import checkpoint
 from conftest import REPO
 
 TRAIN = ("--config=configs/tiny.py", "--config.cf.epochs=2", "--config.train.epochs=1",
@@ -50,19 +52,17 @@ def two_processes(workdir, *args):
 
 
 def params_of(workdir):
-  """The latest checkpoint's parameters, restored onto this process's first device."""
-  latest = os.path.join(workdir, "colarec", "checkpoints", "latest")
-  path = os.path.join(latest, str(ocp.CheckpointManager(latest).latest_step()), "state")
+  """The latest checkpoint's parameters, restored onto this process's first device, flattened
+  to {path: array}."""
+  manager = checkpoint.create_manager(os.path.join(workdir, "colarec", "checkpoints"),
+                                      checkpoint.LATEST)
+  step = manager.latest_step()
+  saved = ocp.PyTreeCheckpointer().metadata(
+      os.path.join(manager.directory, str(step), "state")).item_metadata.tree["params"]
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  saved = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
-  return ocp.StandardCheckpointer().restore(path, target)["params"]
-
-
-def flat(tree, prefix=""):
-  if isinstance(tree, dict):
-    return {k: v for name, sub in tree.items() for k, v in flat(sub, f"{prefix}/{name}").items()}
-  return {prefix: np.asarray(tree)}
+  return {k: np.asarray(v) for k, v in
+          traverse_util.flatten_dict(checkpoint.restore_params(manager, step, target)).items()}
 
 
 def ndcg_of(workdir, key="ndcg@10"):
@@ -82,7 +82,7 @@ def runs(tmp_path_factory):
 
 def test_two_processes_match_one_process_with_four_devices(runs):
   single, multi, _, outs = runs
-  a, b = flat(params_of(single)), flat(params_of(multi))
+  a, b = params_of(single), params_of(multi)
   assert a.keys() == b.keys()
   worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
   assert worst < 1e-5, worst
