@@ -15,13 +15,12 @@ bench/results/decode.json).
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
+from common import REPO, run_json, write_json
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, NUM_ITEMS, K, DEPTH, LENGTH = 8000, 12101, 32, 3, 256
 
@@ -115,14 +114,6 @@ def peer(size: str, batch: int, rounds: int, beam: int) -> dict:
           "threads": torch.get_num_threads()}
 
 
-def child_json(python, args):
-  result = subprocess.run([python, __file__, "--child", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True)
-  if result.returncode:
-    raise SystemExit(f"{args[:2]} failed:\n{result.stderr[-3000:]}")
-  return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="default,t5-small")
@@ -143,7 +134,8 @@ def main():
   for size in args.sizes.split(","):
     for side, python, rounds in (("ours", sys.executable, args.rounds),
                                  ("peer", args.torch_python, args.peer_rounds)):
-      row = child_json(python, [side, size, args.batch, rounds, args.beam])
+      row = run_json([python, __file__, "--child", side, size, str(args.batch), str(rounds),
+                      str(args.beam)])
       rows.append({"size": size, "library": "colarec-jax" if side == "ours"
                    else "hf generate + trie", **row})
       print(json.dumps(rows[-1]), flush=True)
@@ -156,9 +148,7 @@ def main():
   print(f"batch {args.batch}, beam {args.beam}, {LENGTH} input tokens, {NUM_ITEMS} items, "
         f"K={K}, l={DEPTH}")
   print("\n".join(lines))
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"batch": args.batch, "beam": args.beam, "rows": rows}, f, indent=1)
+  write_json(args.out, {"batch": args.batch, "beam": args.beam, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ a venv's interpreter with --peer-python). LightGCN embeddings come from our own 
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,8 @@ import time
 import jax
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import REPO, run_json, write_json
+
 sys.path.insert(0, REPO)
 
 from colarec_jax.cf import train as cf_train  # noqa: E402
@@ -76,13 +76,10 @@ def main():
 
   with tempfile.TemporaryDirectory() as tmp:
     np.save(os.path.join(tmp, "x.npy"), x)
-    result = subprocess.run(
+    seconds = run_json(
         [args.peer_python, os.path.join(REPO, "bench", "kmc_hierarchical.py"),
          os.path.join(tmp, "x.npy"), os.path.join(tmp, "codes.npy"), str(args.branching),
-         str(args.depth), str(args.n_init)], capture_output=True, text=True)
-    if result.returncode:
-      raise SystemExit(f"k-means-constrained run failed:\n{result.stderr[-3000:]}")
-    seconds = json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+         str(args.depth), str(args.n_init)])["seconds"]
     levels, unique = level_stats(x, np.load(os.path.join(tmp, "codes.npy")), args.branching,
                                  args.depth)
   rows.append({"library": "k-means-constrained", "seconds": seconds, "levels": levels,
@@ -104,10 +101,8 @@ def main():
   print(f"{args.dataset}: {len(x)} items, K={args.branching}, l={args.depth}, "
         f"n_init={args.n_init}")
   print("\n".join(lines))
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"dataset": args.dataset, "items": len(x), "branching": args.branching,
-               "depth": args.depth, "n_init": args.n_init, "rows": rows}, f, indent=1)
+  write_json(args.out, {"dataset": args.dataset, "items": len(x), "branching": args.branching,
+                        "depth": args.depth, "n_init": args.n_init, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import tempfile
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import REPO, write_json
+
 sys.path.insert(0, REPO)
 
 from colarec_jax.data import prepare as prepare_lib  # noqa: E402
@@ -114,10 +115,8 @@ def main():
                  f"{row['best_epoch']:>7} {row['test']['recall@20']:>7.4f} "
                  f"{row['test']['ndcg@20']:>7.4f} {row['peak_mb']:>8.0f}")
   print("\n".join(lines))
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"epochs": args.epochs, "eval_every": args.eval_every, "rows": rows,
-               "cpu_count": os.cpu_count(), "numpy": np.__version__}, f, indent=1)
+  write_json(args.out, {"epochs": args.epochs, "eval_every": args.eval_every, "rows": rows,
+                        "cpu_count": os.cpu_count(), "numpy": np.__version__})
 
 
 if __name__ == "__main__":

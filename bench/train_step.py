@@ -16,11 +16,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import REPO, run_json, write_json
+
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 
@@ -83,13 +83,6 @@ def ours(size, batch, steps, dtype):
                     "device": device.platform, "device_kind": device.device_kind}))
 
 
-def subprocess_json(cmd):
-  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-  if result.returncode:
-    raise SystemExit(f"{cmd[:3]} failed:\n{result.stderr[-3000:]}")
-  return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="default,t5-small")
@@ -110,13 +103,13 @@ def main():
   rows = []
   for size in args.sizes.split(","):
     for dtype in args.dtypes.split(","):
-      row = subprocess_json([sys.executable, __file__, "--child", size, str(args.batch),
+      row = run_json([sys.executable, __file__, "--child", size, str(args.batch),
                              str(args.steps), dtype])
       rows.append({"size": size, "library": f"colarec-jax {dtype}", **row})
       print(json.dumps(rows[-1]), flush=True)
     if not args.no_peer:
       d_model, d_ff, heads, layers = SIZES[size]
-      row = subprocess_json([args.torch_python, os.path.join(REPO, "bench", "torch_t5_step.py"),
+      row = run_json([args.torch_python, os.path.join(REPO, "bench", "torch_t5_step.py"),
                              str(d_model), str(d_ff), str(heads), str(layers), str(args.batch),
                              str(args.steps)])
       rows.append({"size": size, "library": "pytorch t5 (hf)", **row})
@@ -137,9 +130,7 @@ def main():
     lines.append(line)
   print(f"batch {args.batch}, {args.steps} timed steps after one warm-up")
   print("\n".join(lines))
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"batch": args.batch, "steps": args.steps, "rows": rows}, f, indent=1)
+  write_json(args.out, {"batch": args.batch, "steps": args.steps, "rows": rows})
 
 
 if __name__ == "__main__":
