@@ -69,8 +69,9 @@ def make_mesh(num_devices: int = 0, *, local: bool = False) -> jax.sharding.Mesh
       some process's devices.
   """
   devices = jax.local_devices() if local else jax.devices()
-  count = min(num_devices, len(devices)) if (local and num_devices) else (
-      num_devices or len(devices))
+  count = num_devices or len(devices)
+  if local:  # a share of a global device count: as many as this process has
+    count = min(count, len(devices))
   if count > len(devices):
     raise ConfigError("num_devices", f"got {count}, but JAX sees {len(devices)} device(s)")
   if not local and jax.process_count() > 1 and count != len(devices):

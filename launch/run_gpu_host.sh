@@ -5,15 +5,9 @@
 # Usage: launch/run_gpu_host.sh CONFIG WORKDIR [--mode=...] [--config.key=value ...]
 # Example: launch/run_gpu_host.sh configs/phones.py runs/phones --config.model.dtype=bfloat16
 set -euo pipefail
-if [ $# -lt 2 ]; then
-  echo "usage: $0 CONFIG WORKDIR [flags...]" >&2
-  exit 2
-fi
-config=$1
-workdir=$2
-shift 2
+[ $# -ge 2 ] || { echo "usage: $0 CONFIG WORKDIR [flags...]" >&2; exit 2; }
 # Let XLA take GPU memory as needed instead of pre-allocating 75% of each device.
 export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader 2>/dev/null || true
-exec python -m colarec_jax.main --config="$config" --workdir="$workdir" \
-  --config.num_devices=0 "$@"
+# Every device on the data axis, unless a later --config.num_devices says otherwise.
+exec "$(dirname "$0")/run_local.sh" "$1" "$2" --config.num_devices=0 "${@:3}"
