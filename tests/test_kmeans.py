@@ -1,4 +1,5 @@
-"""Balanced k-means: exact capacities, nearest-centroid when loose, determinism, one compile."""
+"""Balanced k-means: exact capacities, a NumPy reference of the rounds, nearest-centroid when loose,
+determinism, the reported error, one compile."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from colarec_jax.gid import kmeans
                                           (200, 8, 40), (513, 32, 17)])
 def test_balanced_assign_respects_capacity_exactly(n, k, capacity):
   rng = np.random.default_rng(n + k)
-  dist = jnp.asarray(rng.random((n, k)), jnp.float32)
+  dist = jnp.asarray(rng.random((k, n)), jnp.float32)
   mask = np.ones(n, bool)
   mask[rng.random(n) < 0.1] = False
   assign = np.asarray(kmeans.balanced_assign(dist, jnp.asarray(mask), capacity))
@@ -22,16 +23,57 @@ def test_balanced_assign_respects_capacity_exactly(n, k, capacity):
 
 
 def test_loose_capacity_is_nearest_centroid():
-  dist = jnp.asarray(np.random.default_rng(0).random((50, 5)), jnp.float32)
+  dist = jnp.asarray(np.random.default_rng(0).random((5, 50)), jnp.float32)
   assign = kmeans.balanced_assign(dist, jnp.ones(50, bool), capacity=50)
-  np.testing.assert_array_equal(assign, np.argmin(np.asarray(dist), 1))
+  np.testing.assert_array_equal(assign, np.argmin(np.asarray(dist), 0))
 
 
 def test_tight_capacity_prefers_closest_points():
   # Three points all nearest to cluster 0 with room for one: the closest one gets it.
-  dist = jnp.asarray([[0.3, 5.0], [0.1, 5.0], [0.2, 6.0]], jnp.float32)
+  dist = jnp.asarray([[0.3, 5.0], [0.1, 5.0], [0.2, 6.0]], jnp.float32).T
   assign = kmeans.balanced_assign(dist, jnp.ones(3, bool), capacity=2)
   assert np.asarray(assign).tolist() == [1, 0, 0]
+
+
+def reference_balanced_assign(dist, mask, capacity):
+  """The rounds in plain NumPy: [k, n] distances -> [n] clusters."""
+  k, n = dist.shape
+  assign = np.full(n, -1)
+  room = np.full(k, capacity)
+  while (mask & (assign < 0)).any():
+    todo = np.flatnonzero(mask & (assign < 0))
+    open_dist = np.where(room[:, None] > 0, dist[:, todo], np.inf)
+    choice = open_dist.argmin(0)
+    cost = open_dist[choice, np.arange(len(todo))]
+    for cluster in np.unique(choice):
+      proposers = todo[choice == cluster]
+      by_cost = proposers[np.lexsort((proposers, cost[choice == cluster]))]
+      accepted = by_cost[:room[cluster]]
+      assign[accepted] = cluster
+      room[cluster] -= len(accepted)
+  return assign
+
+
+@pytest.mark.parametrize("n,k,capacity", [(10, 3, 4), (200, 8, 25), (640, 32, 20), (1000, 5, 500)])
+def test_balanced_assign_matches_numpy_rounds(n, k, capacity):
+  rng = np.random.default_rng(n * k)
+  dist = rng.random((2, k, n)).astype(np.float32)  # two problems in one batched call
+  mask = rng.random((2, n)) > 0.05
+  got = np.asarray(kmeans.balanced_assign(jnp.asarray(dist), jnp.asarray(mask), capacity))
+  for b in range(2):
+    np.testing.assert_array_equal(got[b], reference_balanced_assign(dist[b], mask[b], capacity))
+
+
+def test_ranks_within_clusters_break_ties_by_index():
+  cluster = jnp.asarray([1, 0, 1, 2, 1, 0, 2], jnp.int32)  # 2 = k: not proposing
+  cost = jnp.asarray([0.5, 0.2, 0.5, 9.0, 0.1, 0.3, 9.0], jnp.float32)
+  ranks = kmeans._ranks_within_clusters(cluster, cost, 2)
+  assert np.asarray(ranks)[[0, 1, 2, 4, 5]].tolist() == [1, 0, 2, 0, 1]
+
+
+def test_sort_key_limit_is_a_clear_error():
+  with pytest.raises(ValueError, match="int32 sort keys"):
+    kmeans.check_sizes(2 ** 27, 32)
 
 
 def blobs(seed, per=30, centers=((0, 0), (10, 0), (0, 10))):
@@ -67,8 +109,24 @@ def test_padding_rows_are_ignored():
 def test_grouped_call_compiles_once_per_shape():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 20, 3)), jnp.float32)
   mask = jnp.ones((4, 20), bool)
-  before = kmeans.grouped_balanced_kmeans._cache_size()
+  before = kmeans._grouped._cache_size()
   for seed in range(3):
     kmeans.grouped_balanced_kmeans(jax.random.split(jax.random.key(seed), 4), x, mask, k=3,
                                    capacity=8)
-  assert kmeans.grouped_balanced_kmeans._cache_size() == before + 1
+  assert kmeans._grouped._cache_size() == before + 1
+
+
+def test_grouped_error_is_the_returned_partitions_error():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(3, 120, 4)).astype(np.float32)
+  mask = rng.random((3, 120)) > 0.2
+  assign, error = kmeans.grouped_balanced_kmeans(jax.random.split(jax.random.key(1), 3),
+                                                 jnp.asarray(x), jnp.asarray(mask), k=5,
+                                                 capacity=25, n_init=3)
+  assign, error = np.asarray(assign), np.asarray(error)
+  for g in range(3):
+    a = assign[g][mask[g]]
+    assert (assign[g][~mask[g]] == -1).all() and np.bincount(a, minlength=5).max() <= 25
+    points = x[g][mask[g]].astype(np.float64)
+    sse = sum(((points[a == c] - points[a == c].mean(0)) ** 2).sum() for c in np.unique(a))
+    assert error[g] == pytest.approx(sse, rel=1e-4)

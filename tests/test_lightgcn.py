@@ -42,6 +42,21 @@ def test_propagation_matches_dense_reference(layers):
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("layers", [1, 3])
+def test_propagation_gradient_matches_dense_reference(layers):
+  # The gradient of sum(W * mean_k A^k E) is mean_k (A^k)^T W.
+  users, items = random_graph(3)
+  graph = lightgcn.build_graph(users, items, U, I)
+  rng = np.random.default_rng(4)
+  emb = rng.normal(size=(U + I + 2, 4)).astype(np.float32)
+  weight = rng.normal(size=emb.shape).astype(np.float32)
+  a = dense_adjacency(users, items)
+  expected = sum(np.linalg.matrix_power(a, k).T @ weight for k in range(layers + 1)) / (layers + 1)
+  got = jax.grad(lambda e: jnp.sum(lightgcn.propagate(e, graph, layers) * weight))(
+      jnp.asarray(emb))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_graph_padding_for_shards_changes_nothing():
   users, items = random_graph()
   emb = jnp.asarray(np.random.default_rng(1).normal(size=(U + I + 2, 4)), jnp.float32)
