@@ -204,8 +204,8 @@ def _lloyd(keys, x, mask, *, k, capacity, max_iters, tol=1e-4, rtol=1e-4, patien
   """
   g, r = keys.shape
   m = x.shape[1]
-  centroids = jax.vmap(lambda kk, xx, mm: jax.vmap(
-      lambda kkk: kmeans_plus_plus(kkk, xx, mm, k))(kk))(keys, x, mask)
+  seed = functools.partial(kmeans_plus_plus, k=k)
+  centroids = jax.vmap(jax.vmap(seed, (0, None, None)))(keys, x, mask)  # [G, r, k, d]
   count = jnp.maximum(jnp.sum(mask, 1), 1)[:, None]
   mean = jnp.sum(jnp.where(mask[..., None], x, 0.0), 1) / count
   variance = jnp.sum(jnp.where(mask[..., None], (x - mean[:, None]) ** 2, 0.0), 1) / count
