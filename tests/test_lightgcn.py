@@ -31,20 +31,22 @@ def dense_adjacency(users, items):
   return inv[:, None] * a * inv[None, :]
 
 
+@pytest.mark.parametrize("edge_block", [0, 7, 4096])
 @pytest.mark.parametrize("layers", [0, 1, 3])
-def test_propagation_matches_dense_reference(layers):
+def test_propagation_matches_dense_reference(layers, edge_block):
   users, items = random_graph()
   graph = lightgcn.build_graph(users, items, U, I)
   emb = np.random.default_rng(1).normal(size=(U + I + 2, 4)).astype(np.float32)
   a = dense_adjacency(users, items)
   expected = sum(np.linalg.matrix_power(a, k) @ emb for k in range(layers + 1)) / (layers + 1)
-  got = lightgcn.propagate(jnp.asarray(emb), graph, layers)
+  got = lightgcn.propagate(jnp.asarray(emb), graph, layers, edge_block=edge_block)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("edge_block", [0, 5])
 @pytest.mark.parametrize("layers", [1, 3])
-def test_propagation_gradient_matches_dense_reference(layers):
-  # The gradient of sum(W * mean_k A^k E) is mean_k (A^k)^T W.
+def test_propagation_gradient_matches_dense_reference(layers, edge_block):
+  # The gradient of sum(W * mean_k A^k E) is mean_k (A^k)^T W; the backward pass assumes A = A^T.
   users, items = random_graph(3)
   graph = lightgcn.build_graph(users, items, U, I)
   rng = np.random.default_rng(4)
@@ -52,7 +54,8 @@ def test_propagation_gradient_matches_dense_reference(layers):
   weight = rng.normal(size=emb.shape).astype(np.float32)
   a = dense_adjacency(users, items)
   expected = sum(np.linalg.matrix_power(a, k).T @ weight for k in range(layers + 1)) / (layers + 1)
-  got = jax.grad(lambda e: jnp.sum(lightgcn.propagate(e, graph, layers) * weight))(
+  got = jax.grad(lambda e: jnp.sum(lightgcn.propagate(e, graph, layers, edge_block=edge_block)
+                                   * weight))(
       jnp.asarray(emb))
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -92,7 +95,7 @@ def make_batches(seed, count, size=8):
   return users, items, batches[:count]
 
 
-def run_steps(mesh, count=3):
+def run_steps(mesh, count=3, edge_block=None):
   cfg = lightgcn.LightGCNConfig(embedding_dim=4, num_layers=2, learning_rate=1e-2,
                                 reg_weight=1e-2, batch_size=8)
   users, items, batches = make_batches(0, count)
@@ -101,7 +104,7 @@ def run_steps(mesh, count=3):
   optimizer = lightgcn.make_optimizer(cfg)
   params = sharding.replicate(lightgcn.init_params(jax.random.key(0), U + I + 2, 4), mesh)
   opt_state = sharding.replicate(optimizer.init(params), mesh)
-  step = lightgcn.make_train_step(cfg, optimizer, U, mesh)
+  step = lightgcn.make_train_step(cfg, optimizer, U, mesh, edge_block)
   losses = []
   for batch in batches:
     params, opt_state, metrics = step(params, opt_state, graph, sharding.shard_rows(batch, mesh))
@@ -118,8 +121,8 @@ def test_step_compiles_once_and_learns():
 
 def test_four_devices_match_one():
   assert jax.device_count() >= 4, "tests expect XLA_FLAGS=--xla_force_host_platform_device_count=4"
-  one, losses_one = run_steps(None)
-  four, losses_four = run_steps(sharding.make_mesh(4))
+  one, losses_one = run_steps(None, edge_block=0)
+  four, losses_four = run_steps(sharding.make_mesh(4), edge_block=4)
   np.testing.assert_allclose(four, one, atol=1e-6)
   np.testing.assert_allclose(losses_four, losses_one, rtol=1e-6)
 

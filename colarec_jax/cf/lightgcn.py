@@ -87,29 +87,71 @@ def init_params(key: jax.Array, num_nodes: int, dim: int) -> dict:
   return {"embedding": jax.nn.initializers.xavier_uniform()(key, (num_nodes, dim), jnp.float32)}
 
 
+def default_edge_block() -> int:
+  """Edges per block of a propagation layer on the default backend.
+
+  On CPU a layer over all edges at once materialises the [E, d] gathered messages (76 MB on
+  beauty), and filling fresh pages dominated the step; blocks of 4096 edges stay in cache and made
+  the training step 2x faster there. Accelerators take every edge in one block.
+  """
+  return 4096 if jax.default_backend() == "cpu" else 0
+
+
+def _edge_blocks(graph: jraph.GraphsTuple, block: int) -> tuple[jax.Array, ...]:
+  """(senders, receivers, weights), each [num_blocks, block]; padding edges have weight 0."""
+  arrays = (graph.senders, graph.receivers, graph.edges)
+  num_edges = arrays[0].shape[0]
+  block = min(block, num_edges) if block > 0 else num_edges
+  pad = (-num_edges) % block
+  # Repeating the last edge keeps sorted receivers sorted; its weight is zeroed.
+  arrays = [jnp.pad(a, (0, pad), mode="edge") for a in arrays[:2]] + [jnp.pad(arrays[2], (0, pad))]
+  return tuple(a.reshape(-1, block) for a in arrays)
+
+
 def propagate(embedding: jax.Array, graph: jraph.GraphsTuple, num_layers: int,
-              axis_name: str | None = None) -> jax.Array:
+              axis_name: str | None = None, edge_block: int | None = None) -> jax.Array:
   """LightGCN propagation: mean of E^0..E^L with E^{l+1} = A_hat E^l.
+
+  A layer gathers the senders' rows and segment-sums them over receivers (a scatter-add),
+  `edge_block` edges at a time into one accumulator (a `lax.scan`). The graph must be symmetric, as
+  `build_graph`'s is: the backward pass applies A_hat again instead of its transpose, which
+  turns the scatter-add of the gather's transpose into the forward's cheaper sorted scatter.
 
   Args:
     embedding: [num_nodes, dim] layer-0 embeddings.
-    graph: the (possibly edge-sharded) graph.
+    graph: the (possibly edge-sharded) symmetric graph.
     num_layers: L.
     axis_name: mesh axis the edges are split over; partial sums are `psum`med across it.
+    edge_block: edges per block; None for `default_edge_block()`, 0 for all edges in one block.
 
   Returns:
     [num_nodes, dim] final embeddings.
   """
-  num_nodes = embedding.shape[0]
+  blocks = _edge_blocks(graph, default_edge_block() if edge_block is None else edge_block)
+
+  def apply(x):
+    def add_block(acc, block):
+      senders, receivers, weights = block
+      messages = x[senders] * weights[:, None]
+      return acc.at[receivers].add(messages, indices_are_sorted=axis_name is None), None
+
+    out = jax.lax.scan(add_block, _zeros(x, axis_name), blocks)[0]
+    return out if axis_name is None else jax.lax.psum(out, axis_name)
+
+  # Sharded, sum_d A_d^T g = A_hat^T g = A_hat g: the psum of each shard's A_d g.
+  adjacency = jax.custom_vjp(apply)
+  adjacency.defvjp(lambda x: (apply(x), None), lambda _, g: (apply(g),))
   layer, total = embedding, embedding
   for _ in range(num_layers):
-    messages = layer[graph.senders] * graph.edges[:, None]
-    layer = jraph.segment_sum(messages, graph.receivers, num_nodes,
-                              indices_are_sorted=axis_name is None)
-    if axis_name is not None:
-      layer = jax.lax.psum(layer, axis_name)
+    layer = adjacency(layer)
     total = total + layer
   return total / (num_layers + 1)
+
+
+def _zeros(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """An accumulator like x; device-varying under `shard_map` when the edges are split."""
+  zeros = jnp.zeros_like(x)
+  return zeros if axis_name is None else jax.lax.pcast(zeros, axis_name, to="varying")
 
 
 def split(final: jax.Array, num_users: int) -> tuple[jax.Array, jax.Array]:
@@ -147,12 +189,12 @@ def make_optimizer(cfg: LightGCNConfig) -> optax.GradientTransformation:
 
 
 def make_train_step(cfg: LightGCNConfig, optimizer: optax.GradientTransformation, num_users: int,
-                    mesh: jax.sharding.Mesh | None = None):
+                    mesh: jax.sharding.Mesh | None = None, edge_block: int | None = None):
   """A jitted `(params, opt_state, graph, batch) -> (params, opt_state, metrics)`.
 
   Without a mesh it runs on one device. With a mesh (axis 'data') it is one per-device program
   under `jax.shard_map`: edges and batch rows are split over the axis, parameters replicated,
-  layer sums and gradients combined with `psum`.
+  layer sums and gradients combined with `psum`. `edge_block` is `propagate`'s.
   """
 
   def local_step(params, opt_state, graph, batch):
@@ -162,7 +204,7 @@ def make_train_step(cfg: LightGCNConfig, optimizer: optax.GradientTransformation
       total = jax.lax.psum(total, axis)
 
     def loss_fn(p):
-      final = propagate(p["embedding"], graph, cfg.num_layers, axis)
+      final = propagate(p["embedding"], graph, cfg.num_layers, axis, edge_block)
       bpr, reg = bpr_loss(final, p["embedding"], batch, num_users=num_users,
                           reg_weight=cfg.reg_weight, total=total)
       return bpr + reg, (bpr, reg)
