@@ -35,7 +35,7 @@ def main(data_dir, name, epochs, eval_every):
       "metrics": ["Recall", "NDCG"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
       "device": "cpu", "use_gpu": False, "seed": 2020, "reproducibility": True,
       "show_progress": False, "checkpoint_dir": f"{data_dir}/saved", "log_wandb": False,
-      "worker": 0})
+      "worker": 0, "metric_decimal_place": 6})
   init_seed(config["seed"], config["reproducibility"])
   dataset = create_dataset(config)
   train, valid, test = data_preparation(config, dataset)

@@ -70,6 +70,17 @@ def test_graph_padding_for_shards_changes_nothing():
                              rtol=1e-6)
 
 
+def test_init_is_xavier_uniform_per_table():
+  users, items, dim = 2000, 300, 8
+  table = np.asarray(lightgcn.init_params(jax.random.key(0), users, items, dim)["embedding"])
+  assert table.shape == (users + items + 2, dim)
+  for rows in (table[:users + 1], table[users + 1:]):
+    bound = np.sqrt(6 / (len(rows) + dim))  # Glorot: U(-b, b), b = sqrt(6 / (fan_in + fan_out))
+    assert np.abs(rows).max() <= bound
+    assert np.abs(rows).max() > 0.95 * bound
+    assert np.var(rows) == pytest.approx(bound ** 2 / 3, rel=0.1)
+
+
 def test_bpr_loss_matches_numpy():
   rng = np.random.default_rng(2)
   final = rng.normal(size=(U + I + 2, 3)).astype(np.float32)
@@ -102,7 +113,7 @@ def run_steps(mesh, count=3, edge_block=None):
   graph = lightgcn.place_graph(
       lightgcn.build_graph(users, items, U, I, sharding.num_shards(mesh)), mesh)
   optimizer = lightgcn.make_optimizer(cfg)
-  params = sharding.replicate(lightgcn.init_params(jax.random.key(0), U + I + 2, 4), mesh)
+  params = sharding.replicate(lightgcn.init_params(jax.random.key(0), U, I, 4), mesh)
   opt_state = sharding.replicate(optimizer.init(params), mesh)
   step = lightgcn.make_train_step(cfg, optimizer, U, mesh, edge_block)
   losses = []

@@ -126,9 +126,14 @@ class CFResult:
   item_embeddings: np.ndarray  # [num_items + 1, d]
 
 
+# Bumped when training changes what the same config produces (2: per-table initialisation).
+RESULT_VERSION = 2
+
+
 def _cache_key(config, prepared: Prepared) -> dict:
-  return {"data": prepared.manifest["key"], "cf": json.loads(config.cf.to_json()),
-          "eval": json.loads(config.eval.to_json()), "seed": int(config.seed)}
+  return {"version": RESULT_VERSION, "data": prepared.manifest["key"],
+          "cf": json.loads(config.cf.to_json()), "eval": json.loads(config.eval.to_json()),
+          "seed": int(config.seed)}
 
 
 def train_lightgcn(config, prepared: Prepared, workdir: str, *, log=print,
@@ -160,8 +165,8 @@ def train_lightgcn(config, prepared: Prepared, workdir: str, *, log=print,
   graph = lightgcn.place_graph(
       lightgcn.build_graph(train_users, train_items, ds.num_users, ds.num_items, shards), mesh)
   optimizer = lightgcn.make_optimizer(cfg)
-  params = lightgcn.init_params(jax.random.key(int(config.seed)),
-                                ds.num_users + ds.num_items + 2, cfg.embedding_dim)
+  params = lightgcn.init_params(jax.random.key(int(config.seed)), ds.num_users, ds.num_items,
+                                cfg.embedding_dim)
   params = sharding.replicate(params, mesh)
   opt_state = sharding.replicate(optimizer.init(params), mesh)
   step = lightgcn.make_train_step(cfg, optimizer, ds.num_users, mesh)
