@@ -40,10 +40,12 @@ def ours(size: str, batch: int, rounds: int, beam: int) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from colarec_jax import decode
+  from colarec_jax import allocator, decode
   from colarec_jax.config import base_config
   from colarec_jax.gid.table import GidTable
   from colarec_jax.train import create_model
+
+  tuned = allocator.keep_freed_memory()  # as the CLI does
 
   d_model, d_ff, heads, layers = SIZES[size]
   config = base_config()
@@ -73,7 +75,7 @@ def ours(size: str, batch: int, rounds: int, beam: int) -> dict:
   seconds = time.perf_counter() - start
   assert np.all(np.asarray(items) > 0)  # every beam is a real item
   return {"users_per_second": batch * rounds / seconds, "compile_seconds": compile_s,
-          "widths": list(trie.widths)}
+          "widths": list(trie.widths), "malloc_tuned": tuned}
 
 
 def peer(size: str, batch: int, rounds: int, beam: int) -> dict:

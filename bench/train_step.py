@@ -31,8 +31,11 @@ def ours(size, batch, steps, dtype):
   import numpy as np
 
   sys.path.insert(0, REPO)
+  from colarec_jax import allocator
   from colarec_jax import train as train_lib
   from colarec_jax.config import base_config
+
+  tuned = allocator.keep_freed_memory()  # as the CLI does
 
   d_model, d_ff, heads, layers = SIZES[size]
   config = base_config()
@@ -80,7 +83,8 @@ def ours(size, batch, steps, dtype):
   print(json.dumps({"examples_per_second": batch * steps / seconds,
                     "seconds_per_step": seconds / steps, "flops_per_step": flops,
                     "peak_mb": stats.get("peak_bytes_in_use", peak * 2 ** 20) / 2 ** 20,
-                    "device": device.platform, "device_kind": device.device_kind}))
+                    "device": device.platform, "device_kind": device.device_kind,
+                    "malloc_tuned": tuned}))
 
 
 def main():

@@ -20,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from colarec_jax import pipeline, sharding
+from colarec_jax import allocator, pipeline, sharding
 from colarec_jax.data.movielens import cache_dir
 from colarec_jax.errors import ColarecError
 
@@ -46,6 +46,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  allocator.keep_freed_memory()  # before XLA's first big buffers; see colarec_jax/allocator.py
   # Compiled steps are cached on disk across runs (JAX's persistent cache), unless the user
   # points JAX_COMPILATION_CACHE_DIR elsewhere: a rerun or a later mode starts in seconds.
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
