@@ -1,9 +1,10 @@
 """Benchmark: our LightGCN against RecBole 1.2.1's on the same split files, same hyper-parameters.
 
-Both train with embedding 64, 3 layers, Adam lr 1e-3, batch 2048, L2 1e-4, one uniform negative,
-for the same number of epochs, validating NDCG@10 every `--eval-every` epochs and testing the best
-epoch with full ranking (train and valid items removed). Each library runs in its own subprocess
-under /usr/bin/time for its peak memory, one after the other on this machine.
+Both train with embedding 64, 3 layers, Adam lr 1e-3, batch 2048, L2 1e-4 (LightGCN's form:
+reg / 2 * squared norms of the batch's layer-0 embeddings, RecBole with require_pow), one uniform
+negative, for the same number of epochs, validating NDCG@10 every `--eval-every` epochs and
+testing the best epoch with full ranking (train and valid items removed). Each library runs in its
+own subprocess under /usr/bin/time for its peak memory, one after the other on this machine.
 
   python bench/lightgcn.py --datasets beauty,phones --epochs 30 --eval-every 5
 

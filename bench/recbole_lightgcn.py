@@ -35,7 +35,10 @@ def main(data_dir, name, epochs, eval_every):
       "metrics": ["Recall", "NDCG"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
       "device": "cpu", "use_gpu": False, "seed": 2020, "reproducibility": True,
       "show_progress": False, "checkpoint_dir": f"{data_dir}/saved", "log_wandb": False,
-      "worker": 0, "metric_decimal_place": 6})
+      "worker": 0, "metric_decimal_place": 6,
+      # LightGCN's regulariser, reg_weight / 2 * squared norms per example, which ours uses too;
+      # RecBole's default (require_pow False) adds the unsquared norms instead.
+      "require_pow": True})
   init_seed(config["seed"], config["reproducibility"])
   dataset = create_dataset(config)
   train, valid, test = data_preparation(config, dataset)

@@ -156,6 +156,7 @@ def build_gid_table(config, prepared: Prepared, workdir: str, lightgcn_items, *,
   key = {"data": prepared.manifest["key"], "gid": dataclasses.asdict(gc)}
   if gc.source == "lightgcn":
     key["cf"] = json.loads(config.cf.to_json())
+    key["cf_version"] = cf_train.RESULT_VERSION  # GIDs follow retrained LightGCN embeddings
     key["seed"] = int(config.seed)
   manifest_path = os.path.join(out_dir, "manifest.json")
   if os.path.isfile(manifest_path):
