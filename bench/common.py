@@ -1,10 +1,13 @@
 """What every benchmark script does the same way: run one side in a subprocess and read its JSON
-line, and write the results file. Scripts run as `python bench/<name>.py`, so this module is
-importable as `common`."""
+line, time repeated calls, and write the results file. Scripts (ours and the peers' alike) run as
+`python bench/<name>.py`, so this module is importable as `common`; it needs only the standard
+library, so it also imports in a peer's own virtualenv."""
 
 import json
 import os
+import statistics
 import subprocess
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,3 +26,14 @@ def write_json(path: str, results: dict) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     json.dump(results, f, indent=1)
+
+
+def median_seconds(call, count: int) -> tuple[float, list[float]]:
+  """(median, all) wall-clock seconds of call(0), ..., call(count - 1). `call` must return only
+  when its work is done. The median, because this shared 2-core machine's noise skews means."""
+  times = []
+  for i in range(count):
+    start = time.perf_counter()
+    call(i)
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), times

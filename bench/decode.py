@@ -15,12 +15,11 @@ bench/results/decode.json).
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 import numpy as np
-from common import REPO, run_json, write_json
+from common import REPO, median_seconds, run_json, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, NUM_ITEMS, K, DEPTH, LENGTH = 8000, 12101, 32, 3, 256
@@ -69,17 +68,13 @@ def ours(size: str, batch: int, rounds: int, beam: int) -> dict:
   start = time.perf_counter()
   jax.block_until_ready(decode.beam_search(model, params, inputs_of(0), trie, beam_size=beam))
   compile_s = time.perf_counter() - start
-  times = []
-  for r in range(rounds):
-    batch_inputs = inputs_of(r + 1)
-    start = time.perf_counter()
-    items, _, _ = decode.beam_search(model, params, batch_inputs, trie, beam_size=beam)
-    jax.block_until_ready(items)
-    times.append(time.perf_counter() - start)
-    assert np.all(np.asarray(items) > 0)  # every beam is a real item
-  return {"users_per_second": batch / statistics.median(times), "batch_seconds": times,
-          "compile_seconds": compile_s,
-          "widths": list(trie.widths), "malloc_tuned": tuned}
+  batches = [inputs_of(r + 1) for r in range(rounds)]
+  items = []
+  seconds, times = median_seconds(lambda r: items.append(jax.block_until_ready(
+      decode.beam_search(model, params, batches[r], trie, beam_size=beam)[0])), rounds)
+  assert all(np.all(np.asarray(i) > 0) for i in items)  # every beam is a real item
+  return {"users_per_second": batch / seconds, "batch_seconds": times,
+          "compile_seconds": compile_s, "widths": list(trie.widths), "malloc_tuned": tuned}
 
 
 def peer(size: str, batch: int, rounds: int, beam: int) -> dict:
@@ -111,15 +106,11 @@ def peer(size: str, batch: int, rounds: int, beam: int) -> dict:
                             early_stopping=False, do_sample=False)
 
   run(0)  # warm-up
-  times = []
-  for r in range(rounds):
-    start = time.perf_counter()
-    out = run(r + 1)
-    times.append(time.perf_counter() - start)
-    assert out.shape == (batch * beam, DEPTH + 1)
-  return {"users_per_second": batch / statistics.median(times), "batch_seconds": times,
-          "torch": torch.__version__,
-          "threads": torch.get_num_threads()}
+  outs = []
+  seconds, times = median_seconds(lambda r: outs.append(run(r + 1)), rounds)
+  assert all(out.shape == (batch * beam, DEPTH + 1) for out in outs)
+  return {"users_per_second": batch / seconds, "batch_seconds": times,
+          "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def main():

@@ -8,11 +8,10 @@ AdamW with clipping. Random inputs of the same shapes as ours. Prints one JSON l
 
 import json
 import resource
-import statistics
 import sys
-import time
 
 import torch
+from common import median_seconds
 from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
 
@@ -66,12 +65,7 @@ def main(d_model, d_ff, heads, layers, batch, steps):
     return float(loss)
 
   one_step()  # warm-up
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    one_step()
-    times.append(time.perf_counter() - start)
-  seconds = statistics.median(times)  # the shared 2-core machine's noise skews means
+  seconds, times = median_seconds(lambda _: one_step(), steps)
   print(json.dumps({"examples_per_second": batch / seconds, "seconds_per_step": seconds,
                     "step_seconds": times,
                     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -16,11 +16,9 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import sys
-import time
 
-from common import REPO, run_json, write_json
+from common import REPO, median_seconds, run_json, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
@@ -73,13 +71,13 @@ def ours(size, batch, steps, dtype):
   batches = [batch_of() for _ in range(3)]
   state, metrics = compiled(state, batches[0], jax.random.key(1))
   jax.block_until_ready(metrics)
-  times = []
-  for n in range(steps):
-    start = time.perf_counter()
+
+  def one_step(n):
+    nonlocal state
     state, metrics = compiled(state, batches[n % 3], jax.random.key(1))
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  seconds = statistics.median(times)  # the shared 2-core machine's noise skews means
+
+  seconds, times = median_seconds(one_step, steps)
   device = jax.devices()[0]
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   stats = device.memory_stats() or {}
@@ -111,14 +109,14 @@ def main():
   for size in args.sizes.split(","):
     for dtype in args.dtypes.split(","):
       row = run_json([sys.executable, __file__, "--child", size, str(args.batch),
-                             str(args.steps), dtype])
+                      str(args.steps), dtype])
       rows.append({"size": size, "library": f"colarec-jax {dtype}", **row})
       print(json.dumps(rows[-1]), flush=True)
     if not args.no_peer:
       d_model, d_ff, heads, layers = SIZES[size]
       row = run_json([args.torch_python, os.path.join(REPO, "bench", "torch_t5_step.py"),
-                             str(d_model), str(d_ff), str(heads), str(layers), str(args.batch),
-                             str(args.steps)])
+                      str(d_model), str(d_ff), str(heads), str(layers), str(args.batch),
+                      str(args.steps)])
       rows.append({"size": size, "library": "pytorch t5 (hf)", **row})
       print(json.dumps(rows[-1]), flush=True)
   header = f"{'size':<9} {'library':<22} {'ex/s':>8} {'vs peer':>8} {'s/step':>8} {'peak MB':>8}"

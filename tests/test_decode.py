@@ -123,11 +123,13 @@ def test_widths_follow_the_tree():
 def test_search_compiles_once_per_shape(setup):
   """The library's own jitted search: new inputs and a rebuilt trie of the same shapes reuse it."""
   gids, _, params = setup
-  before = decode._search._cache_size()
-  for seed in range(3):
-    decode.beam_search(MODEL, params, make_inputs(seed=seed), decode.Trie.build(gids, 6),
-                       beam_size=6)
-  assert decode._search._cache_size() == before + 1
+  run = lambda seed: decode.beam_search(MODEL, params, make_inputs(seed=seed),
+                                       decode.Trie.build(gids, 6), beam_size=6)
+  run(0)
+  compiled = decode._search._cache_size()  # whether or not an earlier test compiled this shape
+  for seed in (1, 2):
+    run(seed)
+  assert decode._search._cache_size() == compiled
 
 
 def test_items_with_a_long_beam_on_a_small_catalogue_pad_with_zero(setup):
