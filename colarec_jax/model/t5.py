@@ -125,11 +125,12 @@ class Projection(nn.Module):
 
   features: int
   in_features: int
-  fan_in: int  # the initialiser's std is fan_in ** -0.5 (T5's scaled initialisation)
   dtype: jnp.dtype = jnp.float32
+  fan_in: int = 0  # the initialiser's std is fan_in ** -0.5 (T5's scaling); 0: in_features
 
   def setup(self):
-    self.weight = self.param("kernel", nn.initializers.normal(self.fan_in ** -0.5),
+    std = (self.fan_in or self.in_features) ** -0.5
+    self.weight = self.param("kernel", nn.initializers.normal(std),
                              (self.in_features, self.features))
 
   def kernel(self) -> jax.Array:
@@ -187,23 +188,27 @@ class Attention(nn.Module):
     """Args: x [b, q, d]; kv_input [b, k, d]; bias broadcastable to [b, h, q, k] (0 or -inf)."""
     cfg = self.config
     inner, heads = cfg.num_heads * cfg.d_kv, cfg.num_heads
-    proj = lambda name, fan_in: Projection(inner, cfg.d_model, fan_in, cfg.dtype, name=name)
-    q = proj("q", cfg.d_model * cfg.d_kv)(x)
-    k_proj, v_proj = proj("k", cfg.d_model), proj("v", cfg.d_model)
-    o_proj = Projection(cfg.d_model, inner, inner, cfg.dtype, name="o")
+    # T5 folds attention's 1 / sqrt(d_kv) into the query weights' initialisation.
+    q = Projection(inner, cfg.d_model, cfg.dtype, fan_in=cfg.d_model * cfg.d_kv, name="q")(x)
+    k_proj = Projection(inner, cfg.d_model, cfg.dtype, name="k")
+    v_proj = Projection(inner, cfg.d_model, cfg.dtype, name="v")
+    o_proj = Projection(cfg.d_model, inner, cfg.dtype, name="o")
     # Heads go before positions ([b, h, L, d]): XLA's CPU batched matmuls ran 2x faster in that
     # layout than on [b, L, h, d] operands (t5-small encoder attention, 20 x 256 tokens).
     heads_first = lambda t: jnp.swapaxes(t.reshape(t.shape[:2] + (heads, cfg.d_kv)), 1, 2)
-    drop = Dropout(cfg.dropout_rate)
+    dropout = Dropout(cfg.dropout_rate)
+
+    def attend(scores):  # softmax in float32, then dropout on the attention weights
+      weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(cfg.dtype)
+      return dropout(weights, deterministic=deterministic)
+
     if self.is_cross and not self.decode and self._fold_projections(x.shape[1],
                                                                     kv_input.shape[1]):
       kv = kv_input.astype(cfg.dtype)
       w_k = k_proj.kernel().reshape(cfg.d_model, heads, cfg.d_kv)
       w_v = v_proj.kernel().reshape(cfg.d_model, heads, cfg.d_kv)
       q_k = jnp.einsum("bhqc,dhc->bhqd", heads_first(q), w_k)  # q W_k^T per head
-      scores = jnp.einsum("bhqd,bkd->bhqk", q_k, kv) + bias
-      weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(cfg.dtype)
-      weights = drop(weights, deterministic=deterministic)
+      weights = attend(jnp.einsum("bhqd,bkd->bhqk", q_k, kv) + bias)
       mixed = jnp.einsum("bhqk,bkd->bhqd", weights, kv)  # w x per head
       out = jnp.einsum("bhqd,dhc->bqhc", mixed, w_v)
       return o_proj(out.reshape(x.shape[:2] + (inner,)))
@@ -220,9 +225,7 @@ class Attention(nn.Module):
       # share that user's cross keys/values, so fold the beams into the query axis.
       q = q.reshape((k.shape[0], -1) + q.shape[2:])
     q = heads_first(q)
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) + bias
-    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(cfg.dtype)
-    weights = drop(weights, deterministic=deterministic)
+    weights = attend(jnp.einsum("bhqd,bhkd->bhqk", q, k) + bias)
     out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", weights, v), 1, 2)
     return o_proj(out.reshape(x.shape[:2] + (inner,)))
 
@@ -255,9 +258,9 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
     cfg = self.config
-    h = Projection(cfg.d_ff, cfg.d_model, cfg.d_model, cfg.dtype, name="wi")(x)
+    h = Projection(cfg.d_ff, cfg.d_model, cfg.dtype, name="wi")(x)
     h = Dropout(cfg.dropout_rate)(nn.relu(h), deterministic=deterministic)
-    return Projection(cfg.d_model, cfg.d_ff, cfg.d_ff, cfg.dtype, name="wo")(h)
+    return Projection(cfg.d_model, cfg.d_ff, cfg.dtype, name="wo")(h)
 
 
 class EncoderLayer(nn.Module):
