@@ -4,7 +4,9 @@ The peer is Hugging Face `generate` (beam search, `prefix_allowed_tokens_fn` ove
 the GIDs) on a PyTorch T5 of the same size, as the authors' code decodes. Both sides decode the same
 random inputs ([batch, 256] real tokens) against the same random balanced GIDs (12,101 items,
 K=32, l=3, beam 100, 100 sequences returned per user), on this machine's CPU, for the default size
-(d_model 128, 2 + 2 layers) and t5-small (512, 6 + 6). Each side runs in its own subprocess.
+(d_model 128, 2 + 2 layers) and t5-small (512, 6 + 6). Each side runs in its own subprocess, and
+the sides take turns (--turns), one process alive at a time, so that the machine's slow drifts in
+speed fall on both alike (ours reloads its compiled search from a persistent compilation cache).
 
   python bench/decode.py [--torch-python /path/to/venv/bin/python]
 
@@ -16,10 +18,11 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
-from common import REPO, median_seconds, run_json, write_json
+from common import REPO, serve, take_turns, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, NUM_ITEMS, K, DEPTH, LENGTH = 8000, 12101, 32, 3, 256
@@ -36,7 +39,8 @@ def random_tokens(batch: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).integers(3, VOCAB, (batch, LENGTH)).astype(np.int32)
 
 
-def ours(size: str, batch: int, rounds: int, beam: int) -> dict:
+def ours(size: str, batch: int, count: int, beam: int) -> None:
+  """Runs in a subprocess: compiles our beam search and serves timed batches (input seeds 1..)."""
   import jax
   import jax.numpy as jnp
 
@@ -68,16 +72,19 @@ def ours(size: str, batch: int, rounds: int, beam: int) -> dict:
   start = time.perf_counter()
   jax.block_until_ready(decode.beam_search(model, params, inputs_of(0), trie, beam_size=beam))
   compile_s = time.perf_counter() - start
-  batches = [inputs_of(r + 1) for r in range(rounds)]
+  batches = [inputs_of(r + 1) for r in range(count)]
   items = []
-  seconds, times = median_seconds(lambda r: items.append(jax.block_until_ready(
-      decode.beam_search(model, params, batches[r], trie, beam_size=beam)[0])), rounds)
-  assert all(np.all(np.asarray(i) > 0) for i in items)  # every beam is a real item
-  return {"users_per_second": batch / seconds, "batch_seconds": times,
-          "compile_seconds": compile_s, "widths": list(trie.widths), "malloc_tuned": tuned}
+
+  def summary():
+    assert all(np.all(np.asarray(i) > 0) for i in items)  # every beam is a real item
+    return {"compile_seconds": compile_s, "widths": list(trie.widths), "malloc_tuned": tuned}
+
+  serve(lambda r: items.append(jax.block_until_ready(
+      decode.beam_search(model, params, batches[r], trie, beam_size=beam)[0])), summary)
 
 
-def peer(size: str, batch: int, rounds: int, beam: int) -> dict:
+def peer(size: str, batch: int, count: int, beam: int) -> None:
+  """Runs in a subprocess: builds HF's T5 and trie and serves timed `generate` batches."""
   import torch
   from transformers import T5Config, T5ForConditionalGeneration
 
@@ -97,20 +104,22 @@ def peer(size: str, batch: int, rounds: int, beam: int) -> dict:
   def allowed(_, prefix):
     return trie.get(tuple(c - 3 for c in prefix.tolist()[1:]), [1])
 
-  def run(seed):
-    tokens = torch.from_numpy(random_tokens(batch, seed).astype(np.int64))
+  def run(seed, users=batch):
+    tokens = torch.from_numpy(random_tokens(batch, seed)[:users].astype(np.int64))
     with torch.no_grad():
       return model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens),
                             num_beams=beam, num_return_sequences=beam, max_new_tokens=DEPTH,
                             min_new_tokens=DEPTH, prefix_allowed_tokens_fn=allowed,
                             early_stopping=False, do_sample=False)
 
-  run(0)  # warm-up
+  run(0, users=2)  # warm-up (two users: the full batch takes ~90 s at t5-small)
   outs = []
-  seconds, times = median_seconds(lambda r: outs.append(run(r + 1)), rounds)
-  assert all(out.shape == (batch * beam, DEPTH + 1) for out in outs)
-  return {"users_per_second": batch / seconds, "batch_seconds": times,
-          "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+  def summary():
+    assert all(out.shape == (batch * beam, DEPTH + 1) for out in outs)
+    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+  serve(lambda r: outs.append(run(r + 1)), summary)
 
 
 def main():
@@ -121,23 +130,29 @@ def main():
   parser.add_argument("--rounds", type=int, default=5,
                       help="timed batches (ours); the median batch time is reported")
   parser.add_argument("--peer-rounds", type=int, default=3, help="timed batches (the peer)")
+  parser.add_argument("--turns", type=int, default=3,
+                      help="the sides take turns, this many times, each timing its share")
   parser.add_argument("--torch-python", default=sys.executable)
   parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "decode.json"))
   parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    side, size, batch, rounds, beam = args.child
-    fn = ours if side == "ours" else peer
-    print(json.dumps(fn(size, int(batch), int(rounds), int(beam))))
+    side, size, batch, count, beam = args.child
+    (ours if side == "ours" else peer)(size, int(batch), int(count), int(beam))
     return
   rows = []
+  cache = tempfile.TemporaryDirectory(prefix="colarec-bench-xla-")
+  env = {"JAX_COMPILATION_CACHE_DIR": cache.name, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   for size in args.sizes.split(","):
-    for side, python, rounds in (("ours", sys.executable, args.rounds),
-                                 ("peer", args.torch_python, args.peer_rounds)):
-      row = run_json([python, __file__, "--child", side, size, str(args.batch), str(rounds),
-                      str(args.beam)])
-      rows.append({"size": size, "library": "colarec-jax" if side == "ours"
-                   else "hf generate + trie", **row})
+    counts = {"colarec-jax": args.rounds, "hf generate + trie": args.peer_rounds}
+    sides = {library: [python, __file__, "--child", side, size, str(args.batch),
+                       str(counts[library]), str(args.beam)]
+             for library, side, python in (("colarec-jax", "ours", sys.executable),
+                                           ("hf generate + trie", "peer", args.torch_python))}
+    for library, row in take_turns(sides, counts, args.turns, env).items():
+      rows.append({"size": size, "library": library,
+                   "users_per_second": args.batch / row.pop("seconds_per_step"),
+                   "batch_seconds": row.pop("step_seconds"), **row})
       print(json.dumps(rows[-1]), flush=True)
   header = f"{'size':<9} {'library':<20} {'users/s':>9} {'vs peer':>8}"
   lines = [header, "-" * len(header)]
@@ -146,9 +161,11 @@ def main():
     lines.append(f"{row['size']:<9} {row['library']:<20} {row['users_per_second']:>9.2f} "
                  f"{row['users_per_second'] / peer_row['users_per_second']:>7.1f}x")
   print(f"batch {args.batch}, beam {args.beam}, {LENGTH} input tokens, {NUM_ITEMS} items, "
-        f"K={K}, l={DEPTH}")
+        f"K={K}, l={DEPTH}; median of {args.rounds} (ours) and {args.peer_rounds} (peer) timed "
+        f"batches, the sides taking turns {args.turns} times")
   print("\n".join(lines))
-  write_json(args.out, {"batch": args.batch, "beam": args.beam, "rows": rows})
+  write_json(args.out, {"batch": args.batch, "beam": args.beam, "turns": args.turns,
+                        "rows": rows})
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 Both run the same multi-task step (encoder over X_u [b, 256] and over X_i, X_i-, X_i+ [3b, 34],
 three decoder passes of length 3, four losses, AdamW with clipping) on random inputs of the same
 shapes, on this machine's CPU, for the default size (d_model 128, 2 + 2 layers) and t5-small
-(512, 6 + 6). Each side runs in its own subprocess for its peak memory. On a GPU (ours only) it
-also reports bf16 and the achieved FLOP/s as a fraction of --peak-tflops.
+(512, 6 + 6). Each side runs in its own subprocess (for its peak memory), and the sides take turns
+in --rounds rounds, one process alive at a time, so that the machine's slow drifts in speed fall
+on both alike (ours reloads its compiled step from a persistent compilation cache each round). On a GPU (ours only) it also reports bf16 and the achieved FLOP/s as a fraction of
+--peak-tflops.
 
   python bench/train_step.py --torch-python /path/to/venv/bin/python
 
@@ -17,15 +19,16 @@ import json
 import os
 import resource
 import sys
+import tempfile
 
-from common import REPO, median_seconds, run_json, write_json
+from common import REPO, serve, take_turns, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 
 
-def ours(size, batch, steps, dtype):
-  """Runs in a subprocess: builds a random batch and times our jitted step."""
+def ours(size, batch, dtype):
+  """Runs in a subprocess: builds random batches, compiles our step and serves timed steps."""
   import jax
   import numpy as np
 
@@ -77,47 +80,55 @@ def ours(size, batch, steps, dtype):
     state, metrics = compiled(state, batches[n % 3], jax.random.key(1))
     jax.block_until_ready(metrics)
 
-  seconds, times = median_seconds(one_step, steps)
-  device = jax.devices()[0]
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  stats = device.memory_stats() or {}
-  print(json.dumps({"examples_per_second": batch / seconds, "seconds_per_step": seconds,
-                    "step_seconds": times, "flops_per_step": flops,
-                    "peak_mb": stats.get("peak_bytes_in_use", peak * 2 ** 20) / 2 ** 20,
-                    "device": device.platform, "device_kind": device.device_kind,
-                    "malloc_tuned": tuned}))
+  def summary():
+    device = jax.devices()[0]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats = device.memory_stats() or {}
+    return {"flops_per_step": flops,
+            "peak_mb": stats.get("peak_bytes_in_use", peak * 2 ** 20) / 2 ** 20,
+            "device": device.platform, "device_kind": device.device_kind,
+            "malloc_tuned": tuned}
+
+  serve(one_step, summary)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="default,t5-small")
   parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--steps", type=int, default=9, help="timed steps; the median is reported")
+  parser.add_argument("--steps", type=int, default=9,
+                      help="timed steps per side; the median is reported")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="the sides take turns, this many times, each timing steps / rounds")
   parser.add_argument("--torch-python", default=sys.executable)
   parser.add_argument("--dtypes", default="float32", help="ours: float32,bfloat16 on a GPU")
   parser.add_argument("--peak-tflops", type=float, default=0.0,
                       help="the chip's bf16 peak (e.g. 989 for an H100/H200) for utilisation")
   parser.add_argument("--no-peer", action="store_true")
   parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_step.json"))
-  parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+  parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    size, batch, steps, dtype = args.child
-    ours(size, int(batch), int(steps), dtype)
+    size, batch, dtype = args.child
+    ours(size, int(batch), dtype)
     return
+  rounds = max(1, min(args.rounds, args.steps))
   rows = []
+  cache = tempfile.TemporaryDirectory(prefix="colarec-bench-xla-")
+  env = {"JAX_COMPILATION_CACHE_DIR": cache.name, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   for size in args.sizes.split(","):
-    for dtype in args.dtypes.split(","):
-      row = run_json([sys.executable, __file__, "--child", size, str(args.batch),
-                      str(args.steps), dtype])
-      rows.append({"size": size, "library": f"colarec-jax {dtype}", **row})
-      print(json.dumps(rows[-1]), flush=True)
+    sides = {f"colarec-jax {dtype}": [sys.executable, __file__, "--child", size, str(args.batch),
+                                      dtype]
+             for dtype in args.dtypes.split(",")}
     if not args.no_peer:
       d_model, d_ff, heads, layers = SIZES[size]
-      row = run_json([args.torch_python, os.path.join(REPO, "bench", "torch_t5_step.py"),
-                      str(d_model), str(d_ff), str(heads), str(layers), str(args.batch),
-                      str(args.steps)])
-      rows.append({"size": size, "library": "pytorch t5 (hf)", **row})
+      sides["pytorch t5 (hf)"] = [args.torch_python,
+                                  os.path.join(REPO, "bench", "torch_t5_step.py"), str(d_model),
+                                  str(d_ff), str(heads), str(layers), str(args.batch)]
+    results = take_turns(sides, dict.fromkeys(sides, args.steps), rounds, env)
+    for library, row in results.items():
+      rows.append({"size": size, "library": library,
+                   "examples_per_second": args.batch / row["seconds_per_step"], **row})
       print(json.dumps(rows[-1]), flush=True)
   header = f"{'size':<9} {'library':<22} {'ex/s':>8} {'vs peer':>8} {'s/step':>8} {'peak MB':>8}"
   if args.peak_tflops:
@@ -133,9 +144,10 @@ def main():
       achieved = row["flops_per_step"] / row["seconds_per_step"] / 1e12
       line += f" {achieved:>8.2f} {achieved / args.peak_tflops:>7.1%}"
     lines.append(line)
-  print(f"batch {args.batch}, median of {args.steps} timed steps after one warm-up")
+  print(f"batch {args.batch}, median of {args.steps} timed steps per side after one warm-up, the "
+        f"sides taking turns in {rounds} rounds")
   print("\n".join(lines))
-  write_json(args.out, {"batch": args.batch, "steps": args.steps, "rows": rows})
+  write_json(args.out, {"batch": args.batch, "steps": args.steps, "rounds": rounds, "rows": rows})
 
 
 if __name__ == "__main__":
