@@ -5,8 +5,8 @@ three decoder passes of length 3, four losses, AdamW with clipping) on random in
 shapes, on this machine's CPU, for the default size (d_model 128, 2 + 2 layers) and t5-small
 (512, 6 + 6). Each side runs in its own subprocess (for its peak memory), and the sides take turns
 in --rounds rounds, one process alive at a time, so that the machine's slow drifts in speed fall
-on both alike (ours reloads its compiled step from a persistent compilation cache each round). On a GPU (ours only) it also reports bf16 and the achieved FLOP/s as a fraction of
---peak-tflops.
+on both alike (ours reloads its compiled step from a persistent compilation cache each round).
+On a GPU (ours only) it also reports bf16 and the achieved FLOP/s as a fraction of --peak-tflops.
 
   python bench/train_step.py --torch-python /path/to/venv/bin/python
 
