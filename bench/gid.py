@@ -97,8 +97,9 @@ def main():
             + f" {'caps held':>9} {'unique':>6}")
   lines = [header, "-" * len(header)]
   for row in rows:
-    cells = " ".join(f"{lv['squared_error']:>11.2f} {lv['squared_error'] / p['squared_error'] - 1:>+7.2%}"
-                     for lv, p in zip(row["levels"], peer["levels"]))
+    cells = " ".join(
+        f"{lv['squared_error']:>11.2f} {lv['squared_error'] / p['squared_error'] - 1:>+7.2%}"
+        for lv, p in zip(row["levels"], peer["levels"]))
     caps = all(lv["max_size"] <= lv["capacity"] for lv in row["levels"])
     lines.append(f"{row['library']:<34} {row['seconds']:>8.2f} "
                  f"{peer['seconds'] / row['seconds']:>8.1f}x {cells} {str(caps):>9} "
