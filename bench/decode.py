@@ -22,7 +22,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import REPO, serve, take_turns, write_json
+from common import REPO, median_seconds, take_turns, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, NUM_ITEMS, K, DEPTH, LENGTH = 8000, 12101, 32, 3, 256
@@ -39,8 +39,8 @@ def random_tokens(batch: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).integers(3, VOCAB, (batch, LENGTH)).astype(np.int32)
 
 
-def ours(size: str, batch: int, count: int, beam: int) -> None:
-  """Runs in a subprocess: compiles our beam search and serves timed batches (input seeds 1..)."""
+def ours(size: str, batch: int, beam: int, count: int) -> dict:
+  """Runs in a subprocess: compiles our beam search and times `count` batches (seeds 1..)."""
   import jax
   import jax.numpy as jnp
 
@@ -75,16 +75,15 @@ def ours(size: str, batch: int, count: int, beam: int) -> None:
   batches = [inputs_of(r + 1) for r in range(count)]
   items = []
 
-  def summary():
-    assert all(np.all(np.asarray(i) > 0) for i in items)  # every beam is a real item
-    return {"compile_seconds": compile_s, "widths": list(trie.widths), "malloc_tuned": tuned}
+  _, times = median_seconds(lambda r: items.append(jax.block_until_ready(
+      decode.beam_search(model, params, batches[r], trie, beam_size=beam)[0])), count)
+  assert all(np.all(np.asarray(i) > 0) for i in items)  # every beam is a real item
+  return {"step_seconds": times, "compile_seconds": compile_s, "widths": list(trie.widths),
+          "malloc_tuned": tuned}
 
-  serve(lambda r: items.append(jax.block_until_ready(
-      decode.beam_search(model, params, batches[r], trie, beam_size=beam)[0])), summary)
 
-
-def peer(size: str, batch: int, count: int, beam: int) -> None:
-  """Runs in a subprocess: builds HF's T5 and trie and serves timed `generate` batches."""
+def peer(size: str, batch: int, beam: int, count: int) -> dict:
+  """Runs in a subprocess: builds HF's T5 and trie and times `count` `generate` batches."""
   import torch
   from transformers import T5Config, T5ForConditionalGeneration
 
@@ -114,12 +113,9 @@ def peer(size: str, batch: int, count: int, beam: int) -> None:
 
   run(0, users=2)  # warm-up (two users: the full batch takes ~90 s at t5-small)
   outs = []
-
-  def summary():
-    assert all(out.shape == (batch * beam, DEPTH + 1) for out in outs)
-    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
-
-  serve(lambda r: outs.append(run(r + 1)), summary)
+  _, times = median_seconds(lambda r: outs.append(run(r + 1)), count)
+  assert all(out.shape == (batch * beam, DEPTH + 1) for out in outs)
+  return {"step_seconds": times, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def main():
@@ -137,16 +133,15 @@ def main():
   parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    side, size, batch, count, beam = args.child
-    (ours if side == "ours" else peer)(size, int(batch), int(count), int(beam))
+    side, size, batch, beam, count = args.child
+    print(json.dumps((ours if side == "ours" else peer)(size, int(batch), int(beam), int(count))))
     return
   rows = []
   cache = tempfile.TemporaryDirectory(prefix="colarec-bench-xla-")
   env = {"JAX_COMPILATION_CACHE_DIR": cache.name, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   for size in args.sizes.split(","):
     counts = {"colarec-jax": args.rounds, "hf generate + trie": args.peer_rounds}
-    sides = {library: [python, __file__, "--child", side, size, str(args.batch),
-                       str(counts[library]), str(args.beam)]
+    sides = {library: [python, __file__, "--child", side, size, str(args.batch), str(args.beam)]
              for library, side, python in (("colarec-jax", "ours", sys.executable),
                                            ("hf generate + trie", "peer", args.torch_python))}
     for library, row in take_turns(sides, counts, args.turns, env).items():

@@ -1,25 +1,26 @@
 """PyTorch peer of bench/train_step.py: the same multi-task ColaRec step on Hugging Face's T5.
 
-Usage: python bench/torch_t5_step.py D_MODEL D_FF HEADS LAYERS BATCH, then serves timed steps on
-stdin (`common.serve`: a line N times N steps, `done` prints the summary).
+Usage: python bench/torch_t5_step.py D_MODEL D_FF HEADS LAYERS BATCH STEPS
 Per step: encoder over X_u [b, 256] and over X_i, X_i-, X_i+ [3b, 34], decoder passes (length 3)
 for X_u -> GID(i) and X_i, X_i- -> GIDs, per-level codebook heads, the four losses, backward,
-AdamW with clipping. Random inputs of the same shapes as ours.
+AdamW with clipping. Random inputs of the same shapes as ours. Prints one JSON line.
 """
 
+import json
 import resource
 import sys
 
 import torch
-from common import serve
+from common import median_seconds
 from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
 
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 
 
-def main(d_model, d_ff, heads, layers, batch):
-  d_model, d_ff, heads, layers, batch = map(int, (d_model, d_ff, heads, layers, batch))
+def main(d_model, d_ff, heads, layers, batch, steps):
+  d_model, d_ff, heads, layers, batch, steps = map(int, (d_model, d_ff, heads, layers, batch,
+                                                         steps))
   torch.manual_seed(0)
   cfg = T5Config(vocab_size=VOCAB, d_model=d_model, d_ff=d_ff, num_heads=heads,
                  d_kv=d_model // heads, num_layers=layers, num_decoder_layers=layers,
@@ -64,9 +65,10 @@ def main(d_model, d_ff, heads, layers, batch):
     return float(loss)
 
   one_step()  # warm-up
-  serve(lambda _: one_step(),
-        lambda: {"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                 "torch": torch.__version__, "threads": torch.get_num_threads()})
+  _, times = median_seconds(lambda _: one_step(), steps)
+  print(json.dumps({"step_seconds": times,
+                    "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

@@ -21,14 +21,14 @@ import resource
 import sys
 import tempfile
 
-from common import REPO, serve, take_turns, write_json
+from common import REPO, median_seconds, take_turns, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 
 
-def ours(size, batch, dtype):
-  """Runs in a subprocess: builds random batches, compiles our step and serves timed steps."""
+def ours(size, batch, dtype, steps):
+  """Runs in a subprocess: builds random batches, compiles our step and times `steps` steps."""
   import jax
   import numpy as np
 
@@ -80,16 +80,14 @@ def ours(size, batch, dtype):
     state, metrics = compiled(state, batches[n % 3], jax.random.key(1))
     jax.block_until_ready(metrics)
 
-  def summary():
-    device = jax.devices()[0]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    stats = device.memory_stats() or {}
-    return {"flops_per_step": flops,
-            "peak_mb": stats.get("peak_bytes_in_use", peak * 2 ** 20) / 2 ** 20,
-            "device": device.platform, "device_kind": device.device_kind,
-            "malloc_tuned": tuned}
-
-  serve(one_step, summary)
+  _, times = median_seconds(one_step, steps)
+  device = jax.devices()[0]
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  stats = device.memory_stats() or {}
+  print(json.dumps({"step_seconds": times, "flops_per_step": flops,
+                    "peak_mb": stats.get("peak_bytes_in_use", peak * 2 ** 20) / 2 ** 20,
+                    "device": device.platform, "device_kind": device.device_kind,
+                    "malloc_tuned": tuned}))
 
 
 def main():
@@ -106,11 +104,11 @@ def main():
                       help="the chip's bf16 peak (e.g. 989 for an H100/H200) for utilisation")
   parser.add_argument("--no-peer", action="store_true")
   parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_step.json"))
-  parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+  parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    size, batch, dtype = args.child
-    ours(size, int(batch), dtype)
+    size, batch, dtype, steps = args.child
+    ours(size, int(batch), dtype, int(steps))
     return
   rounds = max(1, min(args.rounds, args.steps))
   rows = []
