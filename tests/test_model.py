@@ -189,3 +189,18 @@ def test_batch_broadcast_gradient_is_the_sum_over_the_batch():
   np.testing.assert_array_equal(np.asarray(out), np.broadcast_to(np.asarray(shared), (5, 2, 3, 4)))
   grad = jax.grad(lambda s: jnp.sum(t5.batch_broadcast(5, s) * weights))(shared)
   np.testing.assert_allclose(np.asarray(grad), weights.sum(0, keepdims=True), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 5), (7, 5, 3), (4, 6, 6)])
+def test_matmul_gradients_match_numpy(shape):
+  """Both weight-gradient forms (widening kernels transpose x first) give x^T g and g w^T."""
+  n, d_in, d_out = shape
+  rng = np.random.default_rng(2)
+  x, w = rng.normal(size=(n, d_in)), rng.normal(size=(d_in, d_out))
+  cot = rng.normal(size=(n, d_out))
+  out = t5.matmul(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+  np.testing.assert_allclose(np.asarray(out), x @ w, rtol=1e-5, atol=1e-5)
+  dx, dw = jax.jit(jax.grad(lambda a, b: jnp.sum(t5.matmul(a, b) * cot), argnums=(0, 1)))(
+      jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+  np.testing.assert_allclose(np.asarray(dx), cot @ w.T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dw), x.T @ cot, rtol=1e-5, atol=1e-5)

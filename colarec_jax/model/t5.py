@@ -140,8 +140,38 @@ class Projection(nn.Module):
     # A 2-D matmul, so that autodiff's weight gradient contracts one axis. Over [b, L, in] it
     # contracted two, and XLA:CPU then transposed the cotangent with the dropout mask fused in,
     # unvectorised: 88 ms of a 490 ms t5-small feed-forward forward + backward ([16, 256]).
-    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), self.kernel())
+    y = matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), self.kernel())
     return y.reshape(x.shape[:-1] + (self.features,))
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [n, in] @ w [in, out], whose weight gradient x^T g runs as a plain matmul when in < out.
+
+  Autodiff writes the weight gradient as one dot contracting the rows of both operands. XLA:CPU
+  hands that form to Eigen, which ran it at 60-80 GFLOP/s for the feed-forward's widening kernel
+  ([4096, 512]^T [4096, 2048]); transposing x first (kept by an optimisation barrier, else XLA
+  folds it back into the dot) lets YNNPACK run it at ~125. For square or narrowing kernels Eigen
+  was as fast (~100), so they keep autodiff's form. In seven paired runs the t5-small train step
+  ran 0.6-11% faster (about 5% typically). The same rule as a custom JVP (the transpose then
+  happens in the forward pass and stays alive until the backward) measured -1 to 3%.
+
+  Under `shard_map` this returns per-device weight gradients; the train step `psum`s them.
+  """
+  return jnp.dot(x, w)
+
+
+def _matmul_fwd(x, w):
+  return jnp.dot(x, w), (x, w)
+
+
+def _matmul_bwd(residuals, g):
+  x, w = residuals
+  rows = jax.lax.optimization_barrier(x.T) if w.shape[0] < w.shape[1] else x.T
+  return jnp.dot(g, w.T), jnp.dot(rows, g)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
