@@ -4,10 +4,10 @@
 One step, per training interaction (u, i): encoder passes over X_u and over X_i, X_i-, X_i+ (the
 three indexing inputs share one pass), decoder passes X_u -> GID(i), X_i -> GID(i), X_i- -> GID(i-),
 and the weighted sum of L_rec, L_index, L_bpr and L_c. On a mesh the step is a per-device program
-under `jax.shard_map`: the batch is split over 'data', parameters are replicated, and gradients are
-`psum`med across devices (the loss is normalised by the global example count), i.e. a gradient
-`pmean` of per-device means. The map runs unchecked (`check_vma=False`), the per-device program of
-`pmap`: the model's custom weight-gradient rule (`t5.matmul`) returns per-device gradients.
+under `jax.shard_map`: the batch is split over 'data', parameters are replicated and cast to
+device-varying inside the step (the model's custom weight-gradient rule, `t5.matmul`, needs its
+weight typed like its varying input), and the cast's transpose sums gradients across devices (the
+loss is normalised by the global example count), i.e. a gradient `pmean` of per-device means.
 
 The loop: epochs of (optionally capped) shuffled steps, batches built on the host one step ahead
 in a thread, per-loss averages on a progress bar and in TensorBoard, validation by beam search
@@ -156,6 +156,8 @@ def make_train_step(model: ColaRec, weights: LossWeights, mesh=None):
     b = mask.shape[0]
 
     def loss_fn(params):
+      if axis is not None:
+        params = jax.lax.pcast(params, axis, to="varying")
       variables = {"params": params}
       rngs = {"dropout": key}
       index_in = _concat(batch["item"], batch["neg"], batch["pos"])
@@ -186,7 +188,7 @@ def make_train_step(model: ColaRec, weights: LossWeights, mesh=None):
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {"loss": loss, **parts}
     if axis is not None:
-      grads, metrics = jax.lax.psum((grads, metrics), axis)
+      metrics = jax.lax.psum(metrics, axis)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = jnp.asarray(
         state.opt_state[1].hyperparams["learning_rate"], jnp.float32)
@@ -195,8 +197,7 @@ def make_train_step(model: ColaRec, weights: LossWeights, mesh=None):
   if mesh is None:
     return jax.jit(local_step, donate_argnums=0)
   rep, dat = jax.P(), jax.P("data")
-  sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(rep, dat, rep), out_specs=(rep, rep),
-                          check_vma=False)
+  sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(rep, dat, rep), out_specs=(rep, rep))
   replicated = jax.sharding.NamedSharding(mesh, rep)
   return jax.jit(sharded, donate_argnums=0, out_shardings=replicated)
 
