@@ -1,13 +1,14 @@
 """What every benchmark script does the same way: run one side in a subprocess and read its JSON
 line, let two sides take turns doing that (`take_turns`), time repeated calls, and write the
-results file. Scripts (ours and the peers' alike) run as
-`python bench/<name>.py`, so this module is importable as `common`; it needs only the standard
-library, so it also imports in a peer's own virtualenv."""
+results file. Scripts (ours and the peers' alike) run as `python bench/<name>.py`, so this module
+is importable as `common`; it needs only the standard library, so it also imports in a peer's own
+virtualenv."""
 
 import json
 import os
 import statistics
 import subprocess
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,19 +31,19 @@ def write_json(path: str, results: dict) -> None:
     json.dump(results, f, indent=1)
 
 
-def median_seconds(call, count: int) -> tuple[float, list[float]]:
-  """(median, all) wall-clock seconds of call(0), ..., call(count - 1). `call` must return only
-  when its work is done. The median, because this shared 2-core machine's noise skews means."""
+def call_seconds(call, count: int) -> list[float]:
+  """Wall-clock seconds of call(0), ..., call(count - 1); `call` must return only when its work is
+  done. (`take_turns` reports their median: this shared 2-core machine's noise skews means.)"""
   times = []
   for i in range(count):
     start = time.perf_counter()
     call(i)
     times.append(time.perf_counter() - start)
-  return statistics.median(times), times
+  return times
 
 
-def take_turns(sides: dict[str, list[str]], counts: dict[str, int], turns: int,
-               env: dict | None = None) -> dict[str, dict]:
+def take_turns(sides: dict[str, list[str]], counts: dict[str, int],
+               turns: int) -> dict[str, dict]:
   """Times each side's `counts[side]` calls over `turns` turns, the sides taking turns.
 
   Each turn runs the side's command with its share of the calls appended as the last argument
@@ -50,22 +51,25 @@ def take_turns(sides: dict[str, list[str]], counts: dict[str, int], turns: int,
   `step_seconds`), so only one side is ever alive: this shared machine drifts in speed over
   minutes (15-20% here), and turns spread that drift over both sides alike. (Kept alive but idle
   beside ours, the PyTorch peer seemed to slow it: t5-small train step, median 10.1 s/step
-  against 9.1 alone, one run each.) Returns per side the first turn's JSON (e.g. its compile
-  time; later turns may load from a cache) with every turn's `step_seconds`, their median
+  against 9.1 alone, one run each.) Every turn shares one temporary JAX compilation cache, so a
+  JAX side compiles in its first turn and reloads the program after. Returns per side the first
+  turn's JSON (e.g. its compile time) with every turn's `step_seconds`, their median
   (`seconds_per_step`) and the largest `peak_mb`.
   """
   results = {name: {} for name in sides}
-  for turn in range(turns):
-    for name, cmd in sides.items():
-      share = counts[name] // turns + (turn < counts[name] % turns)
-      if not share:
-        continue
-      row = run_json(cmd + [str(share)], env=env)
-      merged = {**row, **results[name],
-                "step_seconds": results[name].get("step_seconds", []) + row["step_seconds"]}
-      if "peak_mb" in row:
-        merged["peak_mb"] = max(results[name].get("peak_mb", 0.0), row["peak_mb"])
-      results[name] = merged
+  with tempfile.TemporaryDirectory(prefix="colarec-bench-xla-") as cache:
+    env = {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    for turn in range(turns):
+      for name, cmd in sides.items():
+        share = counts[name] // turns + (turn < counts[name] % turns)
+        if not share:
+          continue
+        row = run_json(cmd + [str(share)], env=env)
+        merged = {**row, **results[name],
+                  "step_seconds": results[name].get("step_seconds", []) + row["step_seconds"]}
+        if "peak_mb" in row:
+          merged["peak_mb"] = max(results[name].get("peak_mb", 0.0), row["peak_mb"])
+        results[name] = merged
   for result in results.values():
     result["seconds_per_step"] = statistics.median(result["step_seconds"])
   return results

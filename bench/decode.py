@@ -18,11 +18,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
-from common import REPO, median_seconds, take_turns, write_json
+from common import REPO, call_seconds, take_turns, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, NUM_ITEMS, K, DEPTH, LENGTH = 8000, 12101, 32, 3, 256
@@ -75,7 +74,7 @@ def ours(size: str, batch: int, beam: int, count: int) -> dict:
   batches = [inputs_of(r + 1) for r in range(count)]
   items = []
 
-  _, times = median_seconds(lambda r: items.append(jax.block_until_ready(
+  times = call_seconds(lambda r: items.append(jax.block_until_ready(
       decode.beam_search(model, params, batches[r], trie, beam_size=beam)[0])), count)
   assert all(np.all(np.asarray(i) > 0) for i in items)  # every beam is a real item
   return {"step_seconds": times, "compile_seconds": compile_s, "widths": list(trie.widths),
@@ -113,7 +112,7 @@ def peer(size: str, batch: int, beam: int, count: int) -> dict:
 
   run(0, users=2)  # warm-up (two users: the full batch takes ~90 s at t5-small)
   outs = []
-  _, times = median_seconds(lambda r: outs.append(run(r + 1)), count)
+  times = call_seconds(lambda r: outs.append(run(r + 1)), count)
   assert all(out.shape == (batch * beam, DEPTH + 1) for out in outs)
   return {"step_seconds": times, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -137,14 +136,12 @@ def main():
     print(json.dumps((ours if side == "ours" else peer)(size, int(batch), int(beam), int(count))))
     return
   rows = []
-  cache = tempfile.TemporaryDirectory(prefix="colarec-bench-xla-")
-  env = {"JAX_COMPILATION_CACHE_DIR": cache.name, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   for size in args.sizes.split(","):
     counts = {"colarec-jax": args.rounds, "hf generate + trie": args.peer_rounds}
     sides = {library: [python, __file__, "--child", side, size, str(args.batch), str(args.beam)]
              for library, side, python in (("colarec-jax", "ours", sys.executable),
                                            ("hf generate + trie", "peer", args.torch_python))}
-    for library, row in take_turns(sides, counts, args.turns, env).items():
+    for library, row in take_turns(sides, counts, args.turns).items():
       rows.append({"size": size, "library": library,
                    "users_per_second": args.batch / row.pop("seconds_per_step"),
                    "batch_seconds": row.pop("step_seconds"), **row})

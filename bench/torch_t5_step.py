@@ -11,7 +11,7 @@ import resource
 import sys
 
 import torch
-from common import median_seconds
+from common import call_seconds
 from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
 
@@ -65,7 +65,7 @@ def main(d_model, d_ff, heads, layers, batch, steps):
     return float(loss)
 
   one_step()  # warm-up
-  _, times = median_seconds(lambda _: one_step(), steps)
+  times = call_seconds(lambda _: one_step(), steps)
   print(json.dumps({"step_seconds": times,
                     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                     "torch": torch.__version__, "threads": torch.get_num_threads()}))

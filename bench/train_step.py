@@ -19,9 +19,8 @@ import json
 import os
 import resource
 import sys
-import tempfile
 
-from common import REPO, median_seconds, take_turns, write_json
+from common import REPO, call_seconds, take_turns, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
@@ -80,7 +79,7 @@ def ours(size, batch, dtype, steps):
     state, metrics = compiled(state, batches[n % 3], jax.random.key(1))
     jax.block_until_ready(metrics)
 
-  _, times = median_seconds(one_step, steps)
+  times = call_seconds(one_step, steps)
   device = jax.devices()[0]
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   stats = device.memory_stats() or {}
@@ -112,8 +111,6 @@ def main():
     return
   rounds = max(1, min(args.rounds, args.steps))
   rows = []
-  cache = tempfile.TemporaryDirectory(prefix="colarec-bench-xla-")
-  env = {"JAX_COMPILATION_CACHE_DIR": cache.name, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   for size in args.sizes.split(","):
     sides = {f"colarec-jax {dtype}": [sys.executable, __file__, "--child", size, str(args.batch),
                                       dtype]
@@ -123,7 +120,7 @@ def main():
       sides["pytorch t5 (hf)"] = [args.torch_python,
                                   os.path.join(REPO, "bench", "torch_t5_step.py"), str(d_model),
                                   str(d_ff), str(heads), str(layers), str(args.batch)]
-    results = take_turns(sides, dict.fromkeys(sides, args.steps), rounds, env)
+    results = take_turns(sides, dict.fromkeys(sides, args.steps), rounds)
     for library, row in results.items():
       rows.append({"size": size, "library": library,
                    "examples_per_second": args.batch / row["seconds_per_step"], **row})

@@ -13,9 +13,10 @@ from common import take_turns  # noqa: E402
 
 # A side as the benchmarks write them: its last argument is how many calls to time; it logs each
 # call as "NAME CALL" to a file both sides share, so the test sees the order they ran in, and prints
-# one JSON line (after some log noise) with the calls' seconds and a summary.
+# one JSON line (after some log noise) with the calls' seconds, a summary and the JAX compilation
+# cache it was given.
 SIDE = """
-import json, sys, time
+import json, os, sys, time
 name, log, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 print("log noise")
 seconds = []
@@ -23,7 +24,8 @@ for i in range(count):
   with open(log, "a") as f:
     f.write(f"{name} {i}\\n")
   seconds.append(0.5 + i)
-print(json.dumps({"step_seconds": seconds, "calls": count, "peak_mb": float(count)}))
+print(json.dumps({"step_seconds": seconds, "calls": count, "peak_mb": float(count),
+                  "cache": os.environ["JAX_COMPILATION_CACHE_DIR"]}))
 """
 
 
@@ -41,6 +43,9 @@ def test_sides_take_turns_one_process_at_a_time(tmp_path):
   assert results["a"]["seconds_per_step"] == statistics.median([0.5, 1.5, 0.5, 1.5, 0.5]) == 0.5
   assert results["a"]["calls"] == 2  # the first turn's JSON stands
   assert results["a"]["peak_mb"] == 2.0 and results["b"]["peak_mb"] == 1.0  # the largest
+  # Both sides got the same temporary compilation cache, removed once the turns are over.
+  assert results["a"]["cache"] == results["b"]["cache"]
+  assert not os.path.exists(results["a"]["cache"])
 
 
 def test_a_side_that_fails_is_reported_with_its_stderr(tmp_path):
