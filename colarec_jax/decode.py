@@ -10,6 +10,12 @@ Beam widths grow with the tree: step t can only hold as many distinct prefixes a
 nodes at depth t, at most K^t, so widths are 1, min(beam, K), ... and the first steps are cheap.
 Steps of equal width run in a `lax.fori_loop` over a `BeamState`; a step that widens the beam
 changes the state's shape and is traced on its own.
+
+On CPU the encoder runs over the batch in sequential chunks (`encoder_chunks`) whose [tokens,
+d_ff] feed-forward activation is at most `CPU_CHUNK_BYTES`, so that it stays in the last-level
+cache between the two feed-forward matmuls: at t5-small (1024 tokens a chunk), 20 users x 256
+tokens, the encoder went from about 2.5 s to 2.2 s on the 2-core, 32 MiB-L3 CPU this project
+develops on. Accelerators encode the batch whole.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from colarec_jax.gid.table import GidTable
 from colarec_jax.model.colarec import ColaRec
 
 SELF_CACHE = ("cached_key", "cached_value")  # self-attention cache leaves: one row per beam
+CPU_CHUNK_BYTES = 8 << 20  # an encoder chunk's feed-forward activation on CPU: 1024 x 2048 f32
 
 
 @flax.struct.dataclass
@@ -96,6 +103,43 @@ def _reorder_cache(cache, parent: jax.Array):
   return jax.tree_util.tree_map_with_path(gather, cache)
 
 
+def encoder_chunks(rows: int, length: int, token_bytes: int, *, shards: int = 1,
+                   platform: str = "cpu") -> int:
+  """How many sequential chunks `_encode` splits a [rows, length] batch into.
+
+  Args:
+    rows, length: the batch's shape.
+    token_bytes: bytes of feed-forward activation per token (d_ff x the compute dtype's size).
+    shards: devices the rows are split over (contiguous blocks).
+    platform: 'cpu', 'gpu', 'tpu'.
+
+  Returns:
+    One on accelerators. On CPU, the fewest chunks that divide each device's rows and whose
+    per-device activation is at most `CPU_CHUNK_BYTES` (or one row per chunk, if a row is more).
+  """
+  local = rows // shards
+  tokens = CPU_CHUNK_BYTES // token_bytes
+  if platform != "cpu" or local * length <= tokens:
+    return 1
+  most_rows = max(1, tokens // length)
+  return next(c for c in range(1, local + 1) if local % c == 0 and local // c <= most_rows)
+
+
+def _encode(model: ColaRec, params, inputs: dict, chunks: int) -> jax.Array:
+  """Encoder states [b, L, d], computed in `chunks` sequential pieces of b / chunks rows.
+
+  Chunk j holds rows j, j + chunks, ...: when the rows are sharded over devices in contiguous
+  blocks (and each block divides into `chunks`), every chunk keeps each device's rows local.
+  """
+  encode = lambda x: model.apply({"params": params}, x, method=ColaRec.encode)
+  if chunks == 1:
+    return encode(inputs)
+  b = inputs["mask"].shape[0]
+  split = lambda a: jnp.swapaxes(a.reshape((b // chunks, chunks) + a.shape[1:]), 0, 1)
+  encoded = jax.lax.map(encode, jax.tree.map(split, inputs))
+  return jnp.swapaxes(encoded, 0, 1).reshape((b,) + encoded.shape[2:])
+
+
 def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, position,
           new_width: int, renormalize: bool) -> BeamState:
   """Extends every beam by one code and keeps the best `new_width` of all extensions."""
@@ -122,12 +166,13 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
   return BeamState(scores, nodes, codes, _reorder_cache(mutated["cache"], parent))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize"))
+@functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize",
+                                             "chunks"))
 def _search(params, inputs, children, leaf_item, *, model: ColaRec, widths: tuple[int, ...],
-            beam_size: int, renormalize: bool):
+            beam_size: int, renormalize: bool, chunks: int):
   trie = Trie(children, leaf_item, widths)
   depth = len(widths) - 1
-  encoded = model.apply({"params": params}, inputs, method=ColaRec.encode)
+  encoded = _encode(model, params, inputs, chunks)
   mask = inputs["mask"]
   decoder = model.clone(decode=True)
   _, init = decoder.apply({"params": params}, encoded, mask, method=ColaRec.init_cache,
@@ -172,5 +217,13 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, beam_size: 
     (items [b, beam_size] int32, best first, 0 where fewer items exist; scores [b, beam_size]
     log-probabilities, -inf for those; codes [b, beam_size, l] the items' GIDs).
   """
+  mask = inputs["mask"]
+  sharding = getattr(mask, "sharding", None)
+  shards = mask.shape[0] // sharding.shard_shape(mask.shape)[0] if sharding else 1
+  platform = next(iter(sharding.device_set)).platform if sharding else jax.default_backend()
+  cfg = model.config.transformer
+  chunks = encoder_chunks(*mask.shape, cfg.d_ff * jnp.dtype(cfg.dtype).itemsize, shards=shards,
+                          platform=platform)
   return _search(params, inputs, trie.children, trie.leaf_item, model=model,
-                 widths=trie.widths, beam_size=beam_size, renormalize=renormalize)
+                 widths=trie.widths, beam_size=beam_size, renormalize=renormalize,
+                 chunks=chunks)

@@ -139,3 +139,52 @@ def test_items_with_a_long_beam_on_a_small_catalogue_pad_with_zero(setup):
                                                         beam_size=50))
   assert items.shape == (4, 50)
   assert np.all(items[:, NUM_ITEMS:] == 0) and np.all(np.isneginf(scores[:, NUM_ITEMS:]))
+
+
+@pytest.mark.parametrize("rows, length, token_bytes, shards, platform, expected", [
+    (20, 256, 8192, 1, "cpu", 5),   # t5-small f32: 1024 tokens (4 rows) per chunk
+    (20, 256, 4096, 1, "cpu", 4),   # bf16: 2048 tokens, and 3 chunks would not divide 20 rows
+    (16, 256, 8192, 1, "cpu", 4),
+    (13, 256, 8192, 1, "cpu", 13),  # a prime number of rows: one row per chunk
+    (4, 256, 8192, 1, "cpu", 1),    # fits in one chunk
+    (20, 256, 2048, 1, "cpu", 2),   # the default size (d_ff 512): 4096 tokens per chunk
+    (8, 2000, 8192, 1, "cpu", 8),   # rows longer than a chunk: still one row each
+    (20, 256, 8192, 2, "cpu", 5),   # 10 rows per device -> chunks of 2 rows that divide them
+    (20, 256, 8192, 1, "gpu", 1),
+    (20, 256, 8192, 1, "tpu", 1),
+])
+def test_encoder_chunks(rows, length, token_bytes, shards, platform, expected):
+  assert decode.encoder_chunks(rows, length, token_bytes, shards=shards,
+                               platform=platform) == expected
+
+
+def test_chunked_encoder_equals_the_whole_batch(setup):
+  _, _, params = setup
+  inputs = make_inputs(b=6, length=10, seed=3)
+  whole = np.asarray(decode._encode(MODEL, params, inputs, 1))
+  for chunks in (2, 3, 6):
+    np.testing.assert_allclose(np.asarray(decode._encode(MODEL, params, inputs, chunks)), whole,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_search_with_a_chunked_encoder_equals_the_unchunked_search(setup, monkeypatch):
+  """12 rows of 200 tokens, with chunks of at most 1000 tokens: on CPU the search encodes them
+  in 3 chunks on one device, and in 2 when the rows are sharded over 2 devices."""
+  gids, _, params = setup
+  monkeypatch.setattr(decode, "CPU_CHUNK_BYTES", 1000 * TC.d_ff * 4)
+  inputs = make_inputs(b=12, length=200, seed=4)
+  trie = decode.Trie.build(gids, 8)
+  assert decode.encoder_chunks(12, 200, TC.d_ff * 4) == 3
+  assert decode.encoder_chunks(12, 200, TC.d_ff * 4, shards=2) == 2
+  whole = decode._search(params, inputs, trie.children, trie.leaf_item, model=MODEL,
+                         widths=trie.widths, beam_size=8, renormalize=False, chunks=1)
+  traced = []  # the chunk counts the search is traced with (static, so traced once each)
+  encode = decode._encode
+  monkeypatch.setattr(decode, "_encode", lambda *args: traced.append(args[-1]) or encode(*args))
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  for placed in (inputs, jax.device_put(inputs, rows)):
+    chunked = decode.beam_search(MODEL, params, placed, trie, beam_size=8)
+    np.testing.assert_array_equal(np.asarray(chunked[0]), np.asarray(whole[0]))
+    np.testing.assert_allclose(np.asarray(chunked[1]), np.asarray(whole[1]), rtol=1e-5)
+  assert traced == [3, 2]
