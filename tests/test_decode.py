@@ -178,9 +178,10 @@ def test_search_with_a_chunked_encoder_equals_the_unchunked_search(setup, monkey
   assert decode.encoder_chunks(12, 200, TC.d_ff * 4, shards=2) == 2
   whole = decode._search(params, inputs, trie.children, trie.leaf_item, model=MODEL,
                          widths=trie.widths, beam_size=8, renormalize=False, chunks=1)
-  traced = []  # the chunk counts the search is traced with (static, so traced once each)
+  traced = []  # the chunk counts the search is traced with
   encode = decode._encode
   monkeypatch.setattr(decode, "_encode", lambda *args: traced.append(args[-1]) or encode(*args))
+  decode._search.clear_cache()  # so both calls below trace, whatever ran before in this process
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   for placed in (inputs, jax.device_put(inputs, rows)):
