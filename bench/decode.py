@@ -7,6 +7,8 @@ K=32, l=3, beam 100, 100 sequences returned per user), on this machine's CPU, fo
 (d_model 128, 2 + 2 layers) and t5-small (512, 6 + 6). Each side runs in its own subprocess, and
 the sides take turns (--turns), one process alive at a time, so that the machine's slow drifts in
 speed fall on both alike (ours reloads its compiled search from a persistent compilation cache).
+Ours runs once per --cpu-devices count (default: JAX's one CPU device, and one device per core,
+`config.cpu_devices`), the batch split over the devices; the peer uses every core (torch threads).
 
   python bench/decode.py [--torch-python /path/to/venv/bin/python]
 
@@ -25,6 +27,17 @@ from common import REPO, call_seconds, take_turns, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, NUM_ITEMS, K, DEPTH, LENGTH = 8000, 12101, 32, 3, 256
+PEER = "hf generate + trie"
+
+
+def ours_name(cpu_devices: int) -> str:
+  return "colarec-jax" if cpu_devices == 1 else f"colarec-jax {cpu_devices} devices"
+
+
+def per_core(batch: int) -> int:
+  """One CPU device per core, or the most cores that divide the batch."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(n for n in range(1, (cores or 1) + 1) if batch % n == 0)
 
 
 def random_gids() -> np.ndarray:
@@ -38,17 +51,20 @@ def random_tokens(batch: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).integers(3, VOCAB, (batch, LENGTH)).astype(np.int32)
 
 
-def ours(size: str, batch: int, beam: int, count: int) -> dict:
-  """Runs in a subprocess: compiles our beam search and times `count` batches (seeds 1..)."""
+def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int) -> dict:
+  """Runs in a subprocess: compiles our beam search and times `count` batches (seeds 1..), the
+  batch split over `cpu_devices` CPU devices."""
   import jax
   import jax.numpy as jnp
 
-  from colarec_jax import allocator, decode
+  from colarec_jax import allocator, decode, sharding
   from colarec_jax.config import base_config
   from colarec_jax.gid.table import GidTable
   from colarec_jax.train import create_model
 
   tuned = allocator.keep_freed_memory()  # as the CLI does
+  sharding.use_cpu_devices(cpu_devices)  # as the CLI does, before JAX starts
+  mesh = sharding.make_mesh()
 
   d_model, d_ff, heads, layers = SIZES[size]
   config = base_config()
@@ -65,20 +81,21 @@ def ours(size: str, batch: int, beam: int, count: int) -> dict:
             "users": jnp.asarray(zeros), "mask": jnp.ones(tokens.shape, bool),
             "task": jnp.zeros(batch, jnp.int32)}
 
-  params = jax.jit(model.init)(jax.random.key(0), inputs_of(0),
-                               jnp.asarray(gids.codes[1:batch + 1]))["params"]
+  params = sharding.replicate(jax.jit(model.init)(jax.random.key(0), inputs_of(0), jnp.asarray(
+      gids.codes[1:batch + 1]))["params"], mesh)
   trie = decode.Trie.build(gids, beam)
   start = time.perf_counter()
-  jax.block_until_ready(decode.beam_search(model, params, inputs_of(0), trie, beam_size=beam))
+  jax.block_until_ready(decode.beam_search(model, params, sharding.shard_rows(inputs_of(0), mesh),
+                                           trie, beam_size=beam))
   compile_s = time.perf_counter() - start
-  batches = [inputs_of(r + 1) for r in range(count)]
+  batches = [sharding.shard_rows(inputs_of(r + 1), mesh) for r in range(count)]
   items = []
 
   times = call_seconds(lambda r: items.append(jax.block_until_ready(
       decode.beam_search(model, params, batches[r], trie, beam_size=beam)[0])), count)
   assert all(np.all(np.asarray(i) > 0) for i in items)  # every beam is a real item
   return {"step_seconds": times, "compile_seconds": compile_s, "widths": list(trie.widths),
-          "malloc_tuned": tuned}
+          "malloc_tuned": tuned, "devices": sharding.describe(mesh)}
 
 
 def peer(size: str, batch: int, beam: int, count: int) -> dict:
@@ -127,34 +144,43 @@ def main():
   parser.add_argument("--peer-rounds", type=int, default=3, help="timed batches (the peer)")
   parser.add_argument("--turns", type=int, default=3,
                       help="the sides take turns, this many times, each timing its share")
+  parser.add_argument("--cpu-devices", default="",
+                      help="ours: comma-separated CPU device counts to run (config.cpu_devices); "
+                      "default 1 and one per core (the most cores that divide the batch)")
   parser.add_argument("--torch-python", default=sys.executable)
   parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "decode.json"))
-  parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+  parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    side, size, batch, beam, count = args.child
-    print(json.dumps((ours if side == "ours" else peer)(size, int(batch), int(beam), int(count))))
+    side, size, *numbers = args.child
+    print(json.dumps((ours if side == "ours" else peer)(size, *map(int, numbers))))
     return
+  devices = args.cpu_devices.split(",") if args.cpu_devices else [1, per_core(args.batch)]
+  ours_sides = {ours_name(int(n)): int(n) for n in devices}
+  for n in ours_sides.values():
+    if args.batch % n:
+      parser.error(f"--cpu-devices: {n} does not divide --batch {args.batch}")
   rows = []
   for size in args.sizes.split(","):
-    counts = {"colarec-jax": args.rounds, "hf generate + trie": args.peer_rounds}
-    sides = {library: [python, __file__, "--child", side, size, str(args.batch), str(args.beam)]
-             for library, side, python in (("colarec-jax", "ours", sys.executable),
-                                           ("hf generate + trie", "peer", args.torch_python))}
+    shape = [size, str(args.batch), str(args.beam)]  # take_turns appends the count of calls
+    sides = {name: [sys.executable, __file__, "--child", "ours", *shape, str(devices)]
+             for name, devices in ours_sides.items()}
+    sides[PEER] = [args.torch_python, __file__, "--child", "peer", *shape]
+    counts = {name: args.rounds for name in ours_sides} | {PEER: args.peer_rounds}
     for library, row in take_turns(sides, counts, args.turns).items():
       rows.append({"size": size, "library": library,
                    "users_per_second": args.batch / row.pop("seconds_per_step"),
                    "batch_seconds": row.pop("step_seconds"), **row})
       print(json.dumps(rows[-1]), flush=True)
-  header = f"{'size':<9} {'library':<20} {'users/s':>9} {'vs peer':>8}"
+  header = f"{'size':<9} {'library':<24} {'users/s':>9} {'vs peer':>8}"
   lines = [header, "-" * len(header)]
   for row in rows:
-    peer_row = next(r for r in rows if r["size"] == row["size"] and r["library"] != "colarec-jax")
-    lines.append(f"{row['size']:<9} {row['library']:<20} {row['users_per_second']:>9.2f} "
+    peer_row = next(r for r in rows if r["size"] == row["size"] and r["library"] == PEER)
+    lines.append(f"{row['size']:<9} {row['library']:<24} {row['users_per_second']:>9.2f} "
                  f"{row['users_per_second'] / peer_row['users_per_second']:>7.1f}x")
   print(f"batch {args.batch}, beam {args.beam}, {LENGTH} input tokens, {NUM_ITEMS} items, "
-        f"K={K}, l={DEPTH}; median of {args.rounds} (ours) and {args.peer_rounds} (peer) timed "
-        f"batches, the sides taking turns {args.turns} times")
+        f"K={K}, l={DEPTH}; median of {args.rounds} (ours, each) and {args.peer_rounds} (peer) "
+        f"timed batches, the sides taking turns {args.turns} times")
   print("\n".join(lines))
   write_json(args.out, {"batch": args.batch, "beam": args.beam, "turns": args.turns,
                         "rows": rows})

@@ -19,6 +19,10 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.num_devices = 0  # devices on the mesh's data axis (0 = all JAX sees)
+  # CPU only: split the host CPU into this many JAX devices (0 = JAX's own setting: one, or
+  # $JAX_NUM_CPU_DEVICES / XLA_FLAGS). One per core speeds up CPU beam search; the mesh then spans
+  # them (see `sharding.use_cpu_devices`). The CLI applies it before JAX starts.
+  config.cpu_devices = 0
 
   # The model: `--mode=train` trains config.model.name; the sizes shape ColaRec's encoder-decoder
   # (defaults are small for CPU; configs for the paper's datasets use t5-small's 512/2048/8/6+6).

@@ -54,6 +54,7 @@ def main(argv):
                       os.path.join(cache_dir(FLAGS.config.data.cache_dir), "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   try:
+    sharding.use_cpu_devices(int(FLAGS.config.cpu_devices))  # before JAX starts its backends
     if FLAGS.distributed:
       sharding.initialize_distributed()
     pipeline.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, checkpoint=FLAGS.checkpoint,

@@ -70,7 +70,8 @@ def _restored_ranker(config, workdir: str, which: str, log, prepared=None):
     raise UsageError("checkpoint", f"no {kind} checkpoint in {ctx.checkpoint_dir}; train first "
                      "(--mode=train)")
   params, epoch = restored
-  log(f"using the {kind} checkpoint (epoch {epoch}) in {ctx.checkpoint_dir}")
+  log(f"using the {kind} checkpoint (epoch {epoch}) in {ctx.checkpoint_dir}, on "
+      f"{sharding.describe(ctx.mesh)}")
   return ctx, ctx.ranker(params)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,12 +49,17 @@ def test_mistyped_key_fails_at_startup(tmp_path):
   assert not os.path.exists(tmp_path / "data")
 
 
-def test_bad_value_is_one_line_without_traceback(tmp_path):
-  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.data.source=csv")
+@pytest.mark.parametrize("flag,message", [
+    ("--config.data.source=csv", "error: config.data.source: got 'csv', expected one of "
+                                 "'movielens', 'atomic', 'amazon', 'foodcom'"),
+    ("--config.cpu_devices=-1", "error: config.cpu_devices: got -1, expected 0 (JAX's own "
+                                "setting) or a count of CPU devices, e.g. the number of cores"),
+])
+def test_bad_value_is_one_line_without_traceback(tmp_path, flag, message):
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}", flag)
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines() == [
-      "error: config.data.source: got 'csv', expected one of 'movielens', 'atomic', 'amazon', "
-      "'foodcom'"]
+  assert result.stderr.strip().splitlines() == [message]
+  assert os.listdir(tmp_path) == []
 
 
 def test_bad_file_names_file_and_line(tmp_path):
@@ -122,10 +128,15 @@ def test_train_mode_trains_colarec_and_writes_outputs(trained):
   assert os.listdir(run / "checkpoints" / "best") == [str(metrics["best_epoch"])]
 
 
-def test_evaluate_mode_reproduces_the_test_metrics(trained):
+@pytest.mark.parametrize("cpu_devices,used", [(0, "4 cpu devices"), (2, "2 cpu devices")])
+def test_evaluate_mode_reproduces_the_test_metrics(trained, cpu_devices, used):
+  """Trained on conftest's 4 fake CPU devices; ranked on 2 (`config.cpu_devices`), the same."""
   workdir, _ = trained
-  result = cli(*TINY, f"--workdir={workdir}", "--mode=evaluate")
+  result = cli(*TINY, f"--workdir={workdir}", "--mode=evaluate",
+               f"--config.cpu_devices={cpu_devices}")
   assert result.returncode == 0, result.stderr
+  assert re.search(rf"^using the best checkpoint \(epoch \d\) in .*, on {used}$", result.stdout,
+                   re.M), result.stdout
   with open(workdir / "colarec" / "metrics.json") as f:
     expected = json.load(f)["test"]["overall"]["ndcg@10"]
   row = next(line for line in result.stdout.splitlines() if line.startswith("colarec "))
