@@ -155,16 +155,21 @@ def main():
     side, size, *numbers = args.child
     print(json.dumps((ours if side == "ours" else peer)(size, *map(int, numbers))))
     return
-  devices = args.cpu_devices.split(",") if args.cpu_devices else [1, per_core(args.batch)]
-  ours_sides = {ours_name(int(n)): int(n) for n in devices}
-  for n in ours_sides.values():
-    if args.batch % n:
-      parser.error(f"--cpu-devices: {n} does not divide --batch {args.batch}")
+  try:
+    asked = [int(n) for n in args.cpu_devices.split(",")] if args.cpu_devices else [
+        1, per_core(args.batch)]
+  except ValueError:
+    parser.error(f"--cpu-devices: got {args.cpu_devices!r}, expected counts like 1,2")
+  for n in asked:
+    if n < 1 or args.batch % n:
+      parser.error(f"--cpu-devices: got {n}, expected a count >= 1 that divides --batch "
+                   f"{args.batch}")
+  ours_sides = {ours_name(n): n for n in asked}
   rows = []
   for size in args.sizes.split(","):
     shape = [size, str(args.batch), str(args.beam)]  # take_turns appends the count of calls
-    sides = {name: [sys.executable, __file__, "--child", "ours", *shape, str(devices)]
-             for name, devices in ours_sides.items()}
+    sides = {name: [sys.executable, __file__, "--child", "ours", *shape, str(n)]
+             for name, n in ours_sides.items()}
     sides[PEER] = [args.torch_python, __file__, "--child", "peer", *shape]
     counts = {name: args.rounds for name in ours_sides} | {PEER: args.peer_rounds}
     for library, row in take_turns(sides, counts, args.turns).items():

@@ -2,11 +2,11 @@
 and results between hosts and devices.
 
 One process (CPU, one GPU, all GPUs of a host) needs nothing here but `make_mesh` (and, on a CPU,
-`use_cpu_devices` to split the host into one device per core). Several
-processes (GPU hosts under SLURM, TPU pod workers) first call `initialize_distributed`; the mesh
-then spans every process's devices, each process builds only its rows of every global batch
-(`process_rows`, `global_rows`), results come back with `to_host`, and only the main process
-writes logs and files other than checkpoints (Orbax coordinates those itself).
+`use_cpu_devices` to split the host into one device per core). Several processes (GPU hosts under
+SLURM, TPU pod workers) first call `initialize_distributed`; the mesh then spans every process's
+devices, each process builds only its rows of every global batch (`process_rows`, `global_rows`),
+results come back with `to_host`, and only the main process writes logs and files other than
+checkpoints (Orbax coordinates those itself).
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ def use_cpu_devices(count: int) -> None:
 
   XLA:CPU runs a batched matmul, such as attention's [b, h] stack of q k^T products, on one
   thread, but runs the programs of different devices at the same time. With one device per core
-  and the batch on the mesh, those matmuls (and the elementwise ops) keep every core busy: the
-  t5-small beam search of `bench/decode.py` ran about 10% faster on 2 devices than on 1 on this
-  project's 2-core CPU. The train step gained nothing measurable, and its dropout draws depend on
-  the device index, so a run's numbers change with the device count. Only the CPU platform is
-  affected; GPUs and TPUs stay as they are.
+  and the batch on the mesh, those matmuls (and the elementwise ops) keep every core busy, which
+  speeds up the t5-small beam search (README, Scaling out). The train step gained nothing
+  measurable, and its dropout draws depend on the device index, so a run's numbers change with the
+  device count. Only the CPU platform is affected; GPUs and TPUs stay as they are.
 
   Raises:
     ConfigError: a negative count, or JAX's backends already started (the count is fixed then).
@@ -165,10 +164,11 @@ def num_shards(mesh: jax.sharding.Mesh | None) -> int:
 
 
 def describe(mesh: jax.sharding.Mesh | None) -> str:
-  """'1 cpu device', '2 cpu devices', '8 gpu devices': what the work runs on."""
+  """'1 cpu device', '2 cpu devices', '32 tpu devices over 4 processes': what the work runs on."""
   count = num_shards(mesh)
   device = jax.devices()[0] if mesh is None else mesh.devices.flat[0]
-  return f"{count} {device.platform} device{'s' if count > 1 else ''}"
+  out = f"{count} {device.platform} device{'s' if count > 1 else ''}"
+  return out + (f" over {jax.process_count()} processes" if jax.process_count() > 1 else "")
 
 
 def main_first(name: str, fn):

@@ -5,6 +5,7 @@ import tempfile
 
 # Several fake CPU devices for the sharding tests; must be set before JAX starts.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.pop("JAX_NUM_CPU_DEVICES", None)  # it would override the flag (config.cpu_devices)
 # The CLI tests' subprocesses compile the same steps: share them through JAX's persistent cache
 # (keyed by the program and the JAX/XLA versions, so a stale entry is never used).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",

@@ -141,7 +141,12 @@ def test_evaluate_mode_reproduces_the_test_metrics(trained, cpu_devices, used):
     expected = json.load(f)["test"]["overall"]["ndcg@10"]
   row = next(line for line in result.stdout.splitlines() if line.startswith("colarec "))
   header = next(line for line in result.stdout.splitlines() if line.startswith("model "))
-  assert float(row.split()[header.split().index("ndcg@10")]) == pytest.approx(expected, abs=1e-4)
+  # Another device count compiles other programs: a last-bit difference may swap a near-tie in
+  # one user's ranking, which moves NDCG@10 by at most 1 / users.
+  users = int(row.split()[header.split().index("users")])
+  tolerance = 1e-4 if cpu_devices == 0 else 1 / users + 1e-4
+  assert float(row.split()[header.split().index("ndcg@10")]) == pytest.approx(expected,
+                                                                               abs=tolerance)
 
 
 @pytest.mark.parametrize("flag", ["--user=u03", "--items=i04,i29"])
