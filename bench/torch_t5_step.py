@@ -1,9 +1,11 @@
 """PyTorch peer of bench/train_step.py: the same multi-task ColaRec step on Hugging Face's T5.
 
 Usage: python bench/torch_t5_step.py D_MODEL D_FF HEADS LAYERS BATCH STEPS
-Per step: encoder over X_u [b, 256] and over X_i, X_i-, X_i+ [3b, 34], decoder passes (length 3)
-for X_u -> GID(i) and X_i, X_i- -> GIDs, per-level codebook heads, the four losses, backward,
-AdamW with clipping. Random inputs of the same shapes as ours. Prints one JSON line.
+Per step: encoder over X_u [b, 256] and over X_i, X_i-, X_i+ [3b, 34] (token embeddings with the
+item/user ID embeddings written into their slots and the task embedding first, as ours), decoder
+passes (length 3) for X_u -> GID(i) and X_i, X_i- -> GIDs, per-level codebook heads, the four
+losses, backward, AdamW with clipping over every parameter once (the ID tables included). Random
+inputs of the same shapes as ours. Prints one JSON line.
 """
 
 import json
@@ -16,6 +18,7 @@ from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
 
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
+NUM_ITEMS, NUM_USERS = 12101, 22363
 
 
 def main(d_model, d_ff, heads, layers, batch, steps):
@@ -31,10 +34,17 @@ def main(d_model, d_ff, heads, layers, batch, steps):
   encoder, decoder = T5Stack(enc_cfg), T5Stack(dec_cfg)
   encoder.set_input_embeddings(shared)
   decoder.set_input_embeddings(shared)
+  # ColaRec's atomic ID tables (12,101 items, 22,363 users, + padding row) and task embeddings,
+  # written into their slots of the encoder inputs as ours does (bench/train_step.py's shapes).
+  item_embed, user_embed = torch.nn.Embedding(NUM_ITEMS + 1, d_model), torch.nn.Embedding(
+      NUM_USERS + 1, d_model)
+  task_embed = torch.nn.Embedding(2, d_model)
   code_embed = torch.nn.Parameter(torch.randn(DEPTH, K + 1, d_model))
   codebook = torch.nn.Parameter(torch.randn(DEPTH, K + 1, d_model))
   bias = torch.nn.Parameter(torch.zeros(DEPTH, K + 1))
-  params = list(encoder.parameters()) + list(decoder.parameters()) + [code_embed, codebook, bias]
+  tensors = [*encoder.parameters(), *decoder.parameters(), code_embed, codebook, bias,
+             *item_embed.parameters(), *user_embed.parameters(), *task_embed.parameters()]
+  params = list({id(p): p for p in tensors}.values())  # the shared embedding once
   opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.01)
 
   def gen_loss(enc, mask, codes):
@@ -46,13 +56,28 @@ def main(d_model, d_ff, heads, layers, batch, steps):
     return torch.nn.functional.cross_entropy(logits.reshape(-1, K + 1), codes.reshape(-1),
                                              reduction="sum") / codes.shape[0]
 
+  def embed_inputs(tokens, items, users, task):
+    x = shared(tokens)
+    x = torch.where((items > 0)[..., None], item_embed(items), x)
+    x = torch.where((users > 0)[..., None], user_embed(users), x)
+    return torch.cat([task_embed(task)[:, None], x[:, 1:]], 1)
+
   def one_step():
     xu = torch.randint(3, VOCAB, (batch, LEN_U))
     xi = torch.randint(3, VOCAB, (3 * batch, LEN_I))
     mu, mi = torch.ones_like(xu), torch.ones_like(xi)
+    items_u, items_i, users_i = (torch.zeros_like(xu), torch.zeros_like(xi),
+                                 torch.zeros_like(xi))
+    items_u[:, 1::31] = torch.randint(1, NUM_ITEMS, (batch, 9))
+    items_i[:, 1] = torch.randint(1, NUM_ITEMS, (3 * batch,))
+    users_i[:, 32] = torch.randint(1, NUM_USERS, (3 * batch,))
     codes = torch.randint(1, K + 1, (2 * batch, DEPTH))
-    enc_u = encoder(input_ids=xu, attention_mask=mu).last_hidden_state
-    enc_i = encoder(input_ids=xi, attention_mask=mi).last_hidden_state
+    enc_u = encoder(inputs_embeds=embed_inputs(xu, items_u, torch.zeros_like(xu),
+                                               torch.zeros(batch, dtype=torch.long)),
+                    attention_mask=mu).last_hidden_state
+    enc_i = encoder(inputs_embeds=embed_inputs(xi, items_i, users_i,
+                                               torch.ones(3 * batch, dtype=torch.long)),
+                    attention_mask=mi).last_hidden_state
     h_u, (h_i, h_n, h_p) = enc_u[:, -1], enc_i[:, -1].chunk(3)
     rec = gen_loss(enc_u, mu, codes[:batch])
     index = gen_loss(enc_i[:2 * batch], mi[:2 * batch], codes)
@@ -62,7 +87,7 @@ def main(d_model, d_ff, heads, layers, batch, steps):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
   one_step()  # warm-up
   times = call_seconds(lambda _: one_step(), steps)
