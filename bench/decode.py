@@ -83,7 +83,7 @@ def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int) -> dict
 
   params = sharding.replicate(jax.jit(model.init)(jax.random.key(0), inputs_of(0), jnp.asarray(
       gids.codes[1:batch + 1]))["params"], mesh)
-  trie = decode.Trie.build(gids, beam)
+  trie = decode.Trie.build(gids, beam, mesh)
   start = time.perf_counter()
   jax.block_until_ready(decode.beam_search(model, params, sharding.shard_rows(inputs_of(0), mesh),
                                            trie, beam_size=beam))

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from colarec_jax import sharding as sharding_lib
 from colarec_jax.gid.table import GidTable
 from colarec_jax.model.colarec import ColaRec
 
@@ -69,14 +70,17 @@ class Trie:
   widths: tuple[int, ...]
 
   @classmethod
-  def build(cls, gids: GidTable, beam_size: int) -> "Trie":
+  def build(cls, gids: GidTable, beam_size: int, mesh: jax.sharding.Mesh | None = None) -> "Trie":
+    """The arrays go on every device of `mesh` once, not to the devices on every search."""
     dead = np.full((1, gids.branching + 1), -1, np.int32)
     per_depth = np.bincount(gids.node_depth, minlength=gids.depth + 1)
     widths = [1]
     for t in range(1, gids.depth + 1):
       widths.append(int(min(beam_size, widths[-1] * gids.branching, per_depth[t])))
-    return cls(jnp.asarray(np.concatenate([gids.children, dead])),
-               jnp.asarray(np.append(gids.leaf_item, 0).astype(np.int32)), tuple(widths))
+    children, leaf_item = sharding_lib.replicate(
+        (np.concatenate([gids.children, dead]), np.append(gids.leaf_item, 0).astype(np.int32)),
+        mesh)
+    return cls(jnp.asarray(children), jnp.asarray(leaf_item), tuple(widths))
 
   @property
   def dead(self) -> int:
@@ -209,7 +213,7 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, beam_size: 
     model: the ColaRec module (decode=False; a decoding copy is made inside).
     params: its parameters.
     inputs: encoder inputs, a dict of [b, L] arrays (and 'task' [b]).
-    trie: `Trie.build(gids, beam_size)`.
+    trie: `Trie.build(gids, beam_size, mesh)`, on the mesh `inputs` are sharded over.
     beam_size: beams kept per input (official 100).
     renormalize: mask invalid codes before the log-softmax instead of after it.
 

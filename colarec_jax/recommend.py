@@ -62,7 +62,7 @@ class Ranker:
 
   def __init__(self, model: ColaRec, params, trie: decode.Trie, builder: InputBuilder,
                cfg: DecodeConfig, mesh=None):
-    """`trie` is `decode.Trie.build(gids, cfg.beam_size)`."""
+    """`trie` is `decode.Trie.build(gids, cfg.beam_size, mesh)`."""
     self.model, self.params, self.trie, self.builder, self.cfg, self.mesh = (
         model, params, trie, builder, cfg, mesh)
     shards = sharding.num_shards(mesh)

@@ -282,7 +282,8 @@ class Context:
 
   @functools.cached_property
   def trie(self) -> decode.Trie:
-    return decode.Trie.build(self.gids, DecodeConfig.from_config(self.config.eval).beam_size)
+    return decode.Trie.build(self.gids, DecodeConfig.from_config(self.config.eval).beam_size,
+                             self.mesh)
 
   def eval_data(self, part: int) -> tuple[EvalSplit, dict]:
     """An evaluation split and its encoder inputs, built once per run and part."""

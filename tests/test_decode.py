@@ -189,3 +189,23 @@ def test_search_with_a_chunked_encoder_equals_the_unchunked_search(setup, monkey
     np.testing.assert_array_equal(np.asarray(chunked[0]), np.asarray(whole[0]))
     np.testing.assert_allclose(np.asarray(chunked[1]), np.asarray(whole[1]), rtol=1e-5)
   assert traced == [3, 2]
+
+
+def test_a_trie_built_on_the_mesh_is_not_copied_on_each_search(setup):
+  """Sharded rows: the trie's arrays are on every device already, so a search moves no data
+  between devices (the guard raises on any), and it ranks as the single-device search."""
+  gids, _, params = setup
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
+  trie = decode.Trie.build(gids, 8, mesh)
+  assert trie.children.sharding.is_fully_replicated
+  assert trie.children.sharding.device_set == trie.leaf_item.sharding.device_set == set(
+      mesh.devices.flat)
+  inputs = make_inputs(b=4, length=10, seed=5)
+  whole = decode.beam_search(MODEL, params, inputs, decode.Trie.build(gids, 8), beam_size=8)
+  sharded = jax.device_put(inputs, jax.sharding.NamedSharding(mesh, jax.P("data")))
+  replicated = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.P()))
+  decode.beam_search(MODEL, replicated, sharded, trie, beam_size=8)  # compiled outside the guard
+  with jax.transfer_guard("disallow"):
+    items, scores, _ = decode.beam_search(MODEL, replicated, sharded, trie, beam_size=8)
+  np.testing.assert_array_equal(np.asarray(items), np.asarray(whole[0]))
+  np.testing.assert_allclose(np.asarray(scores), np.asarray(whole[1]), rtol=1e-5)
