@@ -122,6 +122,9 @@ def run(mode: str, config, workdir: str, *, log=print, **flags) -> None:
   if not sharding.is_main_process():
     log = lambda *_: None  # noqa: E731  (one voice on the console)
 
+  if mode == "all" or (mode == "train" and config.model.name == "colarec"):
+    train_lib.check_batch_size(config)  # before any data is prepared or model trained
+
   def stages():
     prepared, gids = prepare_lib.prepare(config, workdir, log=log), None
     if mode in ("stats", "all"):

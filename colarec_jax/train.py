@@ -316,11 +316,16 @@ def build_context(config, workdir: str, *, log=print, prepared: Prepared | None 
   model = create_model(config, vocab_size=prepared.vocab_size, num_items=ds.num_items,
                        num_users=ds.num_users)
   mesh = sharding.make_mesh(int(config.num_devices))
-  batch = int(config.optim.batch_size)
-  if batch % sharding.num_shards(mesh):
-    raise ConfigError("optim.batch_size", f"got {batch}, expected a multiple of the "
-                      f"{sharding.num_shards(mesh)} devices")
   return Context(config, prepared, gids, builder, model, mesh, os.path.join(workdir, "colarec"))
+
+
+def check_batch_size(config) -> None:
+  """Training splits each batch evenly over the mesh's devices (ranking pads its own batches)."""
+  batch, devices = int(config.optim.batch_size), sharding.num_shards(
+      sharding.make_mesh(int(config.num_devices)))
+  if batch < 1 or batch % devices:
+    raise ConfigError("optim.batch_size", f"got {batch}, expected a positive multiple of the "
+                      f"{devices} devices that training splits it over")
 
 
 def fixed_config(config) -> dict:
@@ -430,6 +435,7 @@ def train_and_evaluate(config, workdir: str, *, log=print, progress_bar: bool = 
   Returns:
     {'valid': Report, 'test': Report} of the best checkpoint.
   """
+  check_batch_size(config)
   ctx = build_context(config, workdir, log=log, prepared=prepared, gids=gids)
   tc = TrainConfig.from_config(config.train)
   ev = EvalConfig.from_config(config.eval)
