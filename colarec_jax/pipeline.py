@@ -122,7 +122,8 @@ def run(mode: str, config, workdir: str, *, log=print, **flags) -> None:
   if not sharding.is_main_process():
     log = lambda *_: None  # noqa: E731  (one voice on the console)
 
-  if mode == "all" or (mode == "train" and config.model.name == "colarec"):
+  names = MODELS[::-1] if mode == "all" else (config.model.name,)  # what train/all train
+  if mode in ("train", "all") and "colarec" in names:
     train_lib.check_batch_size(config)  # before any data is prepared or model trained
 
   def stages():
@@ -135,7 +136,6 @@ def run(mode: str, config, workdir: str, *, log=print, **flags) -> None:
   prepared, gids = sharding.main_first("colarec-stages", stages)
   ks = tuple(config.eval.ks)
   if mode in ("train", "all"):
-    names = MODELS[::-1] if mode == "all" else (config.model.name,)
     results = train_models(config, workdir, names, log=log, prepared=prepared, gids=gids)
     log(report(results, workdir, ks))
   elif mode == "evaluate":

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from colarec_jax import decode
+from colarec_jax import decode, sharding
 from colarec_jax.gid.builder import random_codes
 from colarec_jax.gid.table import GidTable
 from colarec_jax.model.colarec import ColaRec, ColaRecConfig
@@ -195,15 +195,14 @@ def test_a_trie_built_on_the_mesh_is_not_copied_on_each_search(setup):
   """Sharded rows: the trie's arrays are on every device already, so a search moves no data
   between devices (the guard raises on any), and it ranks as the single-device search."""
   gids, _, params = setup
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
+  mesh = sharding.make_mesh(2)
   trie = decode.Trie.build(gids, 8, mesh)
   assert trie.children.sharding.is_fully_replicated
   assert trie.children.sharding.device_set == trie.leaf_item.sharding.device_set == set(
       mesh.devices.flat)
   inputs = make_inputs(b=4, length=10, seed=5)
   whole = decode.beam_search(MODEL, params, inputs, decode.Trie.build(gids, 8), beam_size=8)
-  sharded = jax.device_put(inputs, jax.sharding.NamedSharding(mesh, jax.P("data")))
-  replicated = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.P()))
+  sharded, replicated = sharding.shard_rows(inputs, mesh), sharding.replicate(params, mesh)
   decode.beam_search(MODEL, replicated, sharded, trie, beam_size=8)  # compiled outside the guard
   with jax.transfer_guard("disallow"):
     items, scores, _ = decode.beam_search(MODEL, replicated, sharded, trie, beam_size=8)
