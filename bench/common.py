@@ -4,8 +4,10 @@ results file. Scripts (ours and the peers' alike) run as `python bench/<name>.py
 is importable as `common`; it needs only the standard library, so it also imports in a peer's own
 virtualenv."""
 
+import datetime
 import json
 import os
+import platform
 import statistics
 import subprocess
 import tempfile
@@ -24,11 +26,48 @@ def run_json(cmd: list[str], cwd: str = REPO, env: dict | None = None) -> dict:
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# The vector extensions that decide which matmul kernels XLA and PyTorch pick on x86.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
+
+
+def host(cpuinfo: str | None = None) -> dict:
+  """What the numbers were measured on: CPU model, cores and vector extensions, Python, date.
+
+  The same 2-core budget ran on different CPUs across sessions here (AVX2 only, then AVX-512), and
+  the speed-ups moved with them, so every results file says which. `cpuinfo` is the text of
+  /proc/cpuinfo (read when None; fields missing off Linux are left out).
+  """
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  first = {}
+  for line in cpuinfo.splitlines():  # the first processor's block is enough
+    key, sep, value = line.partition(":")
+    if not sep:
+      if first:
+        break
+      continue
+    first.setdefault(key.strip(), value.strip())
+  out = {"machine": platform.machine(), "cores": os.cpu_count(),
+         "python": platform.python_version(), "date": datetime.date.today().isoformat()}
+  if "model name" in first:
+    out["cpu"] = first["model name"]
+  if "cpu family" in first and "model" in first:
+    out["cpu_family_model"] = f"{first['cpu family']}/{first['model']}"
+  if "flags" in first:
+    flags = set(first["flags"].split())
+    out["isa"] = [flag for flag in ISA_FLAGS if flag in flags]
+  return out
+
+
 def write_json(path: str, results: dict) -> None:
-  """Writes the benchmark's results file (creating its folder)."""
+  """Writes the benchmark's results file (creating its folder), with the `host` it ran on."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
-    json.dump(results, f, indent=1)
+    json.dump({**results, "host": host()}, f, indent=1)
 
 
 def call_seconds(call, count: int) -> list[float]:

@@ -1,6 +1,6 @@
 """PyTorch peer of bench/train_step.py: the same multi-task ColaRec step on Hugging Face's T5.
 
-Usage: python bench/torch_t5_step.py D_MODEL D_FF HEADS LAYERS BATCH STEPS
+Usage: python bench/torch_t5_step.py D_MODEL D_FF HEADS LAYERS BATCH WARMUP STEPS
 Per step: encoder over X_u [b, 256] and over X_i, X_i-, X_i+ [3b, 34] (token embeddings with the
 item/user ID embeddings written into their slots and the task embedding first, as ours), decoder
 passes (length 3) for X_u -> GID(i) and X_i, X_i- -> GIDs, per-level codebook heads, the four
@@ -21,9 +21,9 @@ VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 NUM_ITEMS, NUM_USERS = 12101, 22363
 
 
-def main(d_model, d_ff, heads, layers, batch, steps):
-  d_model, d_ff, heads, layers, batch, steps = map(int, (d_model, d_ff, heads, layers, batch,
-                                                         steps))
+def main(d_model, d_ff, heads, layers, batch, warmup, steps):
+  d_model, d_ff, heads, layers, batch, warmup, steps = map(
+      int, (d_model, d_ff, heads, layers, batch, warmup, steps))
   torch.manual_seed(0)
   cfg = T5Config(vocab_size=VOCAB, d_model=d_model, d_ff=d_ff, num_heads=heads,
                  d_kv=d_model // heads, num_layers=layers, num_decoder_layers=layers,
@@ -89,7 +89,8 @@ def main(d_model, d_ff, heads, layers, batch, steps):
     opt.step()
     return float(loss.detach())
 
-  one_step()  # warm-up
+  for _ in range(warmup):
+    one_step()
   times = call_seconds(lambda _: one_step(), steps)
   print(json.dumps({"step_seconds": times,
                     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

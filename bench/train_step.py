@@ -7,6 +7,8 @@ same shapes, on this machine's CPU, for the default size (d_model 128, 2 + 2 lay
 (512, 6 + 6). Each side runs in its own subprocess (for its peak memory), and the sides take turns
 in --rounds rounds, one process alive at a time, so that the machine's slow drifts in speed fall
 on both alike (ours reloads its compiled step from a persistent compilation cache each round).
+Every turn runs --warmup untimed steps first (2: PyTorch's second t5-small step still ran ~20%
+slower than its later ones), so the medians are a long training run's steady steps.
 On a GPU (ours only) it also reports bf16 and the achieved FLOP/s as a fraction of --peak-tflops.
 
   python bench/train_step.py --torch-python /path/to/venv/bin/python
@@ -27,8 +29,9 @@ SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 
 
-def ours(size, batch, dtype, steps):
-  """Runs in a subprocess: builds random batches, compiles our step and times `steps` steps."""
+def ours(size, batch, dtype, warmup, steps):
+  """Runs in a subprocess: builds random batches, compiles our step, runs `warmup` steps and
+  times `steps` steps."""
   import jax
   import numpy as np
 
@@ -72,14 +75,14 @@ def ours(size, batch, dtype, steps):
   compiled = step.lower(state, example, jax.random.key(1)).compile()
   flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
   batches = [batch_of() for _ in range(3)]
-  state, metrics = compiled(state, batches[0], jax.random.key(1))
-  jax.block_until_ready(metrics)
 
   def one_step(n):
     nonlocal state
     state, metrics = compiled(state, batches[n % 3], jax.random.key(1))
     jax.block_until_ready(metrics)
 
+  for n in range(warmup):
+    one_step(n)
   times = call_seconds(one_step, steps)
   device = jax.devices()[0]
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -96,6 +99,8 @@ def main():
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--steps", type=int, default=9,
                       help="timed steps per side; the median is reported")
+  parser.add_argument("--warmup", type=int, default=2,
+                      help="untimed steps each side runs first, in every round")
   parser.add_argument("--rounds", type=int, default=3,
                       help="the sides take turns, this many times, each timing steps / rounds")
   parser.add_argument("--torch-python", default=sys.executable)
@@ -104,23 +109,24 @@ def main():
                       help="the chip's bf16 peak (e.g. 989 for an H100/H200) for utilisation")
   parser.add_argument("--no-peer", action="store_true")
   parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_step.json"))
-  parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+  parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    size, batch, dtype, steps = args.child
-    ours(size, int(batch), dtype, int(steps))
+    size, batch, dtype, warmup, steps = args.child
+    ours(size, int(batch), dtype, int(warmup), int(steps))
     return
   rounds = max(1, min(args.rounds, args.steps))
   rows = []
   for size in args.sizes.split(","):
     sides = {f"colarec-jax {dtype}": [sys.executable, __file__, "--child", size, str(args.batch),
-                                      dtype]
+                                      dtype, str(args.warmup)]
              for dtype in args.dtypes.split(",")}
     if not args.no_peer:
       d_model, d_ff, heads, layers = SIZES[size]
       sides["pytorch t5 (hf)"] = [args.torch_python,
                                   os.path.join(REPO, "bench", "torch_t5_step.py"), str(d_model),
-                                  str(d_ff), str(heads), str(layers), str(args.batch)]
+                                  str(d_ff), str(heads), str(layers), str(args.batch),
+                                  str(args.warmup)]
     results = take_turns(sides, dict.fromkeys(sides, args.steps), rounds)
     for library, row in results.items():
       rows.append({"size": size, "library": library,
@@ -140,10 +146,11 @@ def main():
       achieved = row["flops_per_step"] / row["seconds_per_step"] / 1e12
       line += f" {achieved:>8.2f} {achieved / args.peak_tflops:>7.1%}"
     lines.append(line)
-  print(f"batch {args.batch}, median of {args.steps} timed steps per side after one warm-up, the "
-        f"sides taking turns in {rounds} rounds")
+  print(f"batch {args.batch}, median of {args.steps} timed steps per side, the sides taking "
+        f"turns in {rounds} rounds, each turn after {args.warmup} untimed steps")
   print("\n".join(lines))
-  write_json(args.out, {"batch": args.batch, "steps": args.steps, "rounds": rounds, "rows": rows})
+  write_json(args.out, {"batch": args.batch, "steps": args.steps, "rounds": rounds,
+                        "warmup": args.warmup, "rows": rows})
 
 
 if __name__ == "__main__":

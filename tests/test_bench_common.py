@@ -1,5 +1,6 @@
 """bench/common.py's `take_turns`: real subprocesses, one side at a time, results merged."""
 
+import json
 import os
 import statistics
 import sys
@@ -9,7 +10,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "bench"))
-from common import take_turns  # noqa: E402
+from common import host, take_turns, write_json  # noqa: E402
 
 # A side as the benchmarks write them: its last argument is how many calls to time; it logs each
 # call as "NAME CALL" to a file both sides share, so the test sees the order they ran in, and prints
@@ -51,3 +52,37 @@ def test_sides_take_turns_one_process_at_a_time(tmp_path):
 def test_a_side_that_fails_is_reported_with_its_stderr(tmp_path):
   with pytest.raises(SystemExit, match="FileNotFoundError"):
     take_turns({"a": side("a", "/nonexistent/dir/log")}, {"a": 1}, turns=1)
+
+
+# Two processors' blocks as Linux writes them; the second differs, so reading past the first shows.
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC 9B14
+flags\t\t: fpu sse2 avx2 fma avx512f avx512bw avx512_bf16 sha_ni
+
+processor\t: 1
+model name\t: Something Else
+flags\t\t: fpu amx_bf16
+"""
+
+
+def test_host_reads_the_first_processor_and_its_vector_extensions():
+  info = host(CPUINFO)
+  assert info["cpu"] == "AMD EPYC 9B14"
+  assert info["cpu_family_model"] == "25/17"
+  assert info["isa"] == ["avx2", "fma", "avx512f", "avx512_bf16"]  # ISA_FLAGS order, no amx
+  assert info["cores"] == os.cpu_count() and info["python"] == sys.version.split()[0]
+  # Off Linux there is no cpuinfo: the CPU fields are left out rather than guessed.
+  assert set(host("")) == {"machine", "cores", "python", "date"}
+
+
+def test_results_files_record_their_host(tmp_path):
+  path = tmp_path / "new" / "out.json"
+  write_json(str(path), {"rows": [1]})
+  written = json.loads(path.read_text())
+  assert written["rows"] == [1]
+  recorded, now = written.pop("host"), host()
+  assert recorded.pop("date") <= now.pop("date")  # ISO dates; a run may straddle midnight
+  assert recorded == now
