@@ -1,29 +1,44 @@
 """PyTorch peer of bench/train_step.py: the same multi-task ColaRec step on Hugging Face's T5.
 
-Usage: python bench/torch_t5_step.py D_MODEL D_FF HEADS LAYERS BATCH WARMUP STEPS
+Usage: python bench/torch_t5_step.py D_MODEL D_FF HEADS LAYERS BATCH WARMUP MALLOC STEPS
 Per step: encoder over X_u [b, 256] and over X_i, X_i-, X_i+ [3b, 34] (token embeddings with the
 item/user ID embeddings written into their slots and the task embedding first, as ours), decoder
 passes (length 3) for X_u -> GID(i) and X_i, X_i- -> GIDs, per-level codebook heads, the four
 losses, backward, AdamW with clipping over every parameter once (the ID tables included). Random
-inputs of the same shapes as ours. Prints one JSON line.
+inputs of the same shapes as ours. MALLOC is `default` (glibc's, as PyTorch runs out of the box) or
+`ours` (colarec_jax/allocator.py's settings, applied before torch loads). Prints one JSON line.
 """
 
+import importlib.util
 import json
+import os
 import resource
 import sys
 
-import torch
-from common import call_seconds
-from transformers import T5Config
-from transformers.models.t5.modeling_t5 import T5Stack
+from common import REPO, call_seconds
 
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 NUM_ITEMS, NUM_USERS = 12101, 22363
 
 
-def main(d_model, d_ff, heads, layers, batch, warmup, steps):
+def keep_freed_memory() -> bool:
+  """colarec_jax.allocator's settings, loaded by path: a peer's own venv lacks our package."""
+  spec = importlib.util.spec_from_file_location(
+      "colarec_allocator", os.path.join(REPO, "colarec_jax", "allocator.py"))
+  allocator = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(allocator)
+  return allocator.keep_freed_memory()
+
+
+def main(d_model, d_ff, heads, layers, batch, warmup, malloc, steps):
   d_model, d_ff, heads, layers, batch, warmup, steps = map(
       int, (d_model, d_ff, heads, layers, batch, warmup, steps))
+  if malloc not in ("default", "ours"):
+    raise SystemExit(f"MALLOC: got {malloc!r}, expected default or ours")
+  tuned = malloc == "ours" and keep_freed_memory()
+  import torch  # after malloc's settings, so that its threads' first allocations follow them
+  from transformers import T5Config
+  from transformers.models.t5.modeling_t5 import T5Stack
   torch.manual_seed(0)
   cfg = T5Config(vocab_size=VOCAB, d_model=d_model, d_ff=d_ff, num_heads=heads,
                  d_kv=d_model // heads, num_layers=layers, num_decoder_layers=layers,
@@ -94,7 +109,8 @@ def main(d_model, d_ff, heads, layers, batch, warmup, steps):
   times = call_seconds(lambda _: one_step(), steps)
   print(json.dumps({"step_seconds": times,
                     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                    "torch": torch.__version__, "threads": torch.get_num_threads()}))
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "malloc_tuned": tuned}))
 
 
 if __name__ == "__main__":

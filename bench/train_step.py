@@ -8,7 +8,9 @@ same shapes, on this machine's CPU, for the default size (d_model 128, 2 + 2 lay
 in --rounds rounds, one process alive at a time, so that the machine's slow drifts in speed fall
 on both alike (ours reloads its compiled step from a persistent compilation cache each round).
 Every turn runs --warmup untimed steps first (2: PyTorch's second t5-small step still ran ~20%
-slower than its later ones), so the medians are a long training run's steady steps.
+slower than its later ones), so the medians are a long training run's steady steps. The peer runs
+twice (--peer-malloc both): with glibc's malloc as PyTorch comes, and with the settings our CLI
+applies (colarec_jax/allocator.py), which spared PyTorch's t5-small step page faults as well.
 On a GPU (ours only) it also reports bf16 and the achieved FLOP/s as a fraction of --peak-tflops.
 
   python bench/train_step.py --torch-python /path/to/venv/bin/python
@@ -26,6 +28,9 @@ import sys
 from common import REPO, call_seconds, take_turns, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
+# The peer's row and its speed-up column, with glibc's malloc as it comes and with ours.
+PEERS = {"default": ("pytorch t5 (hf)", "vs peer"),
+         "ours": ("pytorch t5 our malloc", "vs peer+malloc")}
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 
 
@@ -108,6 +113,9 @@ def main():
   parser.add_argument("--peak-tflops", type=float, default=0.0,
                       help="the chip's bf16 peak (e.g. 989 for an H100/H200) for utilisation")
   parser.add_argument("--no-peer", action="store_true")
+  parser.add_argument("--peer-malloc", choices=("default", "ours", "both"), default="both",
+                      help="the peer with glibc's malloc as it comes, with ours (allocator.py), "
+                           "or one row each")
   parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_step.json"))
   parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -123,25 +131,29 @@ def main():
              for dtype in args.dtypes.split(",")}
     if not args.no_peer:
       d_model, d_ff, heads, layers = SIZES[size]
-      sides["pytorch t5 (hf)"] = [args.torch_python,
-                                  os.path.join(REPO, "bench", "torch_t5_step.py"), str(d_model),
-                                  str(d_ff), str(heads), str(layers), str(args.batch),
-                                  str(args.warmup)]
+      for malloc in (("default", "ours") if args.peer_malloc == "both" else (args.peer_malloc,)):
+        sides[PEERS[malloc][0]] = [args.torch_python, os.path.join(REPO, "bench", "torch_t5_step.py"),
+                                str(d_model), str(d_ff), str(heads), str(layers), str(args.batch),
+                                str(args.warmup), malloc]
     results = take_turns(sides, dict.fromkeys(sides, args.steps), rounds)
     for library, row in results.items():
       rows.append({"size": size, "library": library,
                    "examples_per_second": args.batch / row["seconds_per_step"], **row})
       print(json.dumps(rows[-1]), flush=True)
-  header = f"{'size':<9} {'library':<22} {'ex/s':>8} {'vs peer':>8} {'s/step':>8} {'peak MB':>8}"
+  columns = [(name, title) for name, title in PEERS.values()
+             if any(row["library"] == name for row in rows)]
+  header = f"{'size':<9} {'library':<22} {'ex/s':>8} "
+  header += "".join(f"{title:>14} " for _, title in columns)
+  header += f"{'s/step':>8} {'peak MB':>8}"
   if args.peak_tflops:
     header += f" {'TFLOP/s':>8} {'of peak':>8}"
   lines = [header, "-" * len(header)]
   for row in rows:
-    peer = next((r for r in rows if r["size"] == row["size"] and r["library"].startswith("py")),
-                None)
-    ratio = row["examples_per_second"] / peer["examples_per_second"] if peer else float("nan")
-    line = (f"{row['size']:<9} {row['library']:<22} {row['examples_per_second']:>8.2f} "
-            f"{ratio:>7.2f}x {row['seconds_per_step']:>8.3f} {row['peak_mb']:>8.0f}")
+    line = f"{row['size']:<9} {row['library']:<22} {row['examples_per_second']:>8.2f} "
+    for name, _ in columns:
+      peer = next(r for r in rows if r["size"] == row["size"] and r["library"] == name)
+      line += f"{row['examples_per_second'] / peer['examples_per_second']:>13.2f}x "
+    line += f"{row['seconds_per_step']:>8.3f} {row['peak_mb']:>8.0f}"
     if args.peak_tflops and "flops_per_step" in row:
       achieved = row["flops_per_step"] / row["seconds_per_step"] / 1e12
       line += f" {achieved:>8.2f} {achieved / args.peak_tflops:>7.1%}"
