@@ -1,10 +1,11 @@
 """What every benchmark script does the same way: run one side in a subprocess and read its JSON
-line, let two sides take turns doing that (`take_turns`), time repeated calls, and write the
-results file. Scripts (ours and the peers' alike) run as `python bench/<name>.py`, so this module
-is importable as `common`; it needs only the standard library, so it also imports in a peer's own
-virtualenv."""
+line, let the sides (ours and the peers) take turns doing that (`take_turns`), time repeated
+calls, and write the results file. Scripts (ours and the peers' alike) run as
+`python bench/<name>.py`, so this module is importable as `common`; it needs only the standard
+library, so it also imports in a peer's own virtualenv."""
 
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -51,7 +52,8 @@ def host(cpuinfo: str | None = None) -> dict:
         break
       continue
     first.setdefault(key.strip(), value.strip())
-  out = {"machine": platform.machine(), "cores": os.cpu_count(),
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  out = {"machine": platform.machine(), "cores": cores,
          "python": platform.python_version(), "date": datetime.date.today().isoformat()}
   if "model name" in first:
     out["cpu"] = first["model name"]
@@ -61,6 +63,16 @@ def host(cpuinfo: str | None = None) -> dict:
     flags = set(first["flags"].split())
     out["isa"] = [flag for flag in ISA_FLAGS if flag in flags]
   return out
+
+
+def keep_freed_memory() -> bool:
+  """Applies colarec_jax/allocator.py's malloc settings in a peer's process (loaded by path: a
+  peer's own venv lacks our package). Call it before the peer imports torch."""
+  spec = importlib.util.spec_from_file_location(
+      "colarec_allocator", os.path.join(REPO, "colarec_jax", "allocator.py"))
+  allocator = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(allocator)
+  return allocator.keep_freed_memory()
 
 
 def write_json(path: str, results: dict) -> None:
@@ -88,7 +100,7 @@ def take_turns(sides: dict[str, list[str]], counts: dict[str, int],
   Each turn runs the side's command with its share of the calls appended as the last argument
   (`run_json`: the side warms up, times that many calls and prints a JSON line with their
   `step_seconds`), so only one side is ever alive: this shared machine drifts in speed over
-  minutes (15-20% here), and turns spread that drift over both sides alike. (Kept alive but idle
+  minutes (15-20% here), and turns spread that drift over every side alike. (Kept alive but idle
   beside ours, the PyTorch peer seemed to slow it: t5-small train step, median 10.1 s/step
   against 9.1 alone, one run each.) Every turn shares one temporary JAX compilation cache, so a
   JAX side compiles in its first turn and reloads the program after. Returns per side the first

@@ -6,9 +6,12 @@ random inputs ([batch, 256] real tokens) against the same random balanced GIDs (
 K=32, l=3, beam 100, 100 sequences returned per user), on this machine's CPU, for the default size
 (d_model 128, 2 + 2 layers) and t5-small (512, 6 + 6). Each side runs in its own subprocess, and
 the sides take turns (--turns), one process alive at a time, so that the machine's slow drifts in
-speed fall on both alike (ours reloads its compiled search from a persistent compilation cache).
+speed fall on all alike (ours reloads its compiled search from a persistent compilation cache).
 Ours runs once per --cpu-devices count (default: JAX's one CPU device, and one device per core,
 `config.cpu_devices`), the batch split over the devices; the peer uses every core (torch threads).
+The peer runs twice (--peer-malloc both): with glibc's malloc as PyTorch comes, and with the
+settings our CLI applies (colarec_jax/allocator.py); under glibc's, most of its time at t5-small
+went to page faults.
 
   python bench/decode.py [--torch-python /path/to/venv/bin/python]
 
@@ -23,11 +26,12 @@ import sys
 import time
 
 import numpy as np
-from common import REPO, call_seconds, take_turns, write_json
+from common import REPO, call_seconds, keep_freed_memory, take_turns, write_json
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, NUM_ITEMS, K, DEPTH, LENGTH = 8000, 12101, 32, 3, 256
 PEER = "hf generate + trie"
+PEER_MALLOC = "hf generate, our malloc"  # the same peer with colarec_jax/allocator.py's settings
 
 
 def ours_name(cpu_devices: int) -> str:
@@ -98,9 +102,11 @@ def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int) -> dict
           "malloc_tuned": tuned, "devices": sharding.describe(mesh)}
 
 
-def peer(size: str, batch: int, beam: int, count: int) -> dict:
-  """Runs in a subprocess: builds HF's T5 and trie and times `count` `generate` batches."""
-  import torch
+def peer(size: str, batch: int, beam: int, count: int, malloc: str = "default") -> dict:
+  """Runs in a subprocess: builds HF's T5 and trie and times `count` `generate` batches, with
+  glibc's malloc or (`malloc="ours"`) with our settings."""
+  tuned = malloc == "ours" and keep_freed_memory()
+  import torch  # after malloc's settings, so that its threads' first allocations follow them
   from transformers import T5Config, T5ForConditionalGeneration
 
   d_model, d_ff, heads, layers = SIZES[size]
@@ -131,7 +137,8 @@ def peer(size: str, batch: int, beam: int, count: int) -> dict:
   outs = []
   times = call_seconds(lambda r: outs.append(run(r + 1)), count)
   assert all(out.shape == (batch * beam, DEPTH + 1) for out in outs)
-  return {"step_seconds": times, "torch": torch.__version__, "threads": torch.get_num_threads()}
+  return {"step_seconds": times, "torch": torch.__version__, "threads": torch.get_num_threads(),
+          "malloc_tuned": tuned}
 
 
 def main():
@@ -148,12 +155,17 @@ def main():
                       help="ours: comma-separated CPU device counts to run (config.cpu_devices); "
                       "default 1 and one per core (the most cores that divide the batch)")
   parser.add_argument("--torch-python", default=sys.executable)
+  parser.add_argument("--peer-malloc", choices=("default", "ours", "both"), default="both",
+                      help="the peer with glibc's malloc as it comes, with ours (allocator.py), "
+                           "or one row each")
   parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "decode.json"))
   parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     side, size, *numbers = args.child
-    print(json.dumps((ours if side == "ours" else peer)(size, *map(int, numbers))))
+    numbers = [int(n) for n in numbers]
+    print(json.dumps(ours(size, *numbers) if side == "ours" else
+                     peer(size, *numbers, malloc="ours" if side == "peer-malloc" else "default")))
     return
   try:
     asked = [int(n) for n in args.cpu_devices.split(",")] if args.cpu_devices else [
@@ -170,19 +182,27 @@ def main():
     shape = [size, str(args.batch), str(args.beam)]  # take_turns appends the count of calls
     sides = {name: [sys.executable, __file__, "--child", "ours", *shape, str(n)]
              for name, n in ours_sides.items()}
-    sides[PEER] = [args.torch_python, __file__, "--child", "peer", *shape]
-    counts = {name: args.rounds for name in ours_sides} | {PEER: args.peer_rounds}
+    peers = {"default": {PEER: "peer"}, "ours": {PEER_MALLOC: "peer-malloc"},
+             "both": {PEER: "peer", PEER_MALLOC: "peer-malloc"}}[args.peer_malloc]
+    for name, side in peers.items():
+      sides[name] = [args.torch_python, __file__, "--child", side, *shape]
+    counts = {name: args.rounds for name in ours_sides} | dict.fromkeys(peers, args.peer_rounds)
     for library, row in take_turns(sides, counts, args.turns).items():
       rows.append({"size": size, "library": library,
                    "users_per_second": args.batch / row.pop("seconds_per_step"),
                    "batch_seconds": row.pop("step_seconds"), **row})
       print(json.dumps(rows[-1]), flush=True)
-  header = f"{'size':<9} {'library':<24} {'users/s':>9} {'vs peer':>8}"
+  columns = [(name, title) for name, title in ((PEER, "vs peer"), (PEER_MALLOC, "vs peer+malloc"))
+             if any(row["library"] == name for row in rows)]
+  header = f"{'size':<9} {'library':<24} {'users/s':>9}" + "".join(
+      f" {title:>14}" for _, title in columns)
   lines = [header, "-" * len(header)]
   for row in rows:
-    peer_row = next(r for r in rows if r["size"] == row["size"] and r["library"] == PEER)
-    lines.append(f"{row['size']:<9} {row['library']:<24} {row['users_per_second']:>9.2f} "
-                 f"{row['users_per_second'] / peer_row['users_per_second']:>7.1f}x")
+    line = f"{row['size']:<9} {row['library']:<24} {row['users_per_second']:>9.2f}"
+    for name, _ in columns:
+      peer_row = next(r for r in rows if r["size"] == row["size"] and r["library"] == name)
+      line += f" {row['users_per_second'] / peer_row['users_per_second']:>13.1f}x"
+    lines.append(line)
   print(f"batch {args.batch}, beam {args.beam}, {LENGTH} input tokens, {NUM_ITEMS} items, "
         f"K={K}, l={DEPTH}; median of {args.rounds} (ours, each) and {args.peer_rounds} (peer) "
         f"timed batches, the sides taking turns {args.turns} times")

@@ -9,25 +9,14 @@ inputs of the same shapes as ours. MALLOC is `default` (glibc's, as PyTorch runs
 `ours` (colarec_jax/allocator.py's settings, applied before torch loads). Prints one JSON line.
 """
 
-import importlib.util
 import json
-import os
 import resource
 import sys
 
-from common import REPO, call_seconds
+from common import call_seconds, keep_freed_memory
 
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 NUM_ITEMS, NUM_USERS = 12101, 22363
-
-
-def keep_freed_memory() -> bool:
-  """colarec_jax.allocator's settings, loaded by path: a peer's own venv lacks our package."""
-  spec = importlib.util.spec_from_file_location(
-      "colarec_allocator", os.path.join(REPO, "colarec_jax", "allocator.py"))
-  allocator = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(allocator)
-  return allocator.keep_freed_memory()
 
 
 def main(d_model, d_ff, heads, layers, batch, warmup, malloc, steps):

@@ -6,10 +6,10 @@ losses, AdamW with clipping over every parameter, the ID tables included) on ran
 same shapes, on this machine's CPU, for the default size (d_model 128, 2 + 2 layers) and t5-small
 (512, 6 + 6). Each side runs in its own subprocess (for its peak memory), and the sides take turns
 in --rounds rounds, one process alive at a time, so that the machine's slow drifts in speed fall
-on both alike (ours reloads its compiled step from a persistent compilation cache each round).
+on all alike (ours reloads its compiled step from a persistent compilation cache each round).
 Every turn runs --warmup untimed steps first (2: PyTorch's second t5-small step still ran ~20%
-slower than its later ones), so the medians are a long training run's steady steps. The peer runs
-twice (--peer-malloc both): with glibc's malloc as PyTorch comes, and with the settings our CLI
+slower than its later ones; with glibc's malloc its first timed step of a turn stays slow). The peer
+runs twice (--peer-malloc both): with glibc's malloc as PyTorch comes, and with the settings our CLI
 applies (colarec_jax/allocator.py), which spared PyTorch's t5-small step page faults as well.
 On a GPU (ours only) it also reports bf16 and the achieved FLOP/s as a fraction of --peak-tflops.
 
@@ -131,10 +131,11 @@ def main():
              for dtype in args.dtypes.split(",")}
     if not args.no_peer:
       d_model, d_ff, heads, layers = SIZES[size]
-      for malloc in (("default", "ours") if args.peer_malloc == "both" else (args.peer_malloc,)):
-        sides[PEERS[malloc][0]] = [args.torch_python, os.path.join(REPO, "bench", "torch_t5_step.py"),
-                                str(d_model), str(d_ff), str(heads), str(layers), str(args.batch),
-                                str(args.warmup), malloc]
+      mallocs = ("default", "ours") if args.peer_malloc == "both" else (args.peer_malloc,)
+      for malloc in mallocs:
+        sides[PEERS[malloc][0]] = [
+            args.torch_python, os.path.join(REPO, "bench", "torch_t5_step.py"), str(d_model),
+            str(d_ff), str(heads), str(layers), str(args.batch), str(args.warmup), malloc]
     results = take_turns(sides, dict.fromkeys(sides, args.steps), rounds)
     for library, row in results.items():
       rows.append({"size": size, "library": library,
