@@ -65,14 +65,49 @@ def host(cpuinfo: str | None = None) -> dict:
   return out
 
 
-def keep_freed_memory() -> bool:
-  """Applies colarec_jax/allocator.py's malloc settings in a peer's process (loaded by path: a
-  peer's own venv lacks our package). Call it before the peer imports torch."""
+# A PyTorch peer runs with glibc's malloc as PyTorch comes ('default'), or with the settings our
+# CLI applies ('ours', colarec_jax/allocator.py), which spare PyTorch page faults as well; each has
+# its speed-up column in the tables.
+MALLOCS = {"default": "vs peer", "ours": "vs peer+malloc"}
+
+
+def add_peer_malloc_flag(parser) -> None:
+  parser.add_argument("--peer-malloc", choices=(*MALLOCS, "both"), default="both",
+                      help="the peer with glibc's malloc as it comes, with ours (allocator.py), "
+                           "or one row each")
+
+
+def peer_mallocs(flag: str) -> tuple[str, ...]:
+  """The mallocs a --peer-malloc value asks for, in table order."""
+  return tuple(MALLOCS) if flag == "both" else (flag,)
+
+
+def use_malloc(malloc: str) -> bool:
+  """In a peer's process, before it imports torch: 'ours' applies colarec_jax/allocator.py's
+  settings (loaded by path, as a peer's own venv lacks our package), 'default' leaves glibc's.
+  Returns whether ours were applied."""
+  if malloc not in MALLOCS:
+    raise SystemExit(f"malloc: got {malloc!r}, expected one of {', '.join(MALLOCS)}")
+  if malloc == "default":
+    return False
   spec = importlib.util.spec_from_file_location(
       "colarec_allocator", os.path.join(REPO, "colarec_jax", "allocator.py"))
   allocator = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(allocator)
   return allocator.keep_freed_memory()
+
+
+def speedups(rows: list[dict], peers: dict[str, str], rate: str, digits: int) -> tuple[str, list]:
+  """A results table's speed-up columns, one per peer that ran (`peers`: malloc -> its library
+  name): the header's part, and each row's part, its `rate` over that peer's at the same size."""
+  present = [(MALLOCS[malloc], name) for malloc, name in peers.items()
+             if any(row["library"] == name for row in rows)]
+  cells = []
+  for row in rows:
+    peer_rates = [next(r[rate] for r in rows if r["size"] == row["size"] and r["library"] == name)
+                  for _, name in present]
+    cells.append("".join(f" {row[rate] / peer:>13.{digits}f}x" for peer in peer_rates))
+  return "".join(f" {title:>14}" for title, _ in present), cells
 
 
 def write_json(path: str, results: dict) -> None:

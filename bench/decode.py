@@ -26,12 +26,12 @@ import sys
 import time
 
 import numpy as np
-from common import REPO, call_seconds, keep_freed_memory, take_turns, write_json
+from common import (REPO, add_peer_malloc_flag, call_seconds, peer_mallocs, speedups, take_turns,
+                    use_malloc, write_json)
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, NUM_ITEMS, K, DEPTH, LENGTH = 8000, 12101, 32, 3, 256
-PEER = "hf generate + trie"
-PEER_MALLOC = "hf generate, our malloc"  # the same peer with colarec_jax/allocator.py's settings
+PEERS = {"default": "hf generate + trie", "ours": "hf generate, our malloc"}  # by the malloc
 
 
 def ours_name(cpu_devices: int) -> str:
@@ -102,10 +102,10 @@ def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int) -> dict
           "malloc_tuned": tuned, "devices": sharding.describe(mesh)}
 
 
-def peer(size: str, batch: int, beam: int, count: int, malloc: str = "default") -> dict:
+def peer(size: str, batch: int, beam: int, count: int, *, malloc: str) -> dict:
   """Runs in a subprocess: builds HF's T5 and trie and times `count` `generate` batches, with
-  glibc's malloc or (`malloc="ours"`) with our settings."""
-  tuned = malloc == "ours" and keep_freed_memory()
+  `malloc`: 'default' (glibc's) or 'ours' (`common.use_malloc`)."""
+  tuned = use_malloc(malloc)
   import torch  # after malloc's settings, so that its threads' first allocations follow them
   from transformers import T5Config, T5ForConditionalGeneration
 
@@ -155,17 +155,15 @@ def main():
                       help="ours: comma-separated CPU device counts to run (config.cpu_devices); "
                       "default 1 and one per core (the most cores that divide the batch)")
   parser.add_argument("--torch-python", default=sys.executable)
-  parser.add_argument("--peer-malloc", choices=("default", "ours", "both"), default="both",
-                      help="the peer with glibc's malloc as it comes, with ours (allocator.py), "
-                           "or one row each")
+  add_peer_malloc_flag(parser)
   parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "decode.json"))
   parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     side, size, *numbers = args.child
-    numbers = [int(n) for n in numbers]
+    numbers = [int(n) for n in numbers]  # a peer's side is "peer-<malloc>"
     print(json.dumps(ours(size, *numbers) if side == "ours" else
-                     peer(size, *numbers, malloc="ours" if side == "peer-malloc" else "default")))
+                     peer(size, *numbers, malloc=side.removeprefix("peer-"))))
     return
   try:
     asked = [int(n) for n in args.cpu_devices.split(",")] if args.cpu_devices else [
@@ -182,27 +180,19 @@ def main():
     shape = [size, str(args.batch), str(args.beam)]  # take_turns appends the count of calls
     sides = {name: [sys.executable, __file__, "--child", "ours", *shape, str(n)]
              for name, n in ours_sides.items()}
-    peers = {"default": {PEER: "peer"}, "ours": {PEER_MALLOC: "peer-malloc"},
-             "both": {PEER: "peer", PEER_MALLOC: "peer-malloc"}}[args.peer_malloc]
-    for name, side in peers.items():
-      sides[name] = [args.torch_python, __file__, "--child", side, *shape]
-    counts = {name: args.rounds for name in ours_sides} | dict.fromkeys(peers, args.peer_rounds)
+    for malloc in peer_mallocs(args.peer_malloc):
+      sides[PEERS[malloc]] = [args.torch_python, __file__, "--child", f"peer-{malloc}", *shape]
+    counts = {name: args.rounds if name in ours_sides else args.peer_rounds for name in sides}
     for library, row in take_turns(sides, counts, args.turns).items():
       rows.append({"size": size, "library": library,
                    "users_per_second": args.batch / row.pop("seconds_per_step"),
                    "batch_seconds": row.pop("step_seconds"), **row})
       print(json.dumps(rows[-1]), flush=True)
-  columns = [(name, title) for name, title in ((PEER, "vs peer"), (PEER_MALLOC, "vs peer+malloc"))
-             if any(row["library"] == name for row in rows)]
-  header = f"{'size':<9} {'library':<24} {'users/s':>9}" + "".join(
-      f" {title:>14}" for _, title in columns)
+  titles, ratios = speedups(rows, PEERS, "users_per_second", digits=1)
+  header = f"{'size':<9} {'library':<24} {'users/s':>9}{titles}"
   lines = [header, "-" * len(header)]
-  for row in rows:
-    line = f"{row['size']:<9} {row['library']:<24} {row['users_per_second']:>9.2f}"
-    for name, _ in columns:
-      peer_row = next(r for r in rows if r["size"] == row["size"] and r["library"] == name)
-      line += f" {row['users_per_second'] / peer_row['users_per_second']:>13.1f}x"
-    lines.append(line)
+  lines += [f"{row['size']:<9} {row['library']:<24} {row['users_per_second']:>9.2f}{ratio}"
+            for row, ratio in zip(rows, ratios)]
   print(f"batch {args.batch}, beam {args.beam}, {LENGTH} input tokens, {NUM_ITEMS} items, "
         f"K={K}, l={DEPTH}; median of {args.rounds} (ours, each) and {args.peer_rounds} (peer) "
         f"timed batches, the sides taking turns {args.turns} times")

@@ -13,7 +13,7 @@ import json
 import resource
 import sys
 
-from common import call_seconds, keep_freed_memory
+from common import call_seconds, use_malloc
 
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 NUM_ITEMS, NUM_USERS = 12101, 22363
@@ -22,9 +22,7 @@ NUM_ITEMS, NUM_USERS = 12101, 22363
 def main(d_model, d_ff, heads, layers, batch, warmup, malloc, steps):
   d_model, d_ff, heads, layers, batch, warmup, steps = map(
       int, (d_model, d_ff, heads, layers, batch, warmup, steps))
-  if malloc not in ("default", "ours"):
-    raise SystemExit(f"MALLOC: got {malloc!r}, expected default or ours")
-  tuned = malloc == "ours" and keep_freed_memory()
+  tuned = use_malloc(malloc)
   import torch  # after malloc's settings, so that its threads' first allocations follow them
   from transformers import T5Config
   from transformers.models.t5.modeling_t5 import T5Stack

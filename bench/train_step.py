@@ -25,12 +25,11 @@ import os
 import resource
 import sys
 
-from common import REPO, call_seconds, take_turns, write_json
+from common import (REPO, add_peer_malloc_flag, call_seconds, peer_mallocs, speedups, take_turns,
+                    write_json)
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
-# The peer's row and its speed-up column, with glibc's malloc as it comes and with ours.
-PEERS = {"default": ("pytorch t5 (hf)", "vs peer"),
-         "ours": ("pytorch t5 our malloc", "vs peer+malloc")}
+PEERS = {"default": "pytorch t5 (hf)", "ours": "pytorch t5 our malloc"}  # by the peer's malloc
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 
 
@@ -113,9 +112,7 @@ def main():
   parser.add_argument("--peak-tflops", type=float, default=0.0,
                       help="the chip's bf16 peak (e.g. 989 for an H100/H200) for utilisation")
   parser.add_argument("--no-peer", action="store_true")
-  parser.add_argument("--peer-malloc", choices=("default", "ours", "both"), default="both",
-                      help="the peer with glibc's malloc as it comes, with ours (allocator.py), "
-                           "or one row each")
+  add_peer_malloc_flag(parser)
   parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "train_step.json"))
   parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -131,9 +128,8 @@ def main():
              for dtype in args.dtypes.split(",")}
     if not args.no_peer:
       d_model, d_ff, heads, layers = SIZES[size]
-      mallocs = ("default", "ours") if args.peer_malloc == "both" else (args.peer_malloc,)
-      for malloc in mallocs:
-        sides[PEERS[malloc][0]] = [
+      for malloc in peer_mallocs(args.peer_malloc):
+        sides[PEERS[malloc]] = [
             args.torch_python, os.path.join(REPO, "bench", "torch_t5_step.py"), str(d_model),
             str(d_ff), str(heads), str(layers), str(args.batch), str(args.warmup), malloc]
     results = take_turns(sides, dict.fromkeys(sides, args.steps), rounds)
@@ -141,20 +137,14 @@ def main():
       rows.append({"size": size, "library": library,
                    "examples_per_second": args.batch / row["seconds_per_step"], **row})
       print(json.dumps(rows[-1]), flush=True)
-  columns = [(name, title) for name, title in PEERS.values()
-             if any(row["library"] == name for row in rows)]
-  header = f"{'size':<9} {'library':<22} {'ex/s':>8} "
-  header += "".join(f"{title:>14} " for _, title in columns)
-  header += f"{'s/step':>8} {'peak MB':>8}"
+  titles, ratios = speedups(rows, PEERS, "examples_per_second", digits=2)
+  header = f"{'size':<9} {'library':<22} {'ex/s':>8}{titles} {'s/step':>8} {'peak MB':>8}"
   if args.peak_tflops:
     header += f" {'TFLOP/s':>8} {'of peak':>8}"
   lines = [header, "-" * len(header)]
-  for row in rows:
-    line = f"{row['size']:<9} {row['library']:<22} {row['examples_per_second']:>8.2f} "
-    for name, _ in columns:
-      peer = next(r for r in rows if r["size"] == row["size"] and r["library"] == name)
-      line += f"{row['examples_per_second'] / peer['examples_per_second']:>13.2f}x "
-    line += f"{row['seconds_per_step']:>8.3f} {row['peak_mb']:>8.0f}"
+  for row, ratio in zip(rows, ratios):
+    line = (f"{row['size']:<9} {row['library']:<22} {row['examples_per_second']:>8.2f}{ratio} "
+            f"{row['seconds_per_step']:>8.3f} {row['peak_mb']:>8.0f}")
     if args.peak_tflops and "flops_per_step" in row:
       achieved = row["flops_per_step"] / row["seconds_per_step"] / 1e12
       line += f" {achieved:>8.2f} {achieved / args.peak_tflops:>7.1%}"

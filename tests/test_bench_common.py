@@ -1,8 +1,10 @@
-"""bench/common.py's `take_turns`: real subprocesses, one side at a time, results merged."""
+"""bench/common.py: `take_turns` (real subprocesses, one side at a time, results merged), the host
+record, the peers' malloc choice and the speed-up columns."""
 
 import json
 import os
 import statistics
+import subprocess
 import sys
 
 import pytest
@@ -10,7 +12,8 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "bench"))
-from common import host, take_turns, write_json  # noqa: E402
+from common import (host, peer_mallocs, speedups, take_turns, use_malloc,  # noqa: E402
+                    write_json)
 
 # A side as the benchmarks write them: its last argument is how many calls to time; it logs each
 # call as "NAME CALL" to a file both sides share, so the test sees the order they ran in, and prints
@@ -86,3 +89,41 @@ def test_results_files_record_their_host(tmp_path):
   recorded, now = written.pop("host"), host()
   assert recorded.pop("date") <= now.pop("date")  # ISO dates; a run may straddle midnight
   assert recorded == now
+
+
+def test_speedup_columns_divide_by_each_peer_that_ran_at_the_same_size():
+  rows = [{"size": "a", "library": "ours", "rate": 6.0},
+          {"size": "a", "library": "peer", "rate": 2.0},
+          {"size": "a", "library": "peer+m", "rate": 3.0},
+          {"size": "b", "library": "ours", "rate": 10.0},
+          {"size": "b", "library": "peer", "rate": 4.0},
+          {"size": "b", "library": "peer+m", "rate": 8.0}]
+  titles, cells = speedups(rows, {"default": "peer", "ours": "peer+m"}, "rate", digits=2)
+  assert titles.split() == ["vs", "peer", "vs", "peer+malloc"]
+  assert [cell.split() for cell in cells] == [
+      ["3.00x", "2.00x"], ["1.00x", "0.67x"], ["1.50x", "1.00x"],
+      ["2.50x", "1.25x"], ["1.00x", "0.50x"], ["2.00x", "1.00x"]]
+  assert len(titles) == len(cells[0])  # header and cells line up
+  # Only the peers that ran get a column; none (--no-peer) leaves the table without one.
+  titles, cells = speedups(rows[:2], {"default": "peer", "ours": "peer+m"}, "rate", digits=1)
+  assert titles.split() == ["vs", "peer"] and cells[0].split() == ["3.0x"]
+  assert speedups(rows[:1], {"default": "peer"}, "rate", digits=1) == ("", [""])
+
+
+def test_peer_malloc_choices():
+  assert peer_mallocs("both") == ("default", "ours")
+  assert peer_mallocs("ours") == ("ours",)
+  assert use_malloc("default") is False  # glibc's settings left alone, nothing loaded
+  with pytest.raises(SystemExit, match="malloc: got 'tuned', expected one of default, ours"):
+    use_malloc("tuned")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_a_peer_gets_our_malloc_by_path(tmp_path):
+  """In a fresh process (so this one keeps glibc's settings) run from bench/, as the peers are:
+  `use_malloc` finds colarec_jax/allocator.py by its path and applies it."""
+  probe = "import sys; from common import use_malloc; print(use_malloc(sys.argv[1]))"
+  env = {k: v for k, v in os.environ.items() if k != "COLAREC_MALLOC"}
+  out = subprocess.run([sys.executable, "-c", probe, "ours"], cwd=os.path.join(REPO, "bench"),
+                       env=env, capture_output=True, text=True, check=True)
+  assert out.stdout.split() == ["True"]
