@@ -62,21 +62,19 @@ def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int) -> dict
   import jax.numpy as jnp
 
   from colarec_jax import allocator, decode, sharding
-  from colarec_jax.config import base_config
   from colarec_jax.gid.table import GidTable
-  from colarec_jax.train import create_model
+  from colarec_jax.model.colarec import ModelConfig, create_model
 
   tuned = allocator.keep_freed_memory()  # as the CLI does
   sharding.use_cpu_devices(cpu_devices)  # as the CLI does, before JAX starts
   mesh = sharding.make_mesh()
 
   d_model, d_ff, heads, layers = SIZES[size]
-  config = base_config()
-  config.model.update(d_model=d_model, d_ff=d_ff, num_heads=heads, num_encoder_layers=layers,
-                      num_decoder_layers=layers, dropout_rate=0.0)
-  config.gid.update(branching=K, depth=DEPTH)
+  model_cfg = ModelConfig(d_model=d_model, d_ff=d_ff, num_heads=heads, num_encoder_layers=layers,
+                          num_decoder_layers=layers, dropout_rate=0.0)
   gids = GidTable.from_codes(random_gids(), K)
-  model = create_model(config, vocab_size=VOCAB, num_items=NUM_ITEMS, num_users=100)
+  model = create_model(model_cfg, vocab_size=VOCAB, num_items=NUM_ITEMS, num_users=100,
+                       branching=gids.branching, depth=gids.depth)
 
   def inputs_of(seed):
     tokens = random_tokens(batch, seed)
@@ -90,13 +88,13 @@ def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int) -> dict
   trie = decode.Trie.build(gids, beam, mesh)
   start = time.perf_counter()
   jax.block_until_ready(decode.beam_search(model, params, sharding.shard_rows(inputs_of(0), mesh),
-                                           trie, beam_size=beam))
+                                           trie))
   compile_s = time.perf_counter() - start
   batches = [sharding.shard_rows(inputs_of(r + 1), mesh) for r in range(count)]
   items = []
 
   times = call_seconds(lambda r: items.append(jax.block_until_ready(
-      decode.beam_search(model, params, batches[r], trie, beam_size=beam)[0])), count)
+      decode.beam_search(model, params, batches[r], trie)[0])), count)
   assert all(np.all(np.asarray(i) > 0) for i in items)  # every beam is a real item
   return {"step_seconds": times, "compile_seconds": compile_s, "widths": list(trie.widths),
           "malloc_tuned": tuned, "devices": sharding.describe(mesh)}

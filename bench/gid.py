@@ -30,6 +30,7 @@ sys.path.insert(0, REPO)
 
 from colarec_jax.cf import train as cf_train  # noqa: E402
 from colarec_jax.data import prepare as prepare_lib  # noqa: E402
+from colarec_jax.settings import Settings  # noqa: E402
 from colarec_jax.gid import builder  # noqa: E402
 
 
@@ -64,14 +65,16 @@ def main():
   config.cf.epochs = args.cf_epochs
   config.cf.eval_every = 5
   workdir = os.path.join(args.workdir, args.dataset)
-  prepared = prepare_lib.prepare(config, workdir, log=lambda *_: 0)
-  x = cf_train.train_lightgcn(config, prepared, workdir, log=print).item_embeddings[1:]
+  settings = Settings.parse(config)
+  prepared = prepare_lib.prepare(settings.data, workdir, log=lambda *_: 0)
+  x = cf_train.train_lightgcn(prepared, workdir, settings.cf, settings.eval, seed=settings.seed,
+                              log=print).item_embeddings[1:]
 
   rows = []
   for n_init in [int(v) for v in (args.our_n_init or str(args.n_init)).split(",")]:
     for label in ("cold", "warm"):
       start = time.perf_counter()
-      codes, _ = builder.hierarchical_codes(x, branching=args.branching, depth=args.depth,
+      codes = builder.hierarchical_codes(x, branching=args.branching, depth=args.depth,
                                             key=jax.random.key(0), n_init=n_init)
       seconds = time.perf_counter() - start
       levels, unique = level_stats(x, codes, args.branching, args.depth)

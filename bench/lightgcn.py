@@ -26,6 +26,7 @@ from common import REPO, write_json
 sys.path.insert(0, REPO)
 
 from colarec_jax.data import prepare as prepare_lib  # noqa: E402
+from colarec_jax.settings import Settings  # noqa: E402
 from colarec_jax.data.dataset import SPLIT_NAMES  # noqa: E402
 
 
@@ -96,7 +97,7 @@ def main():
       sys.argv = [sys.argv[0]]
       config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
       config.data.dir = data_dir
-      prepared = prepare_lib.prepare(config, workdir, log=lambda *_: 0)
+      prepared = prepare_lib.prepare(Settings.parse(config).data, workdir, log=lambda *_: 0)
       export_split(prepared, os.path.join(tmp, "recbole"), name)
       for lib, run in (("colarec-jax", lambda: run_ours(name, data_dir, workdir, args.epochs,
                                                          args.eval_every)),

@@ -42,14 +42,15 @@ def ours(size, batch, dtype, warmup, steps):
   sys.path.insert(0, REPO)
   from colarec_jax import allocator
   from colarec_jax import train as train_lib
-  from colarec_jax.config import base_config
+  from colarec_jax.model.colarec import ModelConfig, create_model
+  from colarec_jax.settings import LossWeights, OptimConfig
+  from colarec_jax.workspace import init_state
 
   tuned = allocator.keep_freed_memory()  # as the CLI does
 
   d_model, d_ff, heads, layers = SIZES[size]
-  config = base_config()
-  config.model.update(d_model=d_model, d_ff=d_ff, num_heads=heads, num_encoder_layers=layers,
-                      num_decoder_layers=layers, dtype=dtype)
+  model_cfg = ModelConfig(d_model=d_model, d_ff=d_ff, num_heads=heads, num_encoder_layers=layers,
+                          num_decoder_layers=layers, dtype=dtype)
   rng = np.random.default_rng(0)
   num_items, num_users = 12101, 22363
 
@@ -70,12 +71,11 @@ def ours(size, batch, dtype, warmup, steps):
     out["mask"] = np.ones(batch, np.float32)
     return out
 
-  model = train_lib.create_model(config, vocab_size=VOCAB, num_items=num_items,
-                                 num_users=num_users)
+  model = create_model(model_cfg, vocab_size=VOCAB, num_items=num_items, num_users=num_users,
+                       branching=K, depth=DEPTH)
   example = batch_of()
-  state = train_lib.init_state(model, train_lib.create_optimizer(config.optim), example,
-                               jax.random.key(0))
-  step = train_lib.make_train_step(model, train_lib.LossWeights())
+  state = init_state(model, train_lib.create_optimizer(OptimConfig()), example, jax.random.key(0))
+  step = train_lib.make_train_step(model, LossWeights())
   compiled = step.lower(state, example, jax.random.key(1)).compile()
   flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
   batches = [batch_of() for _ in range(3)]

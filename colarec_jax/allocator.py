@@ -1,9 +1,9 @@
 """glibc malloc settings for XLA's CPU runtime.
 
 XLA:CPU allocates a program's buffers with malloc. glibc serves large blocks with fresh mmap'd
-pages and unmaps them when they are freed, so every execution faults in its big temporaries again:
-on this project's 2-core CPU a 42 MB elementwise add took 25 ms, mostly page faults (4.5 ms with
-these settings). They keep freed blocks mapped, so later executions reuse pages already there:
+pages and unmaps them when they are freed, so every execution faults in its big temporaries again,
+and page faults can take most of a large elementwise op's time. These settings keep freed blocks
+mapped, so later executions reuse pages already there:
 
 - the mmap threshold at 2 GiB, so blocks up to that size come from the heap;
 - no trimming, so the heap's free top is never handed back (a 2 GiB trim threshold was not
@@ -13,11 +13,10 @@ these settings). They keep freed blocks mapped, so later executions reuse pages 
   whatever the threshold (the default-size train step's 223 MB temporary, every step);
 - a 256 MB top pad, so the heap grows in large steps.
 
-Measured effects (page faults per step, step and beam-search times) are in README.md, under
-Benchmarks. The cost: memory a step frees stays with the process; where a step's largest
-temporary no longer fits in the heap's fragmented free space, the heap grows by it once more
-(t5-small train step: peak resident 3.7 GB in most processes, 5.6 GB in some); and threads share
-one malloc lock (XLA's big buffers are few, so it did not show). `COLAREC_MALLOC=default` leaves
+Measured effects (page faults per step, step and beam-search times, peak memory) are in
+bench/README.md. The cost: memory a step frees stays with the process; where a step's largest
+temporary no longer fits in the heap's fragmented free space, the heap grows by it once more; and
+threads share one malloc lock (XLA's big buffers are few). `COLAREC_MALLOC=default` leaves
 glibc's settings alone.
 """
 

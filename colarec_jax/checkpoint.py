@@ -3,10 +3,11 @@
 A ColaRec run keeps two managers under `<workdir>/colarec/checkpoints/`: `latest/` (the last N
 epochs, for resuming) and `best/` (the epoch with the best validation metric, for testing and
 serving). Each checkpoint is numbered by its epoch and holds two items: `state` (parameters,
-optimizer state and step, as arrays) and `meta` (JSON: the run's progress, i.e. epoch, best
-metric, patience counter and history, the host sampler's seed, and the config). The host sampler
-needs no saved generator state: each epoch draws from `numpy.random.default_rng([seed, epoch])`,
-so a resumed run sees exactly the batches it would have seen.
+optimizer state and step, as arrays) and `meta` (JSON: the run's `Progress`, i.e. epoch, best
+metric, patience counter and history, and the config sections the checkpoint is tied to). The
+host sampler needs no saved generator state: each epoch draws from
+`numpy.random.default_rng([seed, epoch])`, so a resumed run sees exactly the batches it would
+have seen.
 """
 
 from __future__ import annotations

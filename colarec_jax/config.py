@@ -44,7 +44,6 @@ def base_config() -> ml_collections.ConfigDict:
   inputs = config.inputs = ml_collections.ConfigDict()
   inputs.max_history = 10  # training: other training items sampled per user (official 10)
   inputs.eval_history = 20  # evaluation: most recent training items, newest first (official 20)
-  inputs.max_item_tokens = 30  # content tokens per item (official 30; capped by data's)
   inputs.max_length = 256  # recommendation input length (official 256)
   inputs.index_users = 1  # user-ID slots on an indexing input (official 1)
   inputs.uad_on_item_inputs = True  # paper; False = official code (uad only on the i+ input)
@@ -95,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.cold_items = "keep"  # ... of items absent from train: keep (they have text) | drop | error
   data.tokenizer = ""  # a tokenizer.json to use; '' = train a BPE tokenizer on item text
   data.vocab_size = 4000  # size of the trained tokenizer's vocabulary
-  data.max_item_tokens = 30  # content tokens kept per item (official 30)
+  data.max_item_tokens = 30  # content tokens kept per item and read by ColaRec (official 30)
   data.lowercase = False
 
   # LightGCN: the source of the item embeddings GIDs are built from, and a baseline.
@@ -122,15 +121,15 @@ def base_config() -> ml_collections.ConfigDict:
   gid.content_dim = 64  # source=content: SVD dimensions
 
   # Evaluation: full ranking over all items, training items removed (SPEC section 6).
-  ev = config.eval = ml_collections.ConfigDict()
-  ev.ks = (5, 10, 20)
-  ev.metric = "ndcg@10"  # model selection and early stopping
-  ev.long_tail_fraction = 0.2  # long-tail users: this share with the fewest training interactions
-  ev.exclude_valid_at_test = True  # drop validation items from test rankings (official: False)
-  ev.batch_size = 1024  # users per scoring call (score-based baselines)
-  ev.beam_size = 100  # ColaRec's constrained beam search (official 100)
-  ev.renormalize = False  # official: invalid codes get -inf after the log-softmax
-  ev.decode_batch_size = 32  # users per beam-search call
+  evaluation = config.eval = ml_collections.ConfigDict()
+  evaluation.ks = (5, 10, 20)
+  evaluation.metric = "ndcg@10"  # model selection and early stopping
+  evaluation.long_tail_fraction = 0.2  # long-tail users: this share with the fewest training interactions
+  evaluation.exclude_valid_at_test = True  # drop validation items from test rankings (official: False)
+  evaluation.batch_size = 1024  # users per scoring call (score-based baselines)
+  evaluation.beam_size = 100  # ColaRec's constrained beam search (official 100)
+  evaluation.renormalize = False  # official: invalid codes get -inf after the log-softmax
+  evaluation.decode_batch_size = 32  # users per beam-search call
   return config
 
 

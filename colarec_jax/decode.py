@@ -13,9 +13,8 @@ changes the state's shape and is traced on its own.
 
 On CPU the encoder runs over the batch in sequential chunks (`encoder_chunks`) whose [tokens,
 d_ff] feed-forward activation is at most `CPU_CHUNK_BYTES`, so that it stays in the last-level
-cache between the two feed-forward matmuls: at t5-small (1024 tokens a chunk), 20 users x 256
-tokens, the encoder went from about 2.5 s to 2.2 s on the 2-core, 32 MiB-L3 CPU this project
-develops on. Accelerators encode the batch whole.
+cache between the two feed-forward matmuls (bench/README.md has the measured effect).
+Accelerators encode the batch whole.
 """
 
 from __future__ import annotations
@@ -63,11 +62,13 @@ class Trie:
       row (the dead node) is all -1.
     leaf_item: [num_nodes + 1] item at a leaf, else 0.
     widths: beam width before each step and after the last, (1, ..., w_l), given the beam size.
+    beam_size: beams kept per input (official 100): the searches over this trie return as many.
   """
 
   children: jax.Array
   leaf_item: jax.Array
   widths: tuple[int, ...]
+  beam_size: int
 
   @classmethod
   def build(cls, gids: GidTable, beam_size: int, mesh: jax.sharding.Mesh | None = None) -> "Trie":
@@ -80,7 +81,7 @@ class Trie:
     children, leaf_item = sharding_lib.replicate(
         (np.concatenate([gids.children, dead]), np.append(gids.leaf_item, 0).astype(np.int32)),
         mesh)
-    return cls(jnp.asarray(children), jnp.asarray(leaf_item), tuple(widths))
+    return cls(jnp.asarray(children), jnp.asarray(leaf_item), tuple(widths), int(beam_size))
 
   @property
   def dead(self) -> int:
@@ -174,7 +175,7 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
                                              "chunks"))
 def _search(params, inputs, children, leaf_item, *, model: ColaRec, widths: tuple[int, ...],
             beam_size: int, renormalize: bool, chunks: int):
-  trie = Trie(children, leaf_item, widths)
+  trie = Trie(children, leaf_item, widths, beam_size)
   depth = len(widths) - 1
   encoded = _encode(model, params, inputs, chunks)
   mask = inputs["mask"]
@@ -205,21 +206,19 @@ def _search(params, inputs, children, leaf_item, *, model: ColaRec, widths: tupl
   return items, scores, codes
 
 
-def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, beam_size: int,
-                renormalize: bool = False):
-  """Top `beam_size` items for each input by constrained beam search.
+def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize: bool = False):
+  """Top `trie.beam_size` items for each input by constrained beam search.
 
   Args:
     model: the ColaRec module (decode=False; a decoding copy is made inside).
     params: its parameters.
     inputs: encoder inputs, a dict of [b, L] arrays (and 'task' [b]).
     trie: `Trie.build(gids, beam_size, mesh)`, on the mesh `inputs` are sharded over.
-    beam_size: beams kept per input (official 100).
     renormalize: mask invalid codes before the log-softmax instead of after it.
 
   Returns:
-    (items [b, beam_size] int32, best first, 0 where fewer items exist; scores [b, beam_size]
-    log-probabilities, -inf for those; codes [b, beam_size, l] the items' GIDs).
+    (items [b, beam] int32, best first, 0 where fewer items exist; scores [b, beam]
+    log-probabilities, -inf for those; codes [b, beam, l] the items' GIDs), beam = trie.beam_size.
   """
   mask = inputs["mask"]
   sharding = getattr(mask, "sharding", None)
@@ -229,5 +228,5 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, beam_size: 
   chunks = encoder_chunks(*mask.shape, cfg.d_ff * jnp.dtype(cfg.dtype).itemsize, shards=shards,
                           platform=platform)
   return _search(params, inputs, trie.children, trie.leaf_item, model=model,
-                 widths=trie.widths, beam_size=beam_size, renormalize=renormalize,
+                 widths=trie.widths, beam_size=trie.beam_size, renormalize=renormalize,
                  chunks=chunks)

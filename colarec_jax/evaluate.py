@@ -2,7 +2,8 @@
 
 Models hand in either a score function (batched top-k on device, excluded items masked) or ranked
 item lists; metrics use binary relevance against each user's whole held-out set, with NDCG's ideal
-DCG over min(|held-out|, N) hits, averaged over users that have held-out items.
+DCG over min(|held-out|, N) hits, averaged over users that have held-out items. `EvalConfig` is
+config.eval (metrics and ColaRec's decoding keys); `EvalSplit` is what evaluating one split needs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,48 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from colarec_jax.data.dataset import Csr
+from colarec_jax.data.dataset import TRAIN, VALID, Csr
+from colarec_jax.data.prepare import Prepared
+from colarec_jax.data.sampling import padded_batches
+from colarec_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """config.eval, checked: metrics, model selection, and how ColaRec ranks (beam search)."""
+
+  ks: tuple[int, ...] = (5, 10, 20)
+  metric: str = "ndcg@10"  # model selection and early stopping
+  long_tail_fraction: float = 0.2
+  exclude_valid_at_test: bool = True
+  batch_size: int = 1024  # users per scoring call (score-based baselines)
+  beam_size: int = 100  # ColaRec's constrained beam search (official 100)
+  renormalize: bool = False  # official: mask after the log-softmax
+  decode_batch_size: int = 32  # users per beam-search call
+
+  @classmethod
+  def from_config(cls, section) -> "EvalConfig":
+    out = cls(tuple(int(k) for k in section.ks), str(section.metric),
+              float(section.long_tail_fraction), bool(section.exclude_valid_at_test),
+              int(section.batch_size), int(section.beam_size), bool(section.renormalize),
+              int(section.decode_batch_size))
+    names = [f"{m}@{k}" for m in ("recall", "ndcg") for k in out.ks]
+    if out.metric not in names:
+      raise ConfigError("eval.metric", f"got {out.metric!r}, expected one of {', '.join(names)}")
+    if not 0 < out.long_tail_fraction <= 1:
+      raise ConfigError("eval.long_tail_fraction", f"got {section.long_tail_fraction}, expected (0, 1]")
+    if out.beam_size < max(out.ks):
+      raise ConfigError("eval.beam_size", f"got {out.beam_size}, expected at least the longest "
+                        f"list evaluated (max(eval.ks) = {max(out.ks)})")
+    if out.decode_batch_size < 1:
+      raise ConfigError("eval.decode_batch_size", f"got {out.decode_batch_size}, expected >= 1")
+    return out
+
+  def score_ranking_key(self) -> dict:
+    """The keys a score-based model's reports depend on (not ColaRec's decoding keys)."""
+    return {"ks": list(self.ks), "metric": self.metric,
+            "long_tail_fraction": self.long_tail_fraction,
+            "exclude_valid_at_test": self.exclude_valid_at_test}
 
 
 def ranking_metrics(ranked: np.ndarray, heldout: Sequence[np.ndarray],
@@ -81,14 +123,11 @@ def top_k_items(score_fn: Callable[[np.ndarray], jax.Array], users: np.ndarray, 
     [n, k] int32 item ids, best first.
   """
   out = np.zeros((len(users), k), np.int32)
-  for start in range(0, len(users), batch_size):
-    batch = users[start:start + batch_size]
-    padded = np.zeros(batch_size, users.dtype)
-    padded[:len(batch)] = batch
-    mask = np.zeros((batch_size, num_items + 1), bool)
-    mask[:len(batch)] = exclude.dense_mask(batch, num_items)
-    items = _top_k(score_fn(padded), jnp.asarray(mask), k)
-    out[start:start + len(batch)] = np.asarray(items)[:len(batch)]
+  for rows, real in padded_batches(np.arange(len(users)), batch_size):
+    batch = users[rows]
+    mask = exclude.dense_mask(batch, num_items)
+    items = _top_k(score_fn(batch), jnp.asarray(mask), k)
+    out[rows[:real]] = np.asarray(items)[:real]
   return out
 
 
@@ -146,3 +185,35 @@ def format_table(rows: dict[str, Report], ks: Sequence[int] = (5, 10, 20)) -> st
     lines.append(f"long-tail: users with <= {first.long_tail_threshold} training interactions "
                  f"({first.num_long_tail} of {first.num_users})")
   return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSplit:
+  """What evaluating one part needs, built once per run rather than at every validation.
+
+  Attributes:
+    users: [m] users with held-out items in the part.
+    exclude: items removed from their rankings (training items, plus validation items at test
+      time when `exclude_valid_at_test`).
+    heldout: the part's items per user.
+    train_counts: [num_users + 1] training interactions per user (for the long-tail split).
+  """
+
+  users: np.ndarray
+  exclude: Csr
+  heldout: Csr
+  train_counts: np.ndarray
+
+  @classmethod
+  def build(cls, prepared: Prepared, part: int, eval_cfg: EvalConfig) -> "EvalSplit":
+    seen = (TRAIN,) if part == VALID or not eval_cfg.exclude_valid_at_test else (TRAIN, VALID)
+    return cls(prepared.users_with(part), prepared.csr(*seen), prepared.csr(part),
+               np.bincount(prepared.rows(TRAIN)[0], minlength=prepared.dataset.num_users + 1))
+
+
+def evaluate_scores(score_fn, split: EvalSplit, num_items: int, eval_cfg: EvalConfig) -> Report:
+  """Full-ranking metrics of a score-based model on one evaluation split."""
+  ranked = top_k_items(score_fn, split.users, split.exclude, num_items, max(eval_cfg.ks), eval_cfg.batch_size)
+  return evaluate_ranking(ranked, split.users, split.heldout, split.train_counts, eval_cfg.ks,
+                          eval_cfg.long_tail_fraction)
+

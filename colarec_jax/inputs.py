@@ -16,7 +16,7 @@ import numpy as np
 
 from colarec_jax.data.dataset import TRAIN, Csr
 from colarec_jax.data.prepare import Prepared
-from colarec_jax.data.sampling import NegativeSampler
+from colarec_jax.data.sampling import NegativeSampler, shuffled_batches
 from colarec_jax.errors import ConfigError
 from colarec_jax.gid.table import GidTable
 from colarec_jax.model.colarec import TASK_INDEX, TASK_REC
@@ -24,20 +24,25 @@ from colarec_jax.model.colarec import TASK_INDEX, TASK_REC
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-  """Input shapes and sampling (config.inputs)."""
+  """Input shapes and sampling: config.inputs, with data.max_item_tokens (the content tokens
+  prepared per item, all of which an input uses)."""
 
   max_history: int = 10  # training: other training items sampled per user (official 10)
   eval_history: int = 20  # evaluation: most recent training items, newest first (official 20)
-  max_item_tokens: int = 30  # content tokens per item (official 30)
+  max_item_tokens: int = 30  # content tokens per item (official 30): data.max_item_tokens
   max_length: int = 256  # recommendation input length (official 256)
   index_users: int = 1  # user-ID slots on an indexing input (official samples 1)
   uad_on_item_inputs: bool = True  # paper; False = official code (uad only on the i+ input)
 
   @classmethod
-  def from_config(cls, cfg, data_max_tokens: int) -> "InputConfig":
-    out = cls(int(cfg.max_history), int(cfg.eval_history),
-              min(int(cfg.max_item_tokens), data_max_tokens), int(cfg.max_length),
-              int(cfg.index_users), bool(cfg.uad_on_item_inputs))
+  def from_config(cls, cfg, max_item_tokens: int) -> "InputConfig":
+    out = cls(int(cfg.max_history), int(cfg.eval_history), int(max_item_tokens),
+              int(cfg.max_length), int(cfg.index_users), bool(cfg.uad_on_item_inputs))
+    for key in ("max_history", "index_users"):
+      if getattr(out, key) < 0:
+        raise ConfigError(f"inputs.{key}", f"got {getattr(out, key)}, expected >= 0")
+    if out.eval_history < 1:
+      raise ConfigError("inputs.eval_history", f"got {out.eval_history}, expected >= 1")
     if out.max_length < out.max_item_tokens + 3:
       raise ConfigError("inputs.max_length", f"got {out.max_length}, expected room for one item "
                         f"(>= max_item_tokens + 3 = {out.max_item_tokens + 3})")
@@ -142,11 +147,11 @@ class InputBuilder:
     return out
 
   def training_batch(self, users: np.ndarray, items: np.ndarray, mask: np.ndarray,
-                     rng: np.random.Generator, rows: slice | None = None) -> dict:
+                     rng: np.random.Generator, share: slice | None = None) -> dict:
     """Everything one train step needs for interactions (u, i); padding rows have mask 0.
 
     Sampling always covers the whole batch, so the generator advances the same way in every
-    process; only the `rows` slice (this process's share of a global batch) is built.
+    process; only the `share` slice of rows (this process's share of a global batch) is built.
 
     Returns:
       {'user': X_u, 'item': X_i, 'neg': X_i-, 'pos': X_i+ (each a dict of [b, L] arrays),
@@ -155,21 +160,21 @@ class InputBuilder:
     neg = self.sample_negatives(users, items, rng)
     pos = self.sample_positives(items, rng)
     uad = self.cfg.uad_on_item_inputs
-    rows = rows or slice(0, len(users))
+    share = share or slice(0, len(users))
     batch = {"user": [], "item": [], "neg": [], "pos": []}
     for row, (u, i, n, p) in enumerate(zip(users.tolist(), items.tolist(), neg.tolist(),
                                            pos.tolist())):
       history = self.train_history(u, i, rng)
       sampled = [self.sample_users(i, rng) if uad else [],
                  self.sample_users(n, rng) if uad else [], self.sample_users(p, rng)]
-      if rows.start <= row < rows.stop:
+      if share.start <= row < share.stop:
         batch["user"].append(self.rec_input(history))
         for key, item, slot_users in zip(("item", "neg", "pos"), (i, n, p), sampled):
           batch[key].append(self.index_input(item, slot_users))
     out = {k: stack(v) for k, v in batch.items()}
-    out["item_codes"] = self.gids.codes[items[rows]]
-    out["neg_codes"] = self.gids.codes[neg[rows]]
-    out["mask"] = mask[rows].astype(np.float32)
+    out["item_codes"] = self.gids.codes[items[share]]
+    out["neg_codes"] = self.gids.codes[neg[share]]
+    out["mask"] = mask[share].astype(np.float32)
     return out
 
 
@@ -180,9 +185,6 @@ def stack(rows: list[dict]) -> dict:
 def epoch_order(users: np.ndarray, items: np.ndarray, batch_size: int,
                 rng: np.random.Generator):
   """Shuffled fixed-size (users, items, mask) batches of the training interactions."""
-  order = rng.permutation(len(users))
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    pad = batch_size - len(idx)
-    idx_padded = np.concatenate([idx, np.full(pad, idx[0])])
-    yield users[idx_padded], items[idx_padded], np.arange(batch_size) < len(idx)
+  _, batches = shuffled_batches(len(users), batch_size, rng)
+  for rows, real in batches:
+    yield users[rows], items[rows], real

@@ -21,8 +21,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from colarec_jax import allocator, pipeline, sharding
-from colarec_jax.data.movielens import cache_dir
 from colarec_jax.errors import ColarecError
+from colarec_jax.settings import Settings
 
 MODES = ("all", "prepare", "stats", "gid", "train", "evaluate", "recommend")
 
@@ -47,17 +47,18 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   allocator.keep_freed_memory()  # before XLA's first big buffers; see colarec_jax/allocator.py
-  # Compiled steps are cached on disk across runs (JAX's persistent cache), unless the user
-  # points JAX_COMPILATION_CACHE_DIR elsewhere: a rerun or a later mode starts in seconds.
-  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(cache_dir(FLAGS.config.data.cache_dir), "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   try:
-    sharding.use_cpu_devices(int(FLAGS.config.cpu_devices))  # before JAX starts its backends
+    settings = Settings.parse(FLAGS.config)  # every key checked before any work
+    # Compiled steps are cached on disk across runs (JAX's persistent cache), unless the user
+    # points JAX_COMPILATION_CACHE_DIR elsewhere: a rerun or a later mode starts in seconds.
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+      jax.config.update("jax_compilation_cache_dir",
+                        os.path.join(settings.data.cache_root, "xla"))
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    sharding.use_cpu_devices(settings.cpu_devices)  # before JAX starts its backends
     if FLAGS.distributed:
       sharding.initialize_distributed()
-    pipeline.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+    pipeline.run(FLAGS.mode, settings, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                  split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n)
   except ColarecError as e:
     print(f"error: {e}", file=sys.stderr)

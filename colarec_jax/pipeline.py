@@ -1,44 +1,44 @@
-"""What each CLI mode runs, as library functions (so a notebook can run them too)."""
+"""What each CLI mode runs, as library functions (so a notebook can run them too).
+
+Every entry takes `Settings` (the config parsed once, `Settings.parse(config)`) and a workdir.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-
-from colarec_jax import checkpoint, evaluate, sharding
+from colarec_jax import checkpoint, evaluate, sharding, stages
 from colarec_jax import train as train_lib
 from colarec_jax.cf import train as cf_train
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
-from colarec_jax.errors import ConfigError, UsageError
-from colarec_jax.gid import sources as gid_sources
+from colarec_jax.errors import UsageError
+from colarec_jax.settings import Settings
+from colarec_jax.workspace import Workspace, check_batch_size
 
-MODELS = ("colarec", "lightgcn", "mostpop")
 PARTS = {"valid": VALID, "test": TEST}
+ALL_MODELS = ("mostpop", "lightgcn", "colarec")  # --mode=all: the baselines first, then ColaRec
 
 
-def train_models(config, workdir: str, names, *, log=print, prepared=None,
+def train_models(settings: Settings, workdir: str, names, *, log=print, prepared=None,
                  gids=None) -> dict[str, dict]:
   """Trains and evaluates each named model; returns {name: {'valid': Report, 'test': Report}}.
 
-  `prepared` and `gids` may be passed when the caller has built them for this config.
+  `prepared` and `gids` may be passed when the caller has built them for these settings.
   """
-  prepared = prepared or prepare_lib.prepare(config, workdir, log=log)
-  ev = cf_train.EvalConfig.from_config(config.eval)
+  prepared = prepared or stages.prepared_data(settings, workdir, log=log)
   results = {}
   for name in names:
     if name == "mostpop":
-      results[name] = cf_train.mostpop(prepared, ev)
+      results[name] = cf_train.mostpop(prepared, settings.eval)
     elif name == "lightgcn":
-      run = sharding.main_first("colarec-lightgcn", lambda: cf_train.train_lightgcn(
-          config, prepared, workdir, log=log))
+      run = sharding.main_first("colarec-lightgcn", lambda: stages.lightgcn(
+          settings, prepared, workdir, log=log))
       results[name] = {"valid": run.valid, "test": run.test}
-    elif name == "colarec":
-      results[name] = train_lib.train_and_evaluate(config, workdir, log=log, prepared=prepared,
-                                                   gids=gids)
     else:
-      raise ConfigError("model.name", f"got {name!r}, expected one of {', '.join(MODELS)}")
+      results[name] = train_lib.train_and_evaluate(settings, workdir, log=log, prepared=prepared,
+                                                   gids=gids)
   return results
 
 
@@ -61,39 +61,39 @@ def _checkpoint_epoch(which: str) -> tuple[str, int | None]:
   return checkpoint.LATEST, int(which)
 
 
-def _restored_ranker(config, workdir: str, which: str, log, prepared=None):
-  """(context, ranker) with the parameters of checkpoint `which`."""
-  ctx = train_lib.build_context(config, workdir, log=log, prepared=prepared)
+def _restored_ranker(settings: Settings, workdir: str, which: str, log, prepared=None):
+  """(workspace, ranker) with the parameters of checkpoint `which`."""
+  ws = Workspace.build(settings, workdir, log=log, prepared=prepared)
   kind, epoch = _checkpoint_epoch(which)
-  restored = train_lib.restore_params(ctx, kind, epoch)
+  restored = ws.restore_params(kind, epoch)
   if restored is None:
-    raise UsageError("checkpoint", f"no {kind} checkpoint in {ctx.checkpoint_dir}; train first "
+    raise UsageError("checkpoint", f"no {kind} checkpoint in {ws.checkpoint_dir}; train first "
                      "(--mode=train)")
   params, epoch = restored
-  log(f"using the {kind} checkpoint (epoch {epoch}) in {ctx.checkpoint_dir}, on "
-      f"{sharding.describe(ctx.mesh)}")
-  return ctx, ctx.ranker(params)
+  log(f"using the {kind} checkpoint (epoch {epoch}) in {ws.checkpoint_dir}, on "
+      f"{sharding.describe(ws.mesh)}")
+  return ws, ws.ranker(params)
 
 
-def evaluate_checkpoint(config, workdir: str, *, which: str = "best", part: str = "test",
-                        log=print) -> evaluate.Report:
+def evaluate_checkpoint(settings: Settings, workdir: str, *, which: str = "best",
+                        part: str = "test", log=print) -> evaluate.Report:
   """Recall/NDCG of a ColaRec checkpoint on the valid or test split."""
   if part not in PARTS:
     raise UsageError("split", f"got {part!r}, expected 'valid' or 'test'")
-  ctx, ranker = _restored_ranker(config, workdir, which, log)
-  return ranker.evaluate(*ctx.eval_data(PARTS[part]), cf_train.EvalConfig.from_config(config.eval))
+  ws, ranker = _restored_ranker(settings, workdir, which, log)
+  return ranker.evaluate(*ws.eval_data(PARTS[part]))
 
 
-def recommend(config, workdir: str, *, user: str = "", items: str = "", top_n: int = 10,
-              which: str = "best", log=print) -> list[tuple[str, str]]:
+def recommend(settings: Settings, workdir: str, *, user: str = "", items: str = "",
+              top_n: int = 10, which: str = "best", log=print) -> list[tuple[str, str]]:
   """Top-N (item id, content) for a known user id, or for a comma-separated list of item ids
   (an ad-hoc history, most recent first: a new user, no retraining). Ids are the dataset's own."""
   if bool(user) == bool(items):
     raise UsageError("user", "give exactly one of --user=<user id> or --items=<id,id,...>")
-  if not 1 <= top_n <= int(config.eval.beam_size):
+  if not 1 <= top_n <= settings.eval.beam_size:
     raise UsageError("top_n", f"got {top_n}, expected 1 to eval.beam_size = "
-                     f"{config.eval.beam_size}")
-  prepared = prepare_lib.prepare(config, workdir, log=log)
+                     f"{settings.eval.beam_size}")
+  prepared = stages.prepared_data(settings, workdir, log=log)
   ds = prepared.dataset
   if user:
     index = {raw: n for n, raw in enumerate(ds.user_ids.tolist()) if n}
@@ -109,7 +109,7 @@ def recommend(config, workdir: str, *, user: str = "", items: str = "", top_n: i
         raise UsageError("items", f"{raw!r} is not an item of {ds.name} ({ds.num_items} items, "
                          f"e.g. {str(ds.item_ids[1])!r})")
       history.append(index[raw])
-  ctx, ranker = _restored_ranker(config, workdir, which, log, prepared)
+  _, ranker = _restored_ranker(settings, workdir, which, log, prepared)
   if user:
     ranked = ranker.for_user(user_id, prepared.csr(TRAIN), top_n)
   else:
@@ -117,34 +117,34 @@ def recommend(config, workdir: str, *, user: str = "", items: str = "", top_n: i
   return [(str(ds.item_ids[i]), ds.content(int(i))) for i in ranked[ranked > 0]]
 
 
-def run(mode: str, config, workdir: str, *, log=print, **flags) -> None:
+def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> None:
   """Runs one CLI mode (see `main`); `flags` are the evaluate/recommend flags."""
   if not sharding.is_main_process():
     log = lambda *_: None  # noqa: E731  (one voice on the console)
 
-  names = MODELS[::-1] if mode == "all" else (config.model.name,)  # what train/all train
-  if mode in ("train", "all") and "colarec" in names:
-    train_lib.check_batch_size(config)  # before any data is prepared or model trained
+  trained = ALL_MODELS if mode == "all" else (settings.model.name,)
+  if mode in ("train", "all") and "colarec" in trained:
+    check_batch_size(settings)  # before any data is prepared or model trained
 
-  def stages():
-    prepared, gids = prepare_lib.prepare(config, workdir, log=log), None
+  def cached_stages():
+    prepared, gids = stages.prepared_data(settings, workdir, log=log), None
     if mode in ("stats", "all"):
       log(prepare_lib.format_stats(prepared))
     if mode in ("gid", "all"):
-      gids = gid_sources.gids_for_config(config, prepared, workdir, log=log)
+      gids = stages.gid_table(settings, prepared, workdir, log=log)
     return prepared, gids
-  prepared, gids = sharding.main_first("colarec-stages", stages)
-  ks = tuple(config.eval.ks)
+  prepared, gids = sharding.main_first("colarec-cached-stages", cached_stages)
+  ks = settings.eval.ks
   if mode in ("train", "all"):
-    results = train_models(config, workdir, names, log=log, prepared=prepared, gids=gids)
+    results = train_models(settings, workdir, trained, log=log, prepared=prepared, gids=gids)
     log(report(results, workdir, ks))
   elif mode == "evaluate":
     part = flags.get("split", "test")
-    result = evaluate_checkpoint(config, workdir, which=flags.get("checkpoint", "best"),
+    result = evaluate_checkpoint(settings, workdir, which=flags.get("checkpoint", "best"),
                                  part=part, log=log)
     log(f"{part} metrics\n" + evaluate.format_table({"colarec": result}, ks))
   elif mode == "recommend":
-    rows = recommend(config, workdir, user=flags.get("user", ""), items=flags.get("items", ""),
+    rows = recommend(settings, workdir, user=flags.get("user", ""), items=flags.get("items", ""),
                      top_n=int(flags.get("top_n", 10)), which=flags.get("checkpoint", "best"),
                      log=log)
     width = max(len(item) for item, _ in rows) if rows else 4

@@ -7,36 +7,15 @@ items, and validation items at test time when configured) are dropped and the fi
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 
 from colarec_jax import decode, evaluate, sharding
-from colarec_jax.cf.train import EvalConfig, EvalSplit
 from colarec_jax.data.dataset import Csr
-from colarec_jax.errors import ConfigError
+from colarec_jax.data.sampling import padded_batches
+from colarec_jax.evaluate import EvalConfig, EvalSplit
 from colarec_jax.inputs import InputBuilder, stack
 from colarec_jax.model.colarec import ColaRec
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-  """How ColaRec ranks (config.eval's decoding keys)."""
-
-  beam_size: int = 100  # official 100
-  renormalize: bool = False  # official: mask after the log-softmax
-  batch_size: int = 32  # users per compiled call
-
-  @classmethod
-  def from_config(cls, ev) -> "DecodeConfig":
-    out = cls(int(ev.beam_size), bool(ev.renormalize), int(ev.decode_batch_size))
-    if out.beam_size < max(ev.ks):
-      raise ConfigError("eval.beam_size", f"got {out.beam_size}, expected at least the longest "
-                        f"list evaluated (max(eval.ks) = {max(ev.ks)})")
-    if out.batch_size < 1:
-      raise ConfigError("eval.decode_batch_size", f"got {out.batch_size}, expected >= 1")
-    return out
 
 
 def drop_excluded(items: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
@@ -61,36 +40,32 @@ class Ranker:
   """Beam-search ranking with fixed parameters; one compile per (batch, input length)."""
 
   def __init__(self, model: ColaRec, params, trie: decode.Trie, builder: InputBuilder,
-               cfg: DecodeConfig, mesh=None):
-    """`trie` is `decode.Trie.build(gids, cfg.beam_size, mesh)`."""
-    self.model, self.params, self.trie, self.builder, self.cfg, self.mesh = (
-        model, params, trie, builder, cfg, mesh)
+               eval_cfg: EvalConfig, mesh=None):
+    """`trie` is `decode.Trie.build(gids, eval_cfg.beam_size, mesh)`: it holds the beam size."""
+    self.model, self.params, self.trie, self.builder, self.eval_cfg, self.mesh = (
+        model, params, trie, builder, eval_cfg, mesh)
     shards = sharding.num_shards(mesh)
-    self.batch_size = -(-cfg.batch_size // shards) * shards  # whole rows per device
+    self.batch_size = -(-eval_cfg.decode_batch_size // shards) * shards  # whole rows per device
 
   def ranked(self, inputs: dict, exclude: list[np.ndarray], k: int) -> np.ndarray:
     """[n, k] top items for stacked encoder inputs, excluded items dropped."""
     n = len(inputs["mask"])
     out = np.zeros((n, k), np.int32)
-    for start in range(0, n, self.batch_size):
-      chunk = {name: v[start:start + self.batch_size] for name, v in inputs.items()}
-      size = len(chunk["mask"])
-      padded = {name: np.concatenate([v, np.repeat(v[:1], self.batch_size - size, 0)])
-                for name, v in chunk.items()}
-      items, _, _ = decode.beam_search(
-          self.model, self.params, sharding.shard_rows(
-              {name: jnp.asarray(v) for name, v in padded.items()}, self.mesh),
-          self.trie, beam_size=self.cfg.beam_size, renormalize=self.cfg.renormalize)
-      out[start:start + size] = drop_excluded(sharding.to_host(items)[:size],
-                                              exclude[start:start + size], k)
+    for rows, real in padded_batches(np.arange(n), self.batch_size):
+      batch = {name: jnp.asarray(v[rows]) for name, v in inputs.items()}
+      items, _, _ = decode.beam_search(self.model, self.params,
+                                       sharding.shard_rows(batch, self.mesh), self.trie,
+                                       renormalize=self.eval_cfg.renormalize)
+      out[rows[:real]] = drop_excluded(sharding.to_host(items)[:real],
+                                       [exclude[r] for r in rows[:real]], k)
     return out
 
-  def evaluate(self, split: EvalSplit, inputs: dict, ev: EvalConfig) -> evaluate.Report:
+  def evaluate(self, split: EvalSplit, inputs: dict) -> evaluate.Report:
     """Recall/NDCG of one evaluation split; `inputs` = `self.builder.eval_inputs(split.users)`."""
     exclude = [split.exclude.row(u) for u in split.users]
-    ranked = self.ranked(inputs, exclude, max(ev.ks))
+    ranked = self.ranked(inputs, exclude, max(self.eval_cfg.ks))
     return evaluate.evaluate_ranking(ranked, split.users, split.heldout, split.train_counts,
-                                     ev.ks, ev.long_tail_fraction)
+                                     self.eval_cfg.ks, self.eval_cfg.long_tail_fraction)
 
   def for_user(self, user: int, exclude: Csr, k: int) -> np.ndarray:
     """[k] items for a known user (internal id) from their most recent training items."""

@@ -10,6 +10,8 @@ from colarec_jax.cf import train as cf_train
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
 from colarec_jax.errors import ConfigError
+from colarec_jax.evaluate import EvalConfig
+from colarec_jax.settings import Settings
 from configs import tiny
 
 
@@ -23,17 +25,23 @@ def small_config(**cf):
   return config
 
 
+def train_lightgcn(config, prepared, workdir, **kwargs):
+  settings = Settings.parse(config)
+  return cf_train.train_lightgcn(prepared, workdir, settings.cf, settings.eval, seed=settings.seed,
+                                 num_devices=settings.num_devices, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("prep"))
-  return prepare_lib.prepare(small_config(), workdir, log=lambda *_: 0)
+  return prepare_lib.prepare(Settings.parse(small_config()).data, workdir, log=lambda *_: 0)
 
 
 def test_lightgcn_trains_saves_and_reuses(prepared, tmp_path):
   config = small_config()
   config.num_devices = 1
   logs = []
-  result = cf_train.train_lightgcn(config, prepared, str(tmp_path), log=logs.append,
+  result = train_lightgcn(config, prepared, str(tmp_path), log=logs.append,
                                    progress=False)
   ds = prepared.dataset
   assert result.item_embeddings.shape == (ds.num_items + 1, 16)
@@ -44,13 +52,13 @@ def test_lightgcn_trains_saves_and_reuses(prepared, tmp_path):
   assert os.path.isfile(tmp_path / "lightgcn" / "embeddings.npz")
   assert os.listdir(tmp_path / "tensorboard" / "lightgcn")
   logs.clear()
-  again = cf_train.train_lightgcn(config, prepared, str(tmp_path), log=logs.append)
+  again = train_lightgcn(config, prepared, str(tmp_path), log=logs.append)
   assert logs == [f"reusing LightGCN embeddings in {tmp_path}/lightgcn"]
   np.testing.assert_array_equal(again.item_embeddings, result.item_embeddings)
   assert again.test == result.test
   config.cf.learning_rate = 2e-3  # another config trains again
   logs.clear()
-  cf_train.train_lightgcn(config, prepared, str(tmp_path), log=logs.append, progress=False)
+  train_lightgcn(config, prepared, str(tmp_path), log=logs.append, progress=False)
   assert not logs[0].startswith("reusing")
 
 
@@ -59,14 +67,14 @@ def test_lightgcn_on_four_devices_matches_one(prepared, tmp_path):
   for devices in (1, 4):
     config = small_config(epochs=3, patience=5)
     config.num_devices = devices
-    results.append(cf_train.train_lightgcn(config, prepared, str(tmp_path / str(devices)),
+    results.append(train_lightgcn(config, prepared, str(tmp_path / str(devices)),
                                            log=lambda *_: 0, progress=False))
   np.testing.assert_allclose(results[1].item_embeddings, results[0].item_embeddings, atol=1e-5)
   assert results[1].best_epoch == results[0].best_epoch
 
 
 def test_mostpop_matches_reference(prepared):
-  ev = cf_train.EvalConfig.from_config(small_config().eval)
+  ev = EvalConfig.from_config(small_config().eval)
   report = cf_train.mostpop(prepared, ev)["test"]
   ds = prepared.dataset
   counts = np.bincount(prepared.rows(TRAIN)[1], minlength=ds.num_items + 1).astype(float)
@@ -88,13 +96,13 @@ def test_eval_config_errors():
   config = small_config()
   config.eval.metric = "ndcg@50"
   with pytest.raises(ConfigError, match=r"config\.eval\.metric: got 'ndcg@50', expected one of "):
-    cf_train.EvalConfig.from_config(config.eval)
+    EvalConfig.from_config(config.eval)
 
 
 def test_pipeline_all_writes_results(tmp_path):
   config = small_config(epochs=2)
   logs = []
-  pipeline.run("all", config, str(tmp_path), log=logs.append)
+  pipeline.run("all", Settings.parse(config), str(tmp_path), log=logs.append)
   table = logs[-1]
   assert table.startswith("test metrics") and "mostpop" in table and "lightgcn long-tail" in table
   assert os.path.isfile(tmp_path / "results.json")

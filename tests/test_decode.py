@@ -67,7 +67,6 @@ def test_full_beam_equals_exhaustive_ranking(setup, renormalize):
   beam = 32  # more than the 20 items: every item is reached
   trie = decode.Trie.build(gids, beam)
   items, scores, codes = map(np.asarray, decode.beam_search(MODEL, params, inputs, trie,
-                                                            beam_size=beam,
                                                             renormalize=renormalize))
   reference = exhaustive_scores(params, inputs, gids, renormalize)
   for row in range(len(items)):
@@ -85,7 +84,7 @@ def test_every_returned_gid_is_an_items_gid(setup, beam):
   gids, inputs, params = setup
   trie = decode.Trie.build(gids, beam)
   items, scores, codes = map(np.asarray,
-                             decode.beam_search(MODEL, params, inputs, trie, beam_size=beam))
+                             decode.beam_search(MODEL, params, inputs, trie))
   assert items.shape == (4, beam) and codes.shape == (4, beam, DEPTH)
   assert np.all(items > 0)
   for row in range(len(items)):
@@ -98,7 +97,7 @@ def test_every_returned_gid_is_an_items_gid(setup, beam):
 def test_beam_one_is_greedy(setup):
   gids, inputs, params = setup
   trie = decode.Trie.build(gids, 1)
-  items, _, _ = map(np.asarray, decode.beam_search(MODEL, params, inputs, trie, beam_size=1))
+  items, _, _ = map(np.asarray, decode.beam_search(MODEL, params, inputs, trie))
   encoded = MODEL.apply({"params": params}, inputs, method=ColaRec.encode)
   b = encoded.shape[0]
   prefix = np.zeros((b, DEPTH), np.int32)
@@ -124,7 +123,7 @@ def test_search_compiles_once_per_shape(setup):
   """The library's own jitted search: new inputs and a rebuilt trie of the same shapes reuse it."""
   gids, _, params = setup
   run = lambda seed: decode.beam_search(MODEL, params, make_inputs(seed=seed),
-                                       decode.Trie.build(gids, 6), beam_size=6)
+                                       decode.Trie.build(gids, 6))
   run(0)
   compiled = decode._search._cache_size()  # whether or not an earlier test compiled this shape
   for seed in (1, 2):
@@ -135,8 +134,7 @@ def test_search_compiles_once_per_shape(setup):
 def test_items_with_a_long_beam_on_a_small_catalogue_pad_with_zero(setup):
   gids, inputs, params = setup
   trie = decode.Trie.build(gids, 50)
-  items, scores, _ = map(np.asarray, decode.beam_search(MODEL, params, inputs, trie,
-                                                        beam_size=50))
+  items, scores, _ = map(np.asarray, decode.beam_search(MODEL, params, inputs, trie))
   assert items.shape == (4, 50)
   assert np.all(items[:, NUM_ITEMS:] == 0) and np.all(np.isneginf(scores[:, NUM_ITEMS:]))
 
@@ -185,7 +183,7 @@ def test_search_with_a_chunked_encoder_equals_the_unchunked_search(setup, monkey
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   for placed in (inputs, jax.device_put(inputs, rows)):
-    chunked = decode.beam_search(MODEL, params, placed, trie, beam_size=8)
+    chunked = decode.beam_search(MODEL, params, placed, trie)
     np.testing.assert_array_equal(np.asarray(chunked[0]), np.asarray(whole[0]))
     np.testing.assert_allclose(np.asarray(chunked[1]), np.asarray(whole[1]), rtol=1e-5)
   assert traced == [3, 2]
@@ -201,10 +199,10 @@ def test_a_trie_built_on_the_mesh_is_not_copied_on_each_search(setup):
   assert trie.children.sharding.device_set == trie.leaf_item.sharding.device_set == set(
       mesh.devices.flat)
   inputs = make_inputs(b=4, length=10, seed=5)
-  whole = decode.beam_search(MODEL, params, inputs, decode.Trie.build(gids, 8), beam_size=8)
+  whole = decode.beam_search(MODEL, params, inputs, decode.Trie.build(gids, 8))
   sharded, replicated = sharding.shard_rows(inputs, mesh), sharding.replicate(params, mesh)
-  decode.beam_search(MODEL, replicated, sharded, trie, beam_size=8)  # compiled outside the guard
+  decode.beam_search(MODEL, replicated, sharded, trie)  # compiled outside the guard
   with jax.transfer_guard("disallow"):
-    items, scores, _ = decode.beam_search(MODEL, replicated, sharded, trie, beam_size=8)
+    items, scores, _ = decode.beam_search(MODEL, replicated, sharded, trie)
   np.testing.assert_array_equal(np.asarray(items), np.asarray(whole[0]))
   np.testing.assert_allclose(np.asarray(scores), np.asarray(whole[1]), rtol=1e-5)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from colarec_jax.data import prepare as prepare_lib
+from colarec_jax.settings import Settings
+from colarec_jax import stages
 from colarec_jax.errors import DataError
 from colarec_jax.gid import sources
 from conftest import REPO
@@ -38,7 +40,8 @@ def test_content_embeddings_match_dense_svd():
 @pytest.fixture(scope="module")
 def tiny_prepared(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("gidprep"))
-  return workdir, prepare_lib.prepare(tiny.get_config(), workdir, log=lambda *_: 0)
+  return workdir, prepare_lib.prepare(Settings.parse(tiny.get_config()).data, workdir,
+                                      log=lambda *_: 0)
 
 
 def small_gid_config(source):
@@ -56,7 +59,7 @@ def test_gid_stage_builds_caches_and_reports(tiny_prepared, tmp_path, source):
   _, prepared = tiny_prepared
   config = small_gid_config(source)
   logs = []
-  table = sources.gids_for_config(config, prepared, str(tmp_path), log=logs.append)
+  table = stages.gid_table(Settings.parse(config), prepared, str(tmp_path), log=logs.append)
   assert table.num_items == prepared.dataset.num_items and table.depth == 3
   assert len({tuple(c) for c in table.codes[1:].tolist()}) == table.num_items
   summary = logs[-1]
@@ -66,7 +69,7 @@ def test_gid_stage_builds_caches_and_reports(tiny_prepared, tmp_path, source):
              [manifest["report"]["levels"][0]["size_histogram"]]) == 36
   assert (tmp_path / "gid" / "tree_balance.png").read_bytes()[:4] == b"\x89PNG"
   logs.clear()
-  again = sources.gids_for_config(config, prepared, str(tmp_path), log=logs.append)
+  again = stages.gid_table(Settings.parse(config), prepared, str(tmp_path), log=logs.append)
   assert logs[0] == f"reusing GIDs in {tmp_path}/gid" and logs[1] == summary
   np.testing.assert_array_equal(again.codes, table.codes)
 
@@ -75,8 +78,8 @@ def test_file_source_reads_the_authors_gids(shared_data, tmp_path):
   config = phones.get_config()
   config.data.dir = os.path.join(shared_data, "phones")
   config.gid.source = "file"
-  prepared = prepare_lib.prepare(config, str(tmp_path), log=lambda *_: 0)
-  table = sources.gids_for_config(config, prepared, str(tmp_path), log=lambda *_: 0)
+  prepared = prepare_lib.prepare(Settings.parse(config).data, str(tmp_path), log=lambda *_: 0)
+  table = stages.gid_table(Settings.parse(config), prepared, str(tmp_path), log=lambda *_: 0)
   with open(os.path.join(shared_data, "phones", "phones.item"), encoding="utf-8") as f:
     next(f)
     column = {line.split("\t")[0]: line.rstrip("\n").split("\t")[4] for line in f}

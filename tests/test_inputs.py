@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from colarec_jax.data import prepare as prepare_lib
+from colarec_jax.settings import Settings
 from colarec_jax.data.dataset import TRAIN
 from colarec_jax.gid import builder
 from colarec_jax.gid.table import GidTable
@@ -14,7 +15,7 @@ from configs import tiny
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-  return prepare_lib.prepare(tiny.get_config(), str(tmp_path_factory.mktemp("inp")),
+  return prepare_lib.prepare(Settings.parse(tiny.get_config()).data, str(tmp_path_factory.mktemp("inp")),
                              log=lambda *_: 0)
 
 

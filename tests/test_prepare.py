@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from colarec_jax.data import prepare as prepare_lib
+from colarec_jax.settings import Settings
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
 from colarec_jax.data.split import split_counts
 from colarec_jax.errors import ConfigError, DataError
@@ -28,7 +29,7 @@ def quiet(*_):
 
 def test_prepare_tiny_arrays_and_split_rule(tmp_path):
   config = tiny_config(tmp_path)
-  prepared = prepare_lib.prepare(config, str(tmp_path / "w"), log=quiet)
+  prepared = prepare_lib.prepare(Settings.parse(config).data, str(tmp_path / "w"), log=quiet)
   ds = prepared.dataset
   assert (ds.num_users, ds.num_items, ds.num_interactions) == (48, 36, 395)
   assert prepared.item_tokens.shape == (37, config.data.max_item_tokens)
@@ -51,7 +52,7 @@ def test_prepare_tiny_arrays_and_split_rule(tmp_path):
 def test_temporal_order_puts_newest_rows_in_test(tmp_path):
   config = tiny_config(tmp_path)
   config.data.split_order = "temporal"
-  prepared = prepare_lib.prepare(config, str(tmp_path / "w"), log=quiet)
+  prepared = prepare_lib.prepare(Settings.parse(config).data, str(tmp_path / "w"), log=quiet)
   ds = prepared.dataset
   for u in range(1, ds.num_users + 1):
     part = prepared.split[ds.users == u]
@@ -62,20 +63,20 @@ def test_reuse_and_rebuild(tmp_path):
   config = tiny_config(tmp_path, copy=True)
   workdir = str(tmp_path / "w")
   logs = []
-  prepare_lib.prepare(config, workdir, log=logs.append)
+  prepare_lib.prepare(Settings.parse(config).data, workdir, log=logs.append)
   arrays = os.path.join(workdir, "data", "arrays.npz")
   stamp = os.stat(arrays).st_mtime_ns
-  prepare_lib.prepare(config, workdir, log=logs.append)
+  prepare_lib.prepare(Settings.parse(config).data, workdir, log=logs.append)
   assert logs[-1].startswith("reusing prepared data")
   assert os.stat(arrays).st_mtime_ns == stamp
 
   config.data.max_item_tokens = 5  # a config change rebuilds
-  prepared = prepare_lib.prepare(config, workdir, log=logs.append)
+  prepared = prepare_lib.prepare(Settings.parse(config).data, workdir, log=logs.append)
   assert prepared.item_tokens.shape[1] == 5 and logs[-1].startswith("prepared data written")
 
   with open(tmp_path / "src" / "tiny.inter", "a") as f:  # an input change rebuilds
     f.write("u00\ti35\t1700000000\n")
-  prepared = prepare_lib.prepare(config, workdir, log=logs.append)
+  prepared = prepare_lib.prepare(Settings.parse(config).data, workdir, log=logs.append)
   assert prepared.dataset.num_interactions == 396
   assert logs[-1].startswith("prepared data written")
 
@@ -86,19 +87,19 @@ def test_failed_preparation_leaves_nothing_partial(tmp_path):
   with open(tmp_path / "src" / "tiny.item", "a") as f:
     f.write("i99\tbroken row\n")
   with pytest.raises(DataError, match=r"tiny\.item:38: row has 2 fields, header has 4"):
-    prepare_lib.prepare(config, str(workdir), log=quiet)
+    prepare_lib.prepare(Settings.parse(config).data, str(workdir), log=quiet)
   assert os.listdir(workdir) == []
 
 
 def test_failed_rebuild_keeps_previous_complete_data(tmp_path):
   config = tiny_config(tmp_path, copy=True)
   workdir = tmp_path / "w"
-  prepare_lib.prepare(config, str(workdir), log=quiet)
+  prepare_lib.prepare(Settings.parse(config).data, str(workdir), log=quiet)
   before = json.loads((workdir / "data" / "manifest.json").read_text())
   with open(tmp_path / "src" / "tiny.inter", "a") as f:
     f.write("u01\ti02\tnoon\n")
   with pytest.raises(DataError, match=r"tiny\.inter:397: column 'timestamp' \(time\) holds 'noon'"):
-    prepare_lib.prepare(config, str(workdir), log=quiet)
+    prepare_lib.prepare(Settings.parse(config).data, str(workdir), log=quiet)
   assert os.listdir(workdir) == ["data"]
   assert json.loads((workdir / "data" / "manifest.json").read_text()) == before
 
@@ -116,22 +117,22 @@ def test_config_errors_name_the_key(tmp_path, key, value, message):
   config = tiny_config(tmp_path)
   config.data[key] = value
   with pytest.raises(ConfigError) as e:
-    prepare_lib.prepare(config, str(tmp_path / "w"), log=quiet)
+    prepare_lib.prepare(Settings.parse(config).data, str(tmp_path / "w"), log=quiet)
   assert str(e.value).startswith(message), str(e.value)
   assert not os.path.exists(tmp_path / "w" / "data")
 
 
 def test_given_tokenizer_is_used(tmp_path):
   config = tiny_config(tmp_path)
-  first = prepare_lib.prepare(config, str(tmp_path / "a"), log=quiet)
-  config.data.tokenizer = first.tokenizer_path
-  second = prepare_lib.prepare(config, str(tmp_path / "b"), log=quiet)
+  first = prepare_lib.prepare(Settings.parse(config).data, str(tmp_path / "a"), log=quiet)
+  config.data.tokenizer = os.path.join(first.directory, "tokenizer.json")
+  second = prepare_lib.prepare(Settings.parse(config).data, str(tmp_path / "b"), log=quiet)
   np.testing.assert_array_equal(first.item_tokens, second.item_tokens)
   assert "tokenizer:tokenizer.json" in second.manifest["key"]["inputs"]
 
 
 def test_format_stats_table(tmp_path):
-  prepared = prepare_lib.prepare(tiny_config(tmp_path), str(tmp_path / "w"), log=quiet)
+  prepared = prepare_lib.prepare(Settings.parse(tiny_config(tmp_path)).data, str(tmp_path / "w"), log=quiet)
   table = prepare_lib.format_stats(prepared)
   assert table.splitlines()[0].split() == ["statistic", "value"]
   assert "interactions" in table and "395" in table and "tokens_per_item_p90" in table
@@ -152,11 +153,11 @@ def test_raw_sources_prepare(tmp_path, source, name, first_content):
   config.data.text_fields = ""
   config.data.kcore = 0  # the fixtures are far smaller than a 5-core
   config.data.vocab_size = 100
-  prepared = prepare_lib.prepare(config, str(tmp_path), log=quiet)
+  prepared = prepare_lib.prepare(Settings.parse(config).data, str(tmp_path), log=quiet)
   ds = prepared.dataset
   assert ds.num_interactions == 10
   assert ds.content(1).startswith(first_content)
   assert prepared.manifest["stats"]["train"] + prepared.manifest["stats"]["test"] <= 10
   config.data.kcore = -1  # auto: raw sources are 5-core filtered, which empties the fixtures
   with pytest.raises(DataError, match="no interactions left after filtering"):
-    prepare_lib.prepare(config, str(tmp_path / "k"), log=quiet)
+    prepare_lib.prepare(Settings.parse(config).data, str(tmp_path / "k"), log=quiet)

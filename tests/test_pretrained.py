@@ -15,6 +15,8 @@ import safetensors.numpy
 from flax import traverse_util
 
 from colarec_jax.data import prepare as prepare_lib
+from colarec_jax.settings import Settings
+from colarec_jax.workspace import Workspace
 from colarec_jax.data import tokenizer as tokenizer_lib
 from colarec_jax.errors import ConfigError
 from colarec_jax.model import pretrained
@@ -242,19 +244,21 @@ def test_tokenizer_file(tmp_path):
   assert pretrained.tokenizer_file(str(tmp_path)) == str(tmp_path / "tokenizer.json")
 
 
-def test_prepare_uses_the_pretrained_tokenizer(tmp_path):
-  folder = tmp_path / "t5"
-  folder.mkdir()
-  tok = save_tokenizer(folder / "tokenizer.json")
+def test_prepare_uses_the_pretrained_tokenizer(folder, tmp_path):
+  t5 = tmp_path / "t5"
+  shutil.copytree(folder, t5)
+  tok = save_tokenizer(t5 / "tokenizer.json")
   config = tiny.get_config()
-  config.model.init_from = str(folder)
-  prepared = prepare_lib.prepare(config, str(tmp_path / "w"), log=lambda *_: 0)
+  config.model.update(init_from=str(t5), d_model=32, d_ff=64, num_heads=4, num_encoder_layers=2,
+                      num_decoder_layers=2)
+  prepared = prepare_lib.prepare(Settings.parse(config).data, str(tmp_path / "w"),
+                                 log=lambda *_: 0)
   assert prepared.vocab_size == tok.get_vocab_size()
-  assert prepared.manifest["key"]["data"]["tokenizer"] == str(folder / "tokenizer.json")
+  assert prepared.manifest["key"]["data"]["tokenizer"] == str(t5 / "tokenizer.json")
   config.data.tokenizer = str(tmp_path / "other.json")
   save_tokenizer(config.data.tokenizer)
   with pytest.raises(ConfigError, match=r"^config\.data\.tokenizer: .*leave data.tokenizer empty"):
-    prepare_lib.prepare(config, str(tmp_path / "w"), log=lambda *_: 0)
+    prepare_lib.prepare(Settings.parse(config).data, str(tmp_path / "w"), log=lambda *_: 0)
 
 
 def test_phones_pretrained_variant(monkeypatch):
@@ -278,16 +282,17 @@ def test_training_starts_from_the_pretrained_weights(folder, tmp_path):
   config.model.update(init_from=str(t5), d_model=32, d_ff=64, num_heads=4, num_encoder_layers=2,
                       num_decoder_layers=2)
   config.cf.epochs = 1
-  ctx = train_lib.build_context(config, str(tmp_path / "w"), log=lambda *_: 0)
-  state = ctx.init_state(train_lib.create_optimizer(config.optim))
+  settings = Settings.parse(config)
+  ws = Workspace.build(settings, str(tmp_path / "w"), log=lambda *_: 0)
+  state = ws.init_state(train_lib.create_optimizer(settings.optim))
   tensors = safetensors.numpy.load_file(os.path.join(folder, pretrained.SAFETENSORS))
-  vocab = ctx.prepared.vocab_size
+  vocab = ws.prepared.vocab_size
   np.testing.assert_array_equal(state.params["shared"]["embedding"],
                                 tensors["shared.weight"][:vocab])
   np.testing.assert_array_equal(
       state.params["encoder"]["layer_0"]["mlp"]["wi"]["kernel"],
       tensors["encoder.block.0.layer.1.DenseReluDense.wi.weight"].T)
-  config.model.d_ff = 128  # refused before any data preparation or LightGCN training
+  config.model.d_ff = 128  # refused when the config is parsed, before any work
   with pytest.raises(ConfigError, match=r"config.model.d_ff: got 128, the checkpoint .* has 64"):
-    train_lib.build_context(config, str(tmp_path / "w2"), log=lambda *_: 0)
+    Settings.parse(config)
   assert not os.path.exists(tmp_path / "w2")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from colarec_jax.data import prepare as prepare_lib
+from colarec_jax.settings import Settings
 from colarec_jax.data.dataset import SPLIT_NAMES, TEST, TRAIN, VALID
 from colarec_jax.data.split import split_counts
 from configs import beauty, default, phones, sports
@@ -35,7 +36,7 @@ def prepared(shared_data, tmp_path_factory):
   def get(name):
     if name not in cache:
       workdir = str(tmp_path_factory.mktemp(name))
-      cache[name] = prepare_lib.prepare(config_for(name, shared_data), workdir, log=lambda *_: 0)
+      cache[name] = prepare_lib.prepare(Settings.parse(config_for(name, shared_data)).data, workdir, log=lambda *_: 0)
     return cache[name]
   return get
 

@@ -11,6 +11,7 @@ import pytest
 from colarec_jax import checkpoint
 from colarec_jax import train as train_lib
 from colarec_jax.errors import ConfigError
+from colarec_jax.settings import Settings
 from configs import tiny
 
 QUIET = dict(log=lambda *_: None, progress_bar=False)
@@ -21,6 +22,10 @@ def config(**train):
   c.cf.epochs = 2
   c.train.update(train)
   return c
+
+
+def train(c, workdir, **kwargs):
+  return train_lib.train_and_evaluate(Settings.parse(c), workdir, **kwargs)
 
 
 def latest_params(workdir):
@@ -40,17 +45,17 @@ def history(workdir):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
-  reports = train_lib.train_and_evaluate(config(epochs=2, steps_per_epoch=6), workdir, **QUIET)
+  reports = train(config(epochs=2, steps_per_epoch=6), workdir, **QUIET)
   return workdir, reports
 
 
 def test_resume_continues_exactly(straight, tmp_path):
   workdir, reports = straight
   resumed = str(tmp_path)
-  train_lib.train_and_evaluate(config(epochs=1, steps_per_epoch=6), resumed, **QUIET)
+  train(config(epochs=1, steps_per_epoch=6), resumed, **QUIET)
   assert latest_params(resumed)[0] == 1
   logs = []
-  again = train_lib.train_and_evaluate(config(epochs=2, steps_per_epoch=6), resumed,
+  again = train(config(epochs=2, steps_per_epoch=6), resumed,
                                        log=logs.append, progress_bar=False)
   assert any("resuming ColaRec after epoch 1" in line for line in logs)
   step_a, params_a = latest_params(workdir)
@@ -84,7 +89,7 @@ def test_outputs_and_best_checkpoint(straight):
 def test_finished_run_does_not_train_again(straight):
   workdir, reports = straight
   logs = []
-  again = train_lib.train_and_evaluate(config(epochs=2, steps_per_epoch=6), workdir,
+  again = train(config(epochs=2, steps_per_epoch=6), workdir,
                                        log=logs.append, progress_bar=False)
   assert not any(line.startswith("colarec epoch") for line in logs)
   assert again["test"].overall == reports["test"].overall
@@ -96,7 +101,7 @@ def test_changed_model_config_is_refused_on_resume(straight):
   c.model.d_ff = 48
   with pytest.raises(ConfigError, match=r"config.model.d_ff: got 48, but the checkpoints in .* "
                                         r"were trained with 64"):
-    train_lib.train_and_evaluate(c, workdir, **QUIET)
+    train(c, workdir, **QUIET)
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
@@ -104,7 +109,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
   c.optim.learning_rate = 1e38
   with pytest.raises(ConfigError, match=r"config.optim.learning_rate: the training loss became "
                                         r"non-finite at step \d+ of epoch 1 .*no checkpoint"):
-    train_lib.train_and_evaluate(c, str(tmp_path), **QUIET)
+    train(c, str(tmp_path), **QUIET)
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -117,7 +122,7 @@ def test_bad_train_keys(tmp_path, key, value, message):
   section, name = key.split(".")
   c[section][name] = value
   with pytest.raises(ConfigError, match=f"config.{key}: got {value}, {message}"):
-    train_lib.train_and_evaluate(c, str(tmp_path), **QUIET)
+    train(c, str(tmp_path), **QUIET)
 
 
 def test_prefetch_keeps_order_and_reraises():

@@ -15,7 +15,9 @@ from colarec_jax.data.dataset import TRAIN
 from colarec_jax.gid import builder
 from colarec_jax.gid.table import GidTable
 from colarec_jax.inputs import InputBuilder, InputConfig, epoch_order
-from colarec_jax.model.colarec import ColaRec
+from colarec_jax.model.colarec import ColaRec, create_model
+from colarec_jax.settings import LossWeights, Settings
+from colarec_jax.workspace import init_state
 from configs import tiny
 
 BATCH = 32
@@ -26,7 +28,9 @@ def setup(tmp_path_factory):
   config = tiny.get_config()
   config.model.update({"d_model": 32, "d_ff": 64, "num_heads": 4, "dropout_rate": 0.0})
   config.gid.branching = 4
-  prepared = prepare_lib.prepare(config, str(tmp_path_factory.mktemp("step")), log=lambda *_: 0)
+  settings = Settings.parse(config)
+  prepared = prepare_lib.prepare(settings.data, str(tmp_path_factory.mktemp("step")),
+                                 log=lambda *_: 0)
   gids = GidTable.from_codes(builder.random_codes(prepared.dataset.num_items, branching=4,
                                                   depth=3, seed=0), 4)
   inputs = InputBuilder(prepared, gids, InputConfig(max_item_tokens=12, max_length=64))
@@ -36,21 +40,21 @@ def setup(tmp_path_factory):
   # that differs between reduction orders, which Adam's m / sqrt(v) turns into a sizeable share of
   # lr, so parameters would differ by more than 1e-5 for reasons unrelated to sharding (batch 16
   # did, on one attention output weight, once its projections changed matmul order).
-  bu, bi, bm = next(epoch_order(users, items, BATCH, rng))
-  batch = inputs.training_batch(bu, bi, bm, rng)
-  model = train_lib.create_model(config, vocab_size=prepared.vocab_size,
-                                 num_items=prepared.dataset.num_items,
-                                 num_users=prepared.dataset.num_users)
+  batch_users, batch_items, real = next(epoch_order(users, items, BATCH, rng))
+  batch = inputs.training_batch(batch_users, batch_items, real, rng)
+  model = create_model(settings.model, vocab_size=prepared.vocab_size,
+                       num_items=prepared.dataset.num_items, num_users=prepared.dataset.num_users,
+                       branching=gids.branching, depth=gids.depth)
   mesh = sharding.make_mesh(4)
-  steps = {None: train_lib.make_train_step(model, train_lib.LossWeights(), None),
-           mesh: train_lib.make_train_step(model, train_lib.LossWeights(), mesh)}
-  return config, model, batch, mesh, steps
+  steps = {None: train_lib.make_train_step(model, LossWeights(), None),
+           mesh: train_lib.make_train_step(model, LossWeights(), mesh)}
+  return settings, model, batch, mesh, steps
 
 
 def run(setup, mesh, steps=3, learning_rate=None):
-  config, model, batch, _, step_fns = setup
-  state = train_lib.init_state(model, train_lib.create_optimizer(config.optim), batch,
-                               jax.random.key(0), mesh)
+  settings, model, batch, _, step_fns = setup
+  state = init_state(model, train_lib.create_optimizer(settings.optim), batch, jax.random.key(0),
+                     mesh)
   if learning_rate is not None:  # a hyper-parameter in the optimizer state: no recompile
     old = state.opt_state[1].hyperparams["learning_rate"]
     state.opt_state[1].hyperparams["learning_rate"] = jnp.full_like(old, learning_rate)

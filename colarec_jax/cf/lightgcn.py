@@ -19,23 +19,37 @@ import numpy as np
 import optax
 
 from colarec_jax import sharding
+from colarec_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class LightGCNConfig:
-  """Hyper-parameters (config.cf)."""
+  """config.cf, checked: the model, BPR training, and its early-stopping loop."""
 
   embedding_dim: int = 64
   num_layers: int = 3
   learning_rate: float = 1e-3
   reg_weight: float = 1e-4
   batch_size: int = 2048
+  epochs: int = 300  # at most; early stopping usually ends sooner
+  eval_every: int = 1  # validate every this many epochs
+  patience: int = 10  # validations without improvement before stopping
 
   @classmethod
   def from_config(cls, cf) -> "LightGCNConfig":
-    return cls(embedding_dim=int(cf.embedding_dim), num_layers=int(cf.num_layers),
-               learning_rate=float(cf.learning_rate), reg_weight=float(cf.reg_weight),
-               batch_size=int(cf.batch_size))
+    out = cls(embedding_dim=int(cf.embedding_dim), num_layers=int(cf.num_layers),
+              learning_rate=float(cf.learning_rate), reg_weight=float(cf.reg_weight),
+              batch_size=int(cf.batch_size), epochs=int(cf.epochs), eval_every=int(cf.eval_every),
+              patience=int(cf.patience))
+    for name in ("embedding_dim", "batch_size", "epochs", "eval_every", "patience"):
+      if getattr(out, name) < 1:
+        raise ConfigError(f"cf.{name}", f"got {getattr(out, name)}, expected >= 1")
+    if out.num_layers < 0:
+      raise ConfigError("cf.num_layers", f"got {out.num_layers}, expected >= 0")
+    if out.epochs < out.eval_every:
+      raise ConfigError("cf.epochs", f"got {out.epochs}, expected >= cf.eval_every = "
+                        f"{out.eval_every} so that validation runs")
+    return out
 
 
 def build_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int,

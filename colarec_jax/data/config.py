@@ -20,6 +20,12 @@ def _choice(key, value, choices):
   return value
 
 
+def cache_root(configured: str = "") -> str:
+  """The cache root: the config key, else $COLAREC_CACHE, else ~/.cache/colarec_jax."""
+  return os.path.abspath(os.path.expanduser(
+      configured or os.environ.get("COLAREC_CACHE") or "~/.cache/colarec_jax"))
+
+
 def parse_text_fields(spec: str) -> tuple[tuple[str, str], ...]:
   """'movie_title:title,class:genres' -> (('movie_title', 'title'), ('class', 'genres')).
 
@@ -60,6 +66,12 @@ class DataConfig:
   vocab_size: int
   max_item_tokens: int
   lowercase: bool
+
+  @property
+  def cache_root(self) -> str:
+    """Where downloads (and the CLI's compiled-program cache) live: `cache_dir`, else
+    $COLAREC_CACHE, else ~/.cache/colarec_jax."""
+    return cache_root(self.cache_dir)
 
   @classmethod
   def from_config(cls, data) -> "DataConfig":

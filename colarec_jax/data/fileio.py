@@ -1,9 +1,10 @@
-"""File helpers shared by the stages: reading with one clear error, and staged (all-or-nothing)
-output folders."""
+"""File helpers shared by the stages: reading with one clear error, staged (all-or-nothing)
+output folders, and the cached stage that every stage (data, LightGCN, GIDs) is built with."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -39,3 +40,43 @@ def staged_directory(target: str):
     os.replace(staging, target)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(directory: str) -> dict | None:
+  """`<directory>/manifest.json`, or None when there is none."""
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def cached_stage(directory: str, key: dict, build, load, *, what: str, log=print):
+  """A stage's output folder, reused while its manifest's key equals `key`, else rebuilt.
+
+  Args:
+    directory: the stage's folder, e.g. `<workdir>/gid`.
+    key: JSON-able description of everything the output depends on (inputs' keys, config).
+    build: `build(staging_dir) -> dict` writes the output files into the staging folder and
+      returns the manifest's other entries; the folder replaces `directory` whole on success.
+    load: `load(directory, manifest) -> result` reads a finished folder.
+    what: names the output in the "reusing ..." and "... written to" lines.
+    log: where those lines go.
+
+  Returns:
+    `load`'s result, for a reused folder or a fresh build alike.
+  """
+  manifest = read_manifest(directory)
+  if manifest is not None and manifest.get("key") == key:
+    log(f"reusing {what} in {directory}")
+    return load(directory, manifest)
+  with staged_directory(directory) as staging:
+    manifest = {"key": key, **build(staging)}
+    with open(os.path.join(staging, MANIFEST), "w") as f:
+      json.dump(manifest, f, indent=1)
+  log(f"{what} written to {directory}")
+  return load(directory, manifest)
+

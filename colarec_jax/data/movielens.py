@@ -15,6 +15,7 @@ import sys
 import tempfile
 import zipfile
 
+from colarec_jax.data.config import cache_root
 from colarec_jax.errors import DataError
 
 WHEEL = "recbole-1.2.1-py3-none-any.whl"
@@ -24,12 +25,6 @@ FILES_SHA256 = {
     "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
 }
-
-
-def cache_dir(configured: str = "") -> str:
-  """The cache root: the config key, else $COLAREC_CACHE, else ~/.cache/colarec_jax."""
-  return os.path.abspath(os.path.expanduser(
-      configured or os.environ.get("COLAREC_CACHE") or "~/.cache/colarec_jax"))
 
 
 def sha256(path: str) -> str:
@@ -54,7 +49,7 @@ def ensure_ml100k(cache: str = "", log=print) -> str:
   Raises:
     DataError: the wheel could not be downloaded (with what to do instead) or its checksum is wrong.
   """
-  root = cache_dir(cache)
+  root = cache_root(cache)
   folder = os.path.join(root, "ml-100k")
   if all(_verified(os.path.join(folder, f), h) for f, h in FILES_SHA256.items()):
     return folder

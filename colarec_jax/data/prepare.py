@@ -1,9 +1,9 @@
 """`--mode=prepare`: load, filter, split, tokenise, and save under `<workdir>/data/`.
 
-The folder holds `arrays.npz` (no pickles), `tokenizer.json` and `manifest.json`. The manifest's key
-(input checksums, the data config, the format version) decides reuse: the same key loads the saved
-arrays, any change rebuilds. A build is written to a temporary sibling folder and renamed into place,
-so a failed preparation leaves no partial `data/` behind.
+The folder holds `arrays.npz` (no pickles), `tokenizer.json` and `manifest.json`. It is a cached
+stage (`fileio.cached_stage`): the manifest's key (input checksums, the data config, the format
+version) decides reuse, any change rebuilds, and a build is written to a temporary sibling folder
+and renamed into place, so a failed preparation leaves no partial `data/` behind.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import numpy as np
 
 from colarec_jax.data import tokenizer as tokenizer_lib
 from colarec_jax.data.config import DataConfig
-from colarec_jax.data.fileio import staged_directory
+from colarec_jax.data.fileio import cached_stage
 from colarec_jax.data.dataset import TEST, TRAIN, VALID, Csr, Dataset
 from colarec_jax.data.movielens import sha256
 from colarec_jax.data.sources import load_dataset, source_files
 from colarec_jax.data.split import ratio_split
 from colarec_jax.errors import ConfigError
-from colarec_jax.model import pretrained
 
 FORMAT_VERSION = 1
 DATA_DIR = "data"
@@ -69,10 +68,6 @@ class Prepared:
     """[m] sorted ids of the users that have rows in `part`."""
     return np.unique(self.dataset.users[self.split == part])
 
-  @property
-  def tokenizer_path(self) -> str:
-    return os.path.join(self.directory, "tokenizer.json")
-
 
 def manifest_key(cfg: DataConfig, files: list[str]) -> dict:
   """What a prepared folder depends on: format, data config, input checksums."""
@@ -84,36 +79,28 @@ def manifest_key(cfg: DataConfig, files: list[str]) -> dict:
   return {"format": FORMAT_VERSION, "data": json.loads(json.dumps(config)), "inputs": inputs}
 
 
-def prepare(config, workdir: str, *, log=print, force: bool = False) -> Prepared:
-  """Prepares `config.data` into `<workdir>/data/`, reusing it when inputs and config match.
+def prepare(cfg: DataConfig, workdir: str, *, log=print) -> Prepared:
+  """Prepares the data config's dataset into `<workdir>/data/`, reusing it when inputs and config
+  match.
 
   Args:
-    config: the full config (`config.data`, and `config.model.init_from` for the tokenizer).
+    cfg: `config.data`, checked (its `tokenizer` is model.init_from's when a pretrained model is
+      used: `settings.Settings.parse` resolves it).
     workdir: the run's working directory.
     log: where progress lines go.
-    force: rebuild even when the manifest matches.
 
   Returns:
     The `Prepared` dataset.
   """
-  # A pretrained model (config.model.init_from) brings its own vocabulary.
-  cfg = dataclasses.replace(DataConfig.from_config(config.data),
-                            tokenizer=pretrained.data_tokenizer(config))
   target = os.path.join(workdir, DATA_DIR)
-  key = manifest_key(cfg, source_files(cfg, log))
-  manifest_path = os.path.join(target, "manifest.json")
-  if not force and os.path.isfile(manifest_path):
-    with open(manifest_path) as f:
-      if json.load(f).get("key") == key:
-        log(f"reusing prepared data in {target}")
-        return load_prepared(target)
-  with staged_directory(target) as staging:
-    _build(cfg, key, staging, log)
-  log(f"prepared data written to {target}")
-  return load_prepared(target)
+
+  return cached_stage(target, manifest_key(cfg, source_files(cfg, log)),
+                      lambda staging: _build(cfg, staging, log),
+                      lambda directory, _: load_prepared(directory), what="prepared data", log=log)
 
 
-def _build(cfg: DataConfig, key: dict, out: str, log) -> None:
+def _build(cfg: DataConfig, out: str, log) -> dict:
+  """Writes arrays.npz and tokenizer.json into `out`; returns the manifest's entries."""
   dataset = load_dataset(cfg, log)
   if cfg.split == "given" and dataset.split is None:
     raise ConfigError("data.split", f"'given' needs benchmark files {cfg.name}.train/valid/"
@@ -145,14 +132,12 @@ def _build(cfg: DataConfig, key: dict, out: str, log) -> None:
       item_ids=dataset.item_ids, item_text=dataset.item_text, item_tokens=tokens,
       item_token_len=lengths)
   special = tokenizer_lib.special_ids(tok)
-  manifest = {
-      "key": key, "name": dataset.name, "text_fields": list(dataset.text_fields),
+  return {
+      "name": dataset.name, "text_fields": list(dataset.text_fields),
       "pad_id": special["pad"], "eos_id": special["eos"], "vocab_size": tok.get_vocab_size(),
       "report": dict(dataset.report),
       "stats": statistics(dataset, split, lengths, cfg.max_item_tokens),
   }
-  with open(os.path.join(out, "manifest.json"), "w") as f:
-    json.dump(manifest, f, indent=1)
 
 
 def load_prepared(directory: str) -> Prepared:

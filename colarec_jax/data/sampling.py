@@ -1,4 +1,5 @@
-"""Negative sampling shared by LightGCN's BPR and ColaRec's inputs (host side, NumPy)."""
+"""Host-side sampling shared by LightGCN and ColaRec (NumPy): fixed-size batches of rows, in a
+shuffled or given order, and uniform negatives."""
 
 from __future__ import annotations
 
@@ -42,3 +43,29 @@ class NegativeSampler:
       neg[bad] = rng.integers(1, self.num_items + 1, len(bad))
     raise ConfigError("data", "could not sample negatives: some user has interacted with nearly "
                       "every item")
+
+
+def padded_batches(order: np.ndarray, batch_size: int):
+  """Fixed-size batches of `order`'s rows; the last is padded by repeating its first row.
+
+  Every batch has the same shape, so a jitted consumer compiles once.
+
+  Yields:
+    (rows [batch_size] taken from `order`, real: how many leading rows are not padding).
+  """
+  for start in range(0, len(order), batch_size):
+    rows = order[start:start + batch_size]
+    yield np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows))]), len(rows)
+
+
+def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator):
+  """`padded_batches` over a permutation of range(n), drawn from `rng` now (not lazily), so what
+  the caller draws from `rng` next is the same however the batches are consumed.
+
+  Returns:
+    (order [n], an iterator of (rows [batch_size], mask [batch_size] bool: True = real row)).
+  """
+  order = rng.permutation(n)
+  return order, ((rows, np.arange(batch_size) < real)
+                 for rows, real in padded_batches(order, batch_size))
+

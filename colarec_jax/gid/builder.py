@@ -8,7 +8,6 @@ are 1..K; 0 is reserved for the decoder start token.
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -16,15 +15,6 @@ import numpy as np
 
 from colarec_jax.errors import ConfigError
 from colarec_jax.gid import kmeans
-
-
-@dataclasses.dataclass(frozen=True)
-class LevelReport:
-  """One level of the tree: cluster sizes and within-cluster squared error."""
-
-  level: int
-  sizes: list[int]  # items per cluster of this level
-  error: float  # total within-cluster squared error (NaN for the last level and non-k-means)
 
 
 def check_capacity(num_items: int, branching: int, depth: int) -> None:
@@ -39,8 +29,7 @@ def check_capacity(num_items: int, branching: int, depth: int) -> None:
 
 
 def hierarchical_codes(embeddings: np.ndarray, *, branching: int, depth: int, key: jax.Array,
-                       n_init: int = 1, max_iters: int = 100
-                       ) -> tuple[np.ndarray, list[LevelReport]]:
+                       n_init: int = 1, max_iters: int = 100) -> np.ndarray:
   """GIDs for n items from their embeddings.
 
   Args:
@@ -52,14 +41,13 @@ def hierarchical_codes(embeddings: np.ndarray, *, branching: int, depth: int, ke
     max_iters: Lloyd iterations at most.
 
   Returns:
-    (codes [n, l] int32 in 1..K, per-level reports).
+    codes [n, l] int32 in 1..K (`gid.sources.tree_report` describes the tree they make).
   """
   n = embeddings.shape[0]
   check_capacity(n, branching, depth)
   x = np.asarray(embeddings, np.float32)
   codes = np.zeros((n, depth), np.int32)
   group = np.zeros(n, np.int64)  # cluster id of each item at the current level
-  reports = []
   for level in range(1, depth):
     capacity = branching ** (depth - level)
     order = np.argsort(group, kind="stable")
@@ -73,17 +61,14 @@ def hierarchical_codes(embeddings: np.ndarray, *, branching: int, depth: int, ke
     index[rows, slot] = order
     mask[rows, slot] = True
     keys = jax.random.split(jax.random.fold_in(key, level), len(groups))
-    assign, errors = kmeans.grouped_balanced_kmeans(
+    assign, _ = kmeans.grouped_balanced_kmeans(
         keys, jnp.asarray(x[index]), jnp.asarray(mask), k=min(branching, width),
         capacity=capacity, max_iters=max_iters, n_init=n_init)
     assign = np.asarray(assign)
     codes[order, level - 1] = assign[rows, slot] + 1
     group = group * branching + (codes[:, level - 1] - 1)
-    reports.append(LevelReport(level, np.bincount(_dense(group)).tolist(),
-                               float(np.asarray(errors).sum())))
   codes[:, depth - 1] = _index_in_group(group)
-  reports.append(LevelReport(depth, [1] * n, float("nan")))
-  return codes, reports
+  return codes
 
 
 def _dense(values: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Where GIDs come from (config.gid.source), the cached GID stage, and its report.
+"""Where GIDs come from (config.gid.source), the cached GID stage in `<workdir>/gid/`, and its
+report.
 
   lightgcn  hierarchical balanced k-means on LightGCN item embeddings (the paper's method)
   content   the same clustering on item-text embeddings: TF-IDF over content words, truncated SVD
@@ -10,15 +11,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 import numpy as np
 
-from colarec_jax.cf import train as cf_train
 from colarec_jax.data import atomic
-from colarec_jax.data.fileio import staged_directory
+from colarec_jax.data.fileio import cached_stage
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.errors import ConfigError, DataError
 from colarec_jax.gid import builder
@@ -45,6 +44,9 @@ class GidConfig:
     if gid.source not in SOURCES:
       raise ConfigError("gid.source", f"got {gid.source!r}, expected one of "
                         f"{', '.join(map(repr, SOURCES))}")
+    for key in ("branching", "depth"):
+      if int(gid[key]) < 2:
+        raise ConfigError(f"gid.{key}", f"got {gid[key]}, expected >= 2")
     for key in ("n_init", "max_iters", "content_dim"):
       if int(gid[key]) < 1:
         raise ConfigError(f"gid.{key}", f"got {gid[key]}, expected >= 1")
@@ -128,66 +130,58 @@ def file_codes(prepared: Prepared, data_dir: str, column: str, branching: int,
   return codes
 
 
-def _embeddings(gc: GidConfig, prepared: Prepared, lightgcn_items) -> np.ndarray | None:
+def _embeddings(gid_cfg: GidConfig, prepared: Prepared, lightgcn_items) -> np.ndarray | None:
   ds = prepared.dataset
-  if gc.source == "lightgcn":
+  if gid_cfg.source == "lightgcn":
     return np.asarray(lightgcn_items())[1:]
-  if gc.source == "content":
+  if gid_cfg.source == "content":
     return content_embeddings([ds.content(i) for i in range(1, ds.num_items + 1)],
-                              gc.content_dim, gc.seed)
+                              gid_cfg.content_dim, gid_cfg.seed)
   return None
 
 
-def build_gid_table(config, prepared: Prepared, workdir: str, lightgcn_items, *,
-                    log=print) -> GidTable:
-  """The GID table of `config.gid`, built or reused from `<workdir>/gid/`.
+def build_gid_table(prepared: Prepared, workdir: str, gid_cfg: GidConfig, *, lightgcn_items,
+                    lightgcn_key: dict, data_dir: str = "", log=print) -> GidTable:
+  """The GID table of `gid_cfg`, built or reused from `<workdir>/gid/`.
 
   Args:
-    config: the full config.
     prepared: the prepared dataset.
     workdir: the run's folder.
+    gid_cfg: config.gid, checked.
     lightgcn_items: callable returning LightGCN item embeddings [num_items + 1, d] (called only
-      for source 'lightgcn'; it trains or reuses LightGCN).
+      for source 'lightgcn', when the GIDs are built; it trains or reuses LightGCN).
+    lightgcn_key: what those embeddings depend on (`cf.train.result_key`); part of the stage's
+      key for source 'lightgcn', so retrained embeddings give new GIDs.
+    data_dir: config.data.dir (source 'file' reads `<data_dir>/<name>.item`).
     log: where the summary line goes.
   """
-  gc = GidConfig.from_config(config.gid)
-  builder.check_capacity(prepared.dataset.num_items, gc.branching, gc.depth)
-  out_dir = os.path.join(workdir, "gid")
-  key = {"data": prepared.manifest["key"], "gid": dataclasses.asdict(gc)}
-  if gc.source == "lightgcn":
-    key["cf"] = json.loads(config.cf.to_json())
-    key["cf_version"] = cf_train.RESULT_VERSION  # GIDs follow retrained LightGCN embeddings
-    key["seed"] = int(config.seed)
-  manifest_path = os.path.join(out_dir, "manifest.json")
-  if os.path.isfile(manifest_path):
-    with open(manifest_path) as f:
-      manifest = json.load(f)
-    if manifest["key"] == key:
-      log(f"reusing GIDs in {out_dir}")
-      log(manifest["summary"])
-      return GidTable.load(os.path.join(out_dir, "gids.npz"))
+  builder.check_capacity(prepared.dataset.num_items, gid_cfg.branching, gid_cfg.depth)
+  key = {"data": prepared.manifest["key"], "gid": dataclasses.asdict(gid_cfg)}
+  if gid_cfg.source == "lightgcn":
+    key["lightgcn"] = lightgcn_key
 
-  embeddings = _embeddings(gc, prepared, lightgcn_items)
-  if embeddings is not None:
-    codes, levels = builder.hierarchical_codes(
-        embeddings, branching=gc.branching, depth=gc.depth, key=jax.random.key(gc.seed),
-        n_init=gc.n_init, max_iters=gc.max_iters)
-  elif gc.source == "random":
-    codes = builder.random_codes(prepared.dataset.num_items, branching=gc.branching,
-                                 depth=gc.depth, seed=gc.seed)
-  else:
-    codes = file_codes(prepared, config.data.dir, gc.file_column, gc.branching, gc.depth)
-  table = GidTable.from_codes(codes, gc.branching, source=f"gid.source={gc.source}")
-  report = tree_report(table, embeddings, gc.source)
-  summary = summary_line(report)
-  log(summary)
-
-  with staged_directory(out_dir) as staging:
+  def build(staging):
+    embeddings = _embeddings(gid_cfg, prepared, lightgcn_items)
+    if embeddings is not None:
+      codes = builder.hierarchical_codes(
+          embeddings, branching=gid_cfg.branching, depth=gid_cfg.depth, key=jax.random.key(gid_cfg.seed),
+          n_init=gid_cfg.n_init, max_iters=gid_cfg.max_iters)
+    elif gid_cfg.source == "random":
+      codes = builder.random_codes(prepared.dataset.num_items, branching=gid_cfg.branching,
+                                   depth=gid_cfg.depth, seed=gid_cfg.seed)
+    else:
+      codes = file_codes(prepared, data_dir, gid_cfg.file_column, gid_cfg.branching, gid_cfg.depth)
+    table = GidTable.from_codes(codes, gid_cfg.branching, source=f"gid.source={gid_cfg.source}")
+    report = tree_report(table, embeddings, gid_cfg.source)
     table.save(os.path.join(staging, "gids.npz"))
     plot_balance(report, os.path.join(staging, "tree_balance.png"))
-    with open(os.path.join(staging, "manifest.json"), "w") as f:
-      json.dump({"key": key, "summary": summary, "report": report}, f, indent=1)
-  return table
+    return {"summary": summary_line(report), "report": report}
+
+  def load(directory, manifest):
+    log(manifest["summary"])
+    return GidTable.load(os.path.join(directory, "gids.npz"))
+
+  return cached_stage(os.path.join(workdir, "gid"), key, build, load, what="GIDs", log=log)
 
 
 def tree_report(table: GidTable, embeddings: np.ndarray | None, source: str) -> dict:
@@ -245,10 +239,3 @@ def plot_balance(report: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)
-
-
-def gids_for_config(config, prepared: Prepared, workdir: str, *, log=print) -> GidTable:
-  """The GID table of config.gid; LightGCN is trained (or reused) when the source needs it."""
-  def lightgcn_items():
-    return cf_train.train_lightgcn(config, prepared, workdir, log=log).item_embeddings
-  return build_gid_table(config, prepared, workdir, lightgcn_items, log=log)

@@ -16,9 +16,54 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from colarec_jax.errors import ConfigError
 from colarec_jax.model.t5 import Decoder, Encoder, TransformerConfig
 
 TASK_REC, TASK_INDEX = 0, 1
+MODEL_NAMES = ("colarec", "lightgcn", "mostpop")  # what config.model.name may train
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """config.model, checked: which model `--mode=train` trains, and ColaRec's encoder-decoder."""
+
+  name: str = "colarec"
+  d_model: int = 128
+  d_ff: int = 512
+  num_heads: int = 4
+  num_encoder_layers: int = 2
+  num_decoder_layers: int = 2
+  dropout_rate: float = 0.1
+  dtype: str = "float32"  # compute dtype; parameters stay float32
+  init_from: str = ""  # a local Hugging Face T5 folder to start from
+
+  @classmethod
+  def from_config(cls, model) -> "ModelConfig":
+    out = cls(str(model.name), int(model.d_model), int(model.d_ff), int(model.num_heads),
+              int(model.num_encoder_layers), int(model.num_decoder_layers),
+              float(model.dropout_rate), str(model.dtype), str(model.init_from))
+    if out.name not in MODEL_NAMES:
+      raise ConfigError("model.name", f"got {out.name!r}, expected one of {', '.join(MODEL_NAMES)}")
+    if out.dtype not in DTYPES:
+      raise ConfigError("model.dtype", f"got {out.dtype!r}, expected 'float32' or 'bfloat16'")
+    for key in ("d_model", "d_ff", "num_heads", "num_encoder_layers", "num_decoder_layers"):
+      if getattr(out, key) < 1:
+        raise ConfigError(f"model.{key}", f"got {getattr(out, key)}, expected >= 1")
+    if out.d_model % out.num_heads:
+      raise ConfigError("model.num_heads", f"got {out.num_heads}, expected a divisor of "
+                        f"model.d_model={out.d_model}")
+    if not 0 <= out.dropout_rate < 1:
+      raise ConfigError("model.dropout_rate", f"got {out.dropout_rate}, expected [0, 1)")
+    return out
+
+  def transformer(self, vocab_size: int) -> TransformerConfig:
+    """The encoder-decoder's shape for a vocabulary of `vocab_size` tokens."""
+    return TransformerConfig(
+        vocab_size=vocab_size, d_model=self.d_model, d_ff=self.d_ff, num_heads=self.num_heads,
+        d_kv=self.d_model // self.num_heads, num_encoder_layers=self.num_encoder_layers,
+        num_decoder_layers=self.num_decoder_layers, dropout_rate=self.dropout_rate,
+        dtype=DTYPES[self.dtype])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,20 +84,20 @@ class ColaRec(nn.Module):
   decode: bool = False
 
   def setup(self):
-    cfg, tc = self.config, self.config.transformer
-    embed = lambda n, name: nn.Embed(n, tc.d_model, embedding_init=nn.initializers.normal(1.0),
+    cfg, transformer = self.config, self.config.transformer
+    embed = lambda n, name: nn.Embed(n, transformer.d_model, embedding_init=nn.initializers.normal(1.0),
                                      name=name)
-    self.shared = embed(tc.vocab_size, "shared")
+    self.shared = embed(transformer.vocab_size, "shared")
     self.item_embed = embed(cfg.num_items + 1, "item_embed")
     self.user_embed = embed(cfg.num_users + 1, "user_embed")
     self.task_embed = embed(2, "task_embed")
     # Decoder input table per position (position 0 holds the start code 0) and codebook per level.
-    shape = (cfg.depth, cfg.branching + 1, tc.d_model)
+    shape = (cfg.depth, cfg.branching + 1, transformer.d_model)
     self.code_embed = self.param("code_embed", nn.initializers.normal(1.0), shape)
     self.codebook = self.param("codebook", nn.initializers.normal(1.0), shape)
     self.codebook_bias = self.param("codebook_bias", nn.initializers.zeros, shape[:2])
-    self.encoder = Encoder(tc, name="encoder")
-    self.decoder = Decoder(tc, decode=self.decode, max_length=cfg.depth, name="decoder")
+    self.encoder = Encoder(transformer, name="encoder")
+    self.decoder = Decoder(transformer, decode=self.decode, max_length=cfg.depth, name="decoder")
 
   def embed_inputs(self, inputs: dict) -> jax.Array:
     """[b, L, d]: content tokens, with item/user ID embeddings in their slots, task at 0."""
@@ -105,3 +150,11 @@ class ColaRec(nn.Module):
     x = self.code_embed[level, previous_code][:, None]
     hidden = self.decoder(x, encoded, mask, deterministic=True, position=level)
     return self.code_logits(hidden, level[None])[:, 0]
+
+
+def create_model(cfg: ModelConfig, *, vocab_size: int, num_items: int, num_users: int,
+                 branching: int, depth: int) -> ColaRec:
+  """The ColaRec module for a model config, a vocabulary, the id tables and a GID tree of
+  `branching` codes per level and `depth` levels (take them from the GID table)."""
+  return ColaRec(ColaRecConfig(cfg.transformer(vocab_size), num_items=num_items,
+                               num_users=num_users, branching=branching, depth=depth))

@@ -272,17 +272,16 @@ def tokenizer_file(folder: str) -> str:
                     "model's own vocabulary")
 
 
-def data_tokenizer(config) -> str:
-  """The tokenizer.json data preparation uses: model.init_from's, else config.data.tokenizer.
+def data_tokenizer(init_from: str, tokenizer: str) -> str:
+  """The tokenizer.json data preparation uses: model.init_from's, else data.tokenizer's.
 
   Raises:
     ConfigError: both are set and name different files.
   """
-  folder = config.model.init_from
-  if not folder:
-    return config.data.tokenizer
-  path = tokenizer_file(folder)
-  if config.data.tokenizer and os.path.abspath(config.data.tokenizer) != os.path.abspath(path):
-    raise ConfigError("data.tokenizer", f"got {config.data.tokenizer!r}, but {KEY}={folder!r} "
+  if not init_from:
+    return tokenizer
+  path = tokenizer_file(init_from)
+  if tokenizer and os.path.abspath(tokenizer) != os.path.abspath(path):
+    raise ConfigError("data.tokenizer", f"got {tokenizer!r}, but {KEY}={init_from!r} "
                       f"brings its own {path}; leave data.tokenizer empty")
   return path

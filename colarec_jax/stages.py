@@ -1,0 +1,48 @@
+"""The cached stages before ColaRec trains, wired together: prepared data, LightGCN, GIDs.
+
+Each is a folder of the workdir, reused while what it depends on is unchanged
+(`data.fileio.cached_stage`); GIDs from LightGCN train (or reuse) LightGCN first. In a
+multi-process run the main process builds them and the others then reuse them
+(`sharding.main_first`).
+"""
+
+from __future__ import annotations
+
+from colarec_jax import sharding
+from colarec_jax.cf import train as cf_train
+from colarec_jax.data import prepare as prepare_lib
+from colarec_jax.data.prepare import Prepared
+from colarec_jax.gid import sources as gid_sources
+from colarec_jax.gid.table import GidTable
+from colarec_jax.settings import Settings
+
+
+def prepared_data(settings: Settings, workdir: str, *, log=print) -> Prepared:
+  """The prepared dataset of `settings.data` in `<workdir>/data/`."""
+  return prepare_lib.prepare(settings.data, workdir, log=log)
+
+
+def lightgcn(settings: Settings, prepared: Prepared, workdir: str, *,
+             log=print) -> cf_train.CFResult:
+  """LightGCN trained (or reused) in `<workdir>/lightgcn/`."""
+  return cf_train.train_lightgcn(prepared, workdir, settings.cf, settings.eval,
+                                 seed=settings.seed, num_devices=settings.num_devices, log=log)
+
+
+def gid_table(settings: Settings, prepared: Prepared, workdir: str, *, log=print) -> GidTable:
+  """The GIDs of `settings.gid` in `<workdir>/gid/`, LightGCN's item embeddings first when they
+  are the source."""
+  return gid_sources.build_gid_table(
+      prepared, workdir, settings.gid,
+      lightgcn_items=lambda: lightgcn(settings, prepared, workdir, log=log).item_embeddings,
+      lightgcn_key=cf_train.result_key(prepared, settings.cf, settings.eval, settings.seed),
+      data_dir=settings.data.dir, log=log)
+
+
+def data_and_gids(settings: Settings, workdir: str, *, log=print, prepared: Prepared | None = None,
+                  gids: GidTable | None = None) -> tuple[Prepared, GidTable]:
+  """Both stages ColaRec needs, built by the main process first; given ones are used as they are."""
+  def build():
+    data = prepared or prepared_data(settings, workdir, log=log)
+    return data, gids or gid_table(settings, data, workdir, log=log)
+  return sharding.main_first("colarec-stages", build)

@@ -1,0 +1,184 @@
+"""A ColaRec run's parts, built from its settings and workdir before the first step, and its
+checkpoints: what training, evaluation, recommendation and the decode benchmark share.
+
+`Workspace.build` brings the cached stages (data, GIDs), the input builder, the model (K and l
+from the GID table), the mesh, and, on demand, the GID trie, the evaluation splits and a
+`Ranker`. Checkpoints live in `<workdir>/colarec/checkpoints/` and are tied to the config
+sections in `settings.FIXED_SECTIONS`: a checkpoint trained with other values is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.training import train_state
+
+from colarec_jax import checkpoint, decode, sharding, stages
+from colarec_jax.data.prepare import Prepared
+from colarec_jax.errors import ConfigError, UsageError
+from colarec_jax.evaluate import EvalSplit
+from colarec_jax.gid.table import GidTable
+from colarec_jax.inputs import InputBuilder
+from colarec_jax.model import pretrained
+from colarec_jax.model.colarec import ColaRec, create_model
+from colarec_jax.recommend import Ranker
+from colarec_jax.settings import Settings
+
+PARAMS_STREAM, DROPOUT_STREAM = 0, 1  # jax.random.fold_in(key(seed), stream)
+
+
+def init_state(model: ColaRec, optimizer, example_batch: dict, key: jax.Array,
+               mesh=None, init_from: str = "") -> train_state.TrainState:
+  """Parameters initialised from one example of `example_batch`, replicated on the mesh.
+
+  With `init_from` (a Hugging Face T5 folder) the encoder-decoder's weights are loaded from it;
+  ColaRec's own parameters keep their fresh initialisation.
+  """
+  one = jax.tree.map(lambda x: x[:1], example_batch)
+  params = jax.jit(model.init)(key, one["user"], one["item_codes"])["params"]
+  if init_from:
+    params = pretrained.init_from_pretrained(params, init_from, model.config.transformer)
+  # No apply_fn: the step calls the model itself, and a bound method (compared by identity) would
+  # give every run's state a new tree structure, hence a new compile of the same step.
+  state = train_state.TrainState.create(apply_fn=None, params=params, tx=optimizer)
+  # A concrete int32 step (not a Python int) so the first step's input matches later ones.
+  state = state.replace(step=jnp.zeros((), jnp.int32))
+  return sharding.replicate(state, mesh)
+
+
+def check_batch_size(settings: Settings) -> None:
+  """Training splits each batch evenly over the mesh's devices (ranking pads its own batches)."""
+  batch = settings.optim.batch_size
+  devices = sharding.num_shards(sharding.make_mesh(settings.num_devices))
+  if batch % devices:
+    raise ConfigError("optim.batch_size", f"got {batch}, expected a positive multiple of the "
+                      f"{devices} devices that training splits it over")
+
+
+def check_compatible(settings: Settings, saved: dict, where: str) -> None:
+  """Raises ConfigError on the first key where the settings differ from a checkpoint's config."""
+  def first_difference(now, then, prefix):
+    if isinstance(now, dict) and isinstance(then, dict):
+      for k in sorted(set(now) | set(then)):
+        found = first_difference(now.get(k), then.get(k), f"{prefix}.{k}" if prefix else k)
+        if found:
+          return found
+      return None
+    return (prefix, now, then) if now != then else None
+
+  found = first_difference(settings.fixed, saved, "")
+  if found:
+    key, now, then = found
+    raise ConfigError(key, f"got {now!r}, but the checkpoints in {where} were trained with "
+                      f"{then!r}; use that value or a new --workdir")
+
+
+def state_arrays(state: train_state.TrainState) -> dict:
+  """What a checkpoint saves of a train state."""
+  return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+@dataclasses.dataclass
+class Workspace:
+  """Everything a ColaRec run builds before its first step (shared by train/evaluate/recommend)."""
+
+  settings: Settings
+  prepared: Prepared
+  gids: GidTable
+  builder: InputBuilder
+  model: ColaRec
+  mesh: object
+  run_dir: str
+  _eval_data: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  @classmethod
+  def build(cls, settings: Settings, workdir: str, *, log=print, prepared: Prepared | None = None,
+            gids: GidTable | None = None) -> "Workspace":
+    """Prepared data, GIDs (LightGCN first when they come from it), inputs and the model.
+
+    `prepared` and `gids`, when the caller already has them for these settings, are used as given.
+    """
+    prepared, gids = stages.data_and_gids(settings, workdir, log=log, prepared=prepared,
+                                          gids=gids)
+    builder = InputBuilder(prepared, gids, settings.inputs)
+    ds = prepared.dataset
+    model = create_model(settings.model, vocab_size=prepared.vocab_size, num_items=ds.num_items,
+                         num_users=ds.num_users, branching=gids.branching, depth=gids.depth)
+    mesh = sharding.make_mesh(settings.num_devices)
+    return cls(settings, prepared, gids, builder, model, mesh, os.path.join(workdir, "colarec"))
+
+  @property
+  def checkpoint_dir(self) -> str:
+    return os.path.join(self.run_dir, "checkpoints")
+
+  def _example(self) -> dict:
+    return {"user": self.builder.eval_inputs(np.asarray([1])), "item_codes": self.gids.codes[1:2]}
+
+  def init_state(self, optimizer) -> train_state.TrainState:
+    """Fresh parameters (from the seed) and optimizer state, placed on the mesh."""
+    key = jax.random.fold_in(jax.random.key(self.settings.seed), PARAMS_STREAM)
+    return init_state(self.model, optimizer, self._example(), key, self.mesh,
+                      init_from=self.settings.model.init_from)
+
+  def abstract_params(self):
+    """Shapes, dtypes and (replicated) shardings of the parameters, without initialising them."""
+    one = self._example()
+    shapes = jax.eval_shape(lambda: self.model.init(jax.random.key(0), one["user"],
+                                                    one["item_codes"])["params"])
+    placement = (jax.sharding.NamedSharding(self.mesh, jax.P()) if self.mesh is not None
+                 else jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement),
+                        shapes)
+
+  @functools.cached_property
+  def trie(self) -> decode.Trie:
+    return decode.Trie.build(self.gids, self.settings.eval.beam_size, self.mesh)
+
+  def eval_data(self, part: int) -> tuple[EvalSplit, dict]:
+    """An evaluation split and its encoder inputs, built once per run and part."""
+    if part not in self._eval_data:
+      split = EvalSplit.build(self.prepared, part, self.settings.eval)
+      self._eval_data[part] = (split, self.builder.eval_inputs(split.users))
+    return self._eval_data[part]
+
+  def ranker(self, params) -> Ranker:
+    return Ranker(self.model, params, self.trie, self.builder, self.settings.eval, self.mesh)
+
+  # Checkpoints ----------------------------------------------------------------------------------
+
+  def _find_checkpoint(self, kind: str, epoch: int | None):
+    """(manager, epoch) of the run's `kind` checkpoint (the newest, or `epoch`), checked against
+    the settings; None when there is none."""
+    manager = checkpoint.create_manager(self.checkpoint_dir, kind)
+    epoch = epoch if epoch is not None else (
+        manager.best_step() if kind == checkpoint.BEST else manager.latest_step())
+    if epoch is None:
+      return None
+    if epoch not in manager.all_steps():
+      raise UsageError("checkpoint", f"no {kind} checkpoint for epoch {epoch} in "
+                       f"{self.checkpoint_dir}; there are {sorted(manager.all_steps())}")
+    check_compatible(self.settings, checkpoint.restore_meta(manager, epoch)["config"],
+                     self.checkpoint_dir)
+    return manager, epoch
+
+  def restore_state(self, kind: str, state, epoch: int | None = None):
+    """(state, progress as saved, epoch) from the run's `kind` checkpoints, or None."""
+    found = self._find_checkpoint(kind, epoch)
+    if found is None:
+      return None
+    manager, epoch = found
+    restored, meta = checkpoint.restore(manager, epoch, state_arrays(state))
+    return state.replace(**restored), meta["progress"], epoch
+
+  def restore_params(self, kind: str, epoch: int | None = None):
+    """(params, epoch) of a checkpoint for ranking (the optimizer state is not read), or None."""
+    found = self._find_checkpoint(kind, epoch)
+    if found is None:
+      return None
+    manager, epoch = found
+    return checkpoint.restore_params(manager, epoch, self.abstract_params()), epoch
