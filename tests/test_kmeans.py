@@ -133,3 +133,31 @@ def test_grouped_error_is_the_returned_partitions_error():
     points = x[g][mask[g]].astype(np.float64)
     sse = sum(((points[a == c] - points[a == c].mean(0)) ** 2).sum() for c in np.unique(a))
     assert error[g] == pytest.approx(sse, rel=1e-4)
+
+
+def test_non_finite_points_end_instead_of_hanging():
+  """One NaN coordinate used to keep the assignment rounds running forever (36 x 16 points).
+
+  Run in a subprocess with a time limit, so a regression fails instead of hanging the suite."""
+  import subprocess
+  import sys
+  code = ("import jax, numpy as np\n"
+          "from colarec_jax.gid import kmeans\n"
+          "x = np.random.default_rng(0).normal(size=(36, 16)).astype(np.float32)\n"
+          "x[5, 3] = np.nan\n"
+          "assign, _ = kmeans.balanced_kmeans(jax.random.key(0), x, np.ones(36, bool), k=4,\n"
+          "                                   capacity=9, max_iters=5)\n"
+          "print(np.asarray(assign).shape)\n")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == "(36,)"
+
+
+def test_gid_builder_refuses_non_finite_embeddings():
+  from colarec_jax.gid import builder
+  x = np.ones((20, 4), np.float32)
+  x[7, 1] = np.inf
+  with pytest.raises(ValueError, match=r"GID embeddings must be finite; 1 of 20 rows are not "
+                                       r"\(first: row 7, item 8\)"):
+    builder.hierarchical_codes(x, branching=4, depth=3, key=jax.random.key(0))

@@ -46,6 +46,10 @@ def hierarchical_codes(embeddings: np.ndarray, *, branching: int, depth: int, ke
   n = embeddings.shape[0]
   check_capacity(n, branching, depth)
   x = np.asarray(embeddings, np.float32)
+  bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+  if len(bad):
+    raise ValueError(f"GID embeddings must be finite; {len(bad)} of {n} rows are not (first: "
+                     f"row {bad[0]}, item {bad[0] + 1})")
   codes = np.zeros((n, depth), np.int32)
   group = np.zeros(n, np.int64)  # cluster id of each item at the current level
   for level in range(1, depth):

@@ -42,6 +42,7 @@ class _LloydState:
 class _AssignState:
   assign: jax.Array  # [B, n] int32, -1 while unassigned
   room: jax.Array  # [B, k] int32 remaining capacity
+  rounds: jax.Array  # [] int32 rounds run
 
 
 def kmeans_plus_plus(key: jax.Array, x: jax.Array, mask: jax.Array, k: int) -> jax.Array:
@@ -144,7 +145,9 @@ def balanced_assign(dist: jax.Array, mask: jax.Array, capacity: int) -> jax.Arra
   rows = jnp.arange(dist.shape[0])[:, None]
 
   def pending(state):
-    return jnp.any(mask & (state.assign < 0))
+    # At most k + 1 rounds are needed (each assigns every proposer or fills a cluster); the bound
+    # also ends the loop on inputs where that argument fails (non-finite distances).
+    return jnp.any(mask & (state.assign < 0)) & (state.rounds <= k + 1)
 
   def round_(state):
     todo = mask & (state.assign < 0)
@@ -158,10 +161,11 @@ def balanced_assign(dist: jax.Array, mask: jax.Array, capacity: int) -> jax.Arra
                         < jnp.take_along_axis(room, cluster, 1)))
     assign = jnp.where(accept, choice, state.assign).astype(jnp.int32)
     taken = jnp.zeros_like(room).at[rows, jnp.where(accept, choice, k)].add(1)[:, :k]
-    return _AssignState(assign, state.room - taken)
+    return _AssignState(assign, state.room - taken, state.rounds + 1)
 
   init = _AssignState(jnp.full(mask.shape, -1, jnp.int32),
-                      jnp.full((mask.shape[0], k), capacity, jnp.int32))  # capacity is traced
+                      jnp.full((mask.shape[0], k), capacity, jnp.int32),  # capacity is traced
+                      jnp.zeros((), jnp.int32))
   return jax.lax.while_loop(pending, round_, init).assign.reshape(tuple(batch) + (n,))
 
 
