@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   train.patience = 10  # validations without improvement of eval.metric before stopping
   train.log_every = 10  # steps between progress-bar / TensorBoard updates
   train.keep_checkpoints = 2  # latest checkpoints kept for resuming (the best is kept apart)
+  # Also checkpoint every this many steps inside an epoch, so a preempted run loses at most that
+  # many (0 = at epoch ends only). SIGTERM / SIGINT always save at the next step boundary.
+  train.checkpoint_every_steps = 0
 
   # Loss weights: lambda_gen (L_rec + L_index) + L_bpr + lambda_c L_c (official 0.08, 0.1).
   loss = config.loss = ml_collections.ConfigDict()

@@ -20,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from colarec_jax import allocator, pipeline, sharding
+from colarec_jax import allocator, interrupts, pipeline, sharding
 from colarec_jax.errors import ColarecError
 from colarec_jax.settings import Settings
 
@@ -46,6 +46,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  interrupts.install()  # SIGINT / SIGTERM: one line, a distinct exit code, a resumable run
   allocator.keep_freed_memory()  # before XLA's first big buffers; see colarec_jax/allocator.py
   try:
     settings = Settings.parse(FLAGS.config)  # every key checked before any work
@@ -60,6 +61,9 @@ def main(argv):
       sharding.initialize_distributed()
     pipeline.run(FLAGS.mode, settings, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                  split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n)
+  except interrupts.Interrupted as e:
+    print(f"interrupted: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
   except ColarecError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

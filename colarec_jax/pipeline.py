@@ -5,12 +5,14 @@ Every entry takes `Settings` (the config parsed once, `Settings.parse(config)`) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
 from colarec_jax import checkpoint, evaluate, sharding, stages
 from colarec_jax import train as train_lib
 from colarec_jax.cf import train as cf_train
+from colarec_jax.data import fileio
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
 from colarec_jax.errors import UsageError
@@ -62,8 +64,9 @@ def _checkpoint_epoch(which: str) -> tuple[str, int | None]:
 
 
 def _restored_ranker(settings: Settings, workdir: str, which: str, log, prepared=None):
-  """(workspace, ranker) with the parameters of checkpoint `which`."""
-  ws = Workspace.build(settings, workdir, log=log, prepared=prepared)
+  """(workspace, ranker) with the parameters of checkpoint `which`; the cached stages are used
+  as training left them (nothing is written)."""
+  ws = Workspace.build(settings, workdir, log=log, prepared=prepared, read_only=True)
   kind, epoch = _checkpoint_epoch(which)
   restored = ws.restore_params(kind, epoch)
   if restored is None:
@@ -93,7 +96,7 @@ def recommend(settings: Settings, workdir: str, *, user: str = "", items: str = 
   if not 1 <= top_n <= settings.eval.beam_size:
     raise UsageError("top_n", f"got {top_n}, expected 1 to eval.beam_size = "
                      f"{settings.eval.beam_size}")
-  prepared = stages.prepared_data(settings, workdir, log=log)
+  prepared = stages.prepared_data(settings, workdir, log=log, read_only=True)
   ds = prepared.dataset
   if user:
     index = {raw: n for n, raw in enumerate(ds.user_ids.tolist()) if n}
@@ -108,10 +111,12 @@ def recommend(settings: Settings, workdir: str, *, user: str = "", items: str = 
       if raw not in index:
         raise UsageError("items", f"{raw!r} is not an item of {ds.name} ({ds.num_items} items, "
                          f"e.g. {str(ds.item_ids[1])!r})")
+      if index[raw] in history:
+        raise UsageError("items", f"{raw!r} is listed twice; expected each item once")
       history.append(index[raw])
   _, ranker = _restored_ranker(settings, workdir, which, log, prepared)
-  if user:
-    ranked = ranker.for_user(user_id, prepared.csr(TRAIN), top_n)
+  if user:  # nothing the user already has: training, validation or test items
+    ranked = ranker.for_user(user_id, prepared.csr(TRAIN, VALID, TEST), top_n)
   else:
     ranked = ranker.for_history(history, top_n)
   return [(str(ds.item_ids[i]), ds.content(int(i))) for i in ranked[ranked > 0]]
@@ -125,9 +130,18 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> N
   trained = ALL_MODELS if mode == "all" else (settings.model.name,)
   if mode in ("train", "all") and "colarec" in trained:
     check_batch_size(settings)  # before any data is prepared or model trained
+  read_only = mode in ("evaluate", "recommend")
+  # One writer per workdir (readers share it); the main process speaks for a multi-process run.
+  lock = (fileio.workdir_lock(workdir, exclusive=not read_only, log=log)
+          if sharding.is_main_process() else contextlib.nullcontext())
+  with lock:
+    _run(mode, settings, workdir, trained, read_only, log, flags)
 
+
+def _run(mode, settings, workdir, trained, read_only, log, flags) -> None:
+  """`run`'s work, under the workdir's lock."""
   def cached_stages():
-    prepared, gids = stages.prepared_data(settings, workdir, log=log), None
+    prepared, gids = stages.prepared_data(settings, workdir, log=log, read_only=read_only), None
     if mode in ("stats", "all"):
       log(prepare_lib.format_stats(prepared))
     if mode in ("gid", "all"):

@@ -11,15 +11,28 @@ from __future__ import annotations
 from colarec_jax import sharding
 from colarec_jax.cf import train as cf_train
 from colarec_jax.data import prepare as prepare_lib
+from colarec_jax.data.dataset import TEST, VALID
 from colarec_jax.data.prepare import Prepared
+from colarec_jax.errors import ConfigError
 from colarec_jax.gid import sources as gid_sources
 from colarec_jax.gid.table import GidTable
 from colarec_jax.settings import Settings
 
 
-def prepared_data(settings: Settings, workdir: str, *, log=print) -> Prepared:
-  """The prepared dataset of `settings.data` in `<workdir>/data/`."""
-  return prepare_lib.prepare(settings.data, workdir, log=log)
+def prepared_data(settings: Settings, workdir: str, *, log=print,
+                  read_only: bool = False) -> Prepared:
+  """The prepared dataset of `settings.data` in `<workdir>/data/`.
+
+  Raises:
+    ConfigError: the split left no validation or no test interactions.
+  """
+  prepared = prepare_lib.prepare(settings.data, workdir, log=log, read_only=read_only)
+  for part, name in ((VALID, "validation"), (TEST, "test")):
+    if not len(prepared.users_with(part)):
+      raise ConfigError("data.split_ratios", f"{prepared.dataset.name} has no {name} "
+                        "interactions after the split; expected some in both the validation and "
+                        "the test part (model selection and testing need them)")
+  return prepared
 
 
 def lightgcn(settings: Settings, prepared: Prepared, workdir: str, *,
@@ -29,20 +42,22 @@ def lightgcn(settings: Settings, prepared: Prepared, workdir: str, *,
                                  seed=settings.seed, num_devices=settings.num_devices, log=log)
 
 
-def gid_table(settings: Settings, prepared: Prepared, workdir: str, *, log=print) -> GidTable:
+def gid_table(settings: Settings, prepared: Prepared, workdir: str, *, log=print,
+              read_only: bool = False) -> GidTable:
   """The GIDs of `settings.gid` in `<workdir>/gid/`, LightGCN's item embeddings first when they
   are the source."""
   return gid_sources.build_gid_table(
       prepared, workdir, settings.gid,
       lightgcn_items=lambda: lightgcn(settings, prepared, workdir, log=log).item_embeddings,
       lightgcn_key=cf_train.result_key(prepared, settings.cf, settings.eval, settings.seed),
-      data_dir=settings.data.dir, log=log)
+      data_dir=settings.data.dir, log=log, read_only=read_only)
 
 
 def data_and_gids(settings: Settings, workdir: str, *, log=print, prepared: Prepared | None = None,
-                  gids: GidTable | None = None) -> tuple[Prepared, GidTable]:
+                  gids: GidTable | None = None,
+                  read_only: bool = False) -> tuple[Prepared, GidTable]:
   """Both stages ColaRec needs, built by the main process first; given ones are used as they are."""
   def build():
-    data = prepared or prepared_data(settings, workdir, log=log)
-    return data, gids or gid_table(settings, data, workdir, log=log)
+    data = prepared or prepared_data(settings, workdir, log=log, read_only=read_only)
+    return data, gids or gid_table(settings, data, workdir, log=log, read_only=read_only)
   return sharding.main_first("colarec-stages", build)

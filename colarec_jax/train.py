@@ -18,7 +18,6 @@ exactly. What the loop runs on (data, GIDs, model, checkpoints) comes from `work
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -33,7 +32,7 @@ import numpy as np
 import optax
 import tqdm
 
-from colarec_jax import checkpoint, losses, reporting, sharding
+from colarec_jax import checkpoint, interrupts, losses, reporting, sharding
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.errors import ConfigError
@@ -163,15 +162,21 @@ def prefetch(iterator, size: int = 2):
     yield item
 
 
-def epoch_batches(ws: Workspace, epoch: int, steps: int):
-  """The epoch's training batches: a generator seeded by (seed, epoch), so resumes repeat it."""
+def epoch_batches(ws: Workspace, epoch: int, steps: int, skip: int = 0):
+  """The epoch's training batches: a generator seeded by (seed, epoch), so resumes repeat it.
+
+  `skip` leaves out the first batches (a resume from a mid-epoch checkpoint); they are still
+  built, so the generator is where the uninterrupted epoch would have it.
+  """
   rng = np.random.default_rng([ws.settings.seed, epoch])
   users, items = ws.prepared.rows(TRAIN)
   batch_size = ws.settings.optim.batch_size
   order = epoch_order(users, items, batch_size, rng)
   process_share = sharding.process_rows(ws.mesh, batch_size)
-  for batch_users, batch_items, real in itertools.islice(order, steps):
-    yield ws.builder.training_batch(batch_users, batch_items, real, rng, process_share)
+  for n, (batch_users, batch_items, real) in enumerate(itertools.islice(order, steps)):
+    batch = ws.builder.training_batch(batch_users, batch_items, real, rng, process_share)
+    if n >= skip:
+      yield batch
 
 
 def steps_per_epoch(ws: Workspace) -> int:
@@ -189,81 +194,121 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
 
   Returns:
     {'valid': Report, 'test': Report} of the best checkpoint.
+
+  Raises:
+    interrupts.Interrupted: a signal stopped the run; a checkpoint of its last step was saved.
   """
   check_batch_size(settings)
   ws = Workspace.build(settings, workdir, log=log, prepared=prepared, gids=gids)
   train_cfg, ev = settings.train, settings.eval
   steps = steps_per_epoch(ws)
   state = ws.init_state(create_optimizer(settings.optim, train_cfg.epochs * steps))
-  run = Progress()
-  # A rerun on the same workdir continues from its latest checkpoint, exactly.
-  resumed = ws.restore_state(checkpoint.LATEST, state)
+  template = state
+  run, within = Progress(), None
+  # A rerun on the same workdir continues from its last good checkpoint, exactly: the latest
+  # epoch's, then a mid-epoch one after it; the best checkpoint is made to agree with them.
+  ws.clean_unfinished(log)
+  resumed = ws.restore_latest(template, log)
   if resumed is not None:
     state, saved, _ = resumed
     run = Progress(**saved)
+  partial = ws.restore_partial(template, run.epoch, log)
+  if partial is not None:
+    state, within = partial
+    log(f"resuming ColaRec at step {within['epoch_step']} of epoch {run.epoch + 1} from "
+        f"{ws.checkpoint_dir}")
+  elif resumed is not None:
     log(f"resuming ColaRec after epoch {run.epoch} from {ws.checkpoint_dir}")
-  latest = checkpoint.create_manager(ws.checkpoint_dir, checkpoint.LATEST,
-                                     max_to_keep=train_cfg.keep_checkpoints)
-  best = checkpoint.create_manager(ws.checkpoint_dir, checkpoint.BEST)
+  ws.reconcile_best(run, template, log)
+  latest = ws.manager(checkpoint.LATEST, max_to_keep=train_cfg.keep_checkpoints)
+  best, mid_epoch = ws.manager(checkpoint.BEST), ws.manager(checkpoint.PARTIAL)
   step_fn = make_train_step(ws.model, settings.loss, ws.mesh)
   dropout_key = jax.random.fold_in(jax.random.key(settings.seed), DROPOUT_STREAM)
   valid, valid_inputs = ws.eval_data(VALID)
   writer = reporting.summary_writer(os.path.join(workdir, "tensorboard", "colarec"))
   batch_size = settings.optim.batch_size
+  every = train_cfg.checkpoint_every_steps
 
-  while run.epoch < train_cfg.epochs and not run.stopped:
-    epoch = run.epoch
-    sums, seen, start = {}, 0, time.perf_counter()
-    pending = []
-    bar = tqdm.tqdm(total=steps, desc=f"colarec epoch {epoch + 1}", leave=False,
-                    disable=None if progress_bar else True)
-    # Host batches are built a step ahead in a thread while the device runs the current step.
-    for n, batch in enumerate(prefetch(epoch_batches(ws, epoch, steps))):
-      state, metrics = step_fn(state, sharding.global_rows(batch, ws.mesh, batch_size),
-                               dropout_key)
-      pending.append(metrics)
-      if (n + 1) % train_cfg.log_every and n + 1 < steps:
-        continue
-      # Fetch a window of step metrics at once: no host sync on every step.
-      fetched = sharding.to_host(pending)
-      for m in fetched:
-        seen += 1
-        # A non-finite loss will not recover: stop with the setting to change.
-        if not np.isfinite(m["loss"]):
-          raise ConfigError("optim.learning_rate", _non_finite_message(ws, m, run.epoch, seen))
-        for k, v in m.items():
-          sums[k] = sums.get(k, 0.0) + float(v)
-      global_step = int(epoch * steps + seen)
-      for k, v in fetched[-1].items():
-        writer.add_scalar(f"train/{k}", float(v), global_step)
-      bar.update(len(pending))
-      bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}",
-                      ex_s=f"{seen * batch_size / (time.perf_counter() - start):.1f}")
-      pending = []
-    bar.close()
-    seconds = time.perf_counter() - start
-    record = {"epoch": epoch + 1, "seconds": seconds,
-              "examples_per_second": seen * batch_size / seconds,
-              "seconds_per_step": seconds / max(seen, 1),
-              **{k: v / max(seen, 1) for k, v in sums.items()}}
-    # Validate by beam search every eval_every epochs and at the last; count towards stopping.
-    evaluated = (epoch + 1) % train_cfg.eval_every == 0 or epoch + 1 == train_cfg.epochs
-    if evaluated:
-      report = ws.ranker(state.params).evaluate(valid, valid_inputs)
-      value = report.overall[ev.metric]
-      record.update({f"valid/{k}": v for k, v in report.overall.items()})
-      for k, v in report.overall.items():
-        writer.add_scalar(f"valid/{k}", v, epoch + 1)
-      improved = run.validated(value, epoch + 1, train_cfg.patience)
-    run.epoch = epoch + 1
-    run.history.append(record)
-    writer.flush()
-    log(reporting.epoch_line(record, ev.metric))
-    # Checkpoint every epoch (the latest few, to resume), and the best one apart (to test).
-    meta = {"progress": dataclasses.asdict(run), "config": settings.fixed}
-    checkpoint.save(latest, epoch + 1, state_arrays(state), meta)
-    if evaluated and improved:
-      checkpoint.save(best, epoch + 1, state_arrays(state), meta, score=value)
+  with interrupts.deferred():
+    while run.epoch < train_cfg.epochs and not run.stopped:
+      epoch = run.epoch
+      done = within["epoch_step"] if within else 0  # steps of this epoch already trained
+      sums, seen = (dict(within["sums"]), within["seen"]) if within else ({}, 0)
+      start = time.perf_counter() - (within["seconds"] if within else 0.0)
+      within, pending = None, []
+      bar = tqdm.tqdm(total=steps, initial=done, desc=f"colarec epoch {epoch + 1}", leave=False,
+                      disable=None if progress_bar else True)
+
+      def fetch():
+        """Fetches the pending steps' metrics at once (no host sync on every step) and adds
+        them to the epoch's sums; a non-finite loss will not recover, so it stops the run."""
+        nonlocal seen, pending
+        fetched = sharding.to_host(pending)
+        for m in fetched:
+          seen += 1
+          if not np.isfinite(m["loss"]):
+            raise ConfigError("optim.learning_rate", _non_finite_message(ws, m, run.epoch, seen))
+          for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        for k, v in fetched[-1].items():
+          writer.add_scalar(f"train/{k}", float(v), int(epoch * steps + seen))
+        bar.update(len(pending))
+        bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}",
+                        ex_s=f"{seen * batch_size / (time.perf_counter() - start):.1f}")
+        pending = []
+
+      # Host batches are built a step ahead in a thread while the device runs the current step.
+      for n, batch in enumerate(prefetch(epoch_batches(ws, epoch, steps, skip=done)), start=done):
+        state, metrics = step_fn(state, sharding.global_rows(batch, ws.mesh, batch_size),
+                                 dropout_key)
+        pending.append(metrics)
+        stop = interrupts.requested()
+        save_now = stop is not None or (every and (n + 1) % every == 0 and n + 1 < steps)
+        if save_now or (n + 1) % train_cfg.log_every == 0 or n + 1 == steps:
+          fetch()
+        # A mid-epoch checkpoint (every N steps, or on a signal) lets a rerun resume this step.
+        if save_now:
+          checkpoint.save(mid_epoch, epoch * steps + n + 1, state_arrays(state), ws.meta(
+              run, epoch_step=n + 1, sums=sums, seen=seen, seconds=time.perf_counter() - start))
+        if stop is not None:
+          bar.close()
+          writer.close()
+          raise interrupts.Interrupted(stop, f"stopped by {interrupts.NAMES[stop]} at step "
+                                       f"{n + 1} of epoch {epoch + 1}; saved a checkpoint there, "
+                                       "rerun the same command to resume")
+      bar.close()
+      seconds = time.perf_counter() - start
+      record = {"epoch": epoch + 1, "seconds": seconds,
+                "examples_per_second": seen * batch_size / seconds,
+                "seconds_per_step": seconds / max(seen, 1),
+                **{k: v / max(seen, 1) for k, v in sums.items()}}
+      # Validate by beam search every eval_every epochs and at the last; count towards stopping.
+      evaluated = (epoch + 1) % train_cfg.eval_every == 0 or epoch + 1 == train_cfg.epochs
+      if evaluated:
+        report = ws.ranker(state.params).evaluate(valid, valid_inputs)
+        value = report.overall[ev.metric]
+        record.update({f"valid/{k}": v for k, v in report.overall.items()})
+        for k, v in report.overall.items():
+          writer.add_scalar(f"valid/{k}", v, epoch + 1)
+        improved = run.validated(value, epoch + 1, train_cfg.patience)
+      run.epoch = epoch + 1
+      run.history.append(record)
+      writer.flush()
+      log(reporting.epoch_line(record, ev.metric))
+      # Checkpoint every epoch (the latest few, to resume), then the best one apart (to test):
+      # a run killed between the two saves has its best repaired from `latest` on resume.
+      meta = ws.meta(run)
+      checkpoint.save(latest, epoch + 1, state_arrays(state), meta)
+      if evaluated and improved:
+        checkpoint.save(best, epoch + 1, state_arrays(state), meta, score=value)
+      for step in mid_epoch.all_steps():  # superseded by the epoch's checkpoint
+        checkpoint.delete(mid_epoch, step)
+      if interrupts.requested() is not None:  # a signal during validation: the epoch is saved
+        writer.close()
+        raise interrupts.Interrupted(interrupts.requested(), f"stopped by "
+                                     f"{interrupts.NAMES[interrupts.requested()]} after epoch "
+                                     f"{epoch + 1}; its checkpoint is saved, rerun the same "
+                                     "command to resume")
   writer.close()
   if run.stopped:
     log(f"early stopping: no better valid {ev.metric} for {train_cfg.patience} validations")

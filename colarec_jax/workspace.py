@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 
 import jax
@@ -19,6 +20,7 @@ import numpy as np
 from flax.training import train_state
 
 from colarec_jax import checkpoint, decode, sharding, stages
+from colarec_jax.data.fileio import first_difference
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.errors import ConfigError, UsageError
 from colarec_jax.evaluate import EvalSplit
@@ -26,6 +28,7 @@ from colarec_jax.gid.table import GidTable
 from colarec_jax.inputs import InputBuilder
 from colarec_jax.model import pretrained
 from colarec_jax.model.colarec import ColaRec, create_model
+from colarec_jax.progress import Progress
 from colarec_jax.recommend import Ranker
 from colarec_jax.settings import Settings
 
@@ -62,16 +65,7 @@ def check_batch_size(settings: Settings) -> None:
 
 def check_compatible(settings: Settings, saved: dict, where: str) -> None:
   """Raises ConfigError on the first key where the settings differ from a checkpoint's config."""
-  def first_difference(now, then, prefix):
-    if isinstance(now, dict) and isinstance(then, dict):
-      for k in sorted(set(now) | set(then)):
-        found = first_difference(now.get(k), then.get(k), f"{prefix}.{k}" if prefix else k)
-        if found:
-          return found
-      return None
-    return (prefix, now, then) if now != then else None
-
-  found = first_difference(settings.fixed, saved, "")
+  found = first_difference(settings.fixed, saved)
   if found:
     key, now, then = found
     raise ConfigError(key, f"got {now!r}, but the checkpoints in {where} were trained with "
@@ -98,13 +92,14 @@ class Workspace:
 
   @classmethod
   def build(cls, settings: Settings, workdir: str, *, log=print, prepared: Prepared | None = None,
-            gids: GidTable | None = None) -> "Workspace":
+            gids: GidTable | None = None, read_only: bool = False) -> "Workspace":
     """Prepared data, GIDs (LightGCN first when they come from it), inputs and the model.
 
-    `prepared` and `gids`, when the caller already has them for these settings, are used as given.
+    `prepared` and `gids`, when the caller already has them for these settings, are used as given;
+    `read_only` uses the cached stages as they are (evaluate, recommend) and never builds one.
     """
     prepared, gids = stages.data_and_gids(settings, workdir, log=log, prepared=prepared,
-                                          gids=gids)
+                                          gids=gids, read_only=read_only)
     builder = InputBuilder(prepared, gids, settings.inputs)
     ds = prepared.dataset
     model = create_model(settings.model, vocab_size=prepared.vocab_size, num_items=ds.num_items,
@@ -151,10 +146,100 @@ class Workspace:
 
   # Checkpoints ----------------------------------------------------------------------------------
 
-  def _find_checkpoint(self, kind: str, epoch: int | None):
-    """(manager, epoch) of the run's `kind` checkpoint (the newest, or `epoch`), checked against
-    the settings; None when there is none."""
-    manager = checkpoint.create_manager(self.checkpoint_dir, kind)
+  @functools.cached_property
+  def fingerprint(self) -> dict:
+    """What a checkpoint was trained on beyond its config: the prepared arrays and the GIDs."""
+    return {"data": self.prepared.manifest.get("files", {}).get("arrays.npz", ""),
+            "gids": hashlib.sha256(np.ascontiguousarray(self.gids.codes)).hexdigest()}
+
+  def meta(self, run: Progress, **extra) -> dict:
+    """A checkpoint's JSON part: the run's progress, the config and the fingerprint."""
+    return {"progress": dataclasses.asdict(run), "config": self.settings.fixed,
+            "fingerprint": self.fingerprint, **extra}
+
+  def manager(self, kind: str, **options):
+    return checkpoint.create_manager(self.checkpoint_dir, kind, **options)
+
+  def _check_meta(self, meta: dict) -> None:
+    """Refuses a checkpoint of another config, or trained on other data or GIDs."""
+    check_compatible(self.settings, meta["config"], self.checkpoint_dir)
+    saved = meta.get("fingerprint", {})
+    for what, name in (("data", "prepared data (data/arrays.npz)"), ("gids", "GIDs (gid/)")):
+      if saved.get(what) != self.fingerprint[what]:
+        raise UsageError("workdir", f"the checkpoints in {self.checkpoint_dir} were trained on "
+                         f"other {name} than the workdir holds now; train in a new --workdir")
+
+  def clean_unfinished(self, log) -> None:
+    """Training only (the workdir's writer): drops the temporary folders of killed saves."""
+    for path in checkpoint.remove_unfinished(self.checkpoint_dir):
+      log(f"removed {path}, left by a save that did not finish")
+
+  def restore_latest(self, state, log):
+    """(state, progress dict, epoch) of the newest good `latest` checkpoint, or None.
+
+    A damaged newer checkpoint is removed with one warning, and the one before it is used.
+    """
+    manager = self.manager(checkpoint.LATEST)
+    for epoch in sorted(manager.all_steps(), reverse=True):
+      found = self._restore_good(manager, epoch, state, log)
+      if found is not None:
+        return found[0], found[1]["progress"], epoch
+    return None
+
+  def restore_partial(self, state, epochs_done: int, log):
+    """(state, meta) of a mid-epoch checkpoint inside epoch `epochs_done + 1`, or None; older
+    partial checkpoints are removed."""
+    manager = self.manager(checkpoint.PARTIAL)
+    for step in sorted(manager.all_steps(), reverse=True):
+      found = self._restore_good(manager, step, state, log)
+      if found is not None and found[1]["progress"]["epoch"] == epochs_done:
+        return found
+      checkpoint.delete(manager, step)
+    return None
+
+  def _restore_good(self, manager, step: int, state, log):
+    """(state, meta) of checkpoint `step` when it is undamaged; a damaged one is removed."""
+    problem = checkpoint.damage(manager, step)
+    if not problem:
+      meta = checkpoint.restore_meta(manager, step)
+      self._check_meta(meta)
+      try:
+        restored, meta = checkpoint.restore(manager, step, state_arrays(state))
+        return state.replace(**restored), meta
+      except Exception as e:  # noqa: BLE001  (any read failure means the same: unusable)
+        problem = f"Orbax could not read it: {type(e).__name__}"
+    log(f"warning: checkpoint {step} in {manager.directory} is damaged ({problem}); removed it "
+        "and went back to the one before")
+    checkpoint.delete(manager, step)
+    return None
+
+  def reconcile_best(self, run: Progress, state, log) -> None:
+    """Makes `best/` hold exactly the epoch `run` calls best: a run killed between the latest
+    and the best save, or a damaged best checkpoint, is repaired from `latest/`."""
+    best, latest = self.manager(checkpoint.BEST), self.manager(checkpoint.LATEST)
+    steps = best.all_steps()
+    if list(steps) == [run.best_epoch] and not checkpoint.damage(best, run.best_epoch):
+      return
+    for step in steps:
+      checkpoint.delete(best, step)
+    if not run.best_epoch:
+      return
+    if run.best_epoch in latest.all_steps() and not checkpoint.damage(latest, run.best_epoch):
+      restored, meta = checkpoint.restore(latest, run.best_epoch, state_arrays(state))
+      checkpoint.save(best, run.best_epoch, restored, meta, score=run.best_metric)
+      log(f"the best checkpoint (epoch {run.best_epoch}) was missing or damaged; restored it "
+          "from the latest checkpoints")
+    else:
+      log(f"warning: the best checkpoint (epoch {run.best_epoch}) is lost and no latest "
+          "checkpoint holds it")
+
+  def restore_params(self, kind: str, epoch: int | None = None):
+    """(params, epoch) of a checkpoint for ranking (the optimizer state is not read), or None.
+
+    Raises:
+      UsageError: the checkpoint asked for does not exist or is damaged.
+    """
+    manager = self.manager(kind)
     epoch = epoch if epoch is not None else (
         manager.best_step() if kind == checkpoint.BEST else manager.latest_step())
     if epoch is None:
@@ -162,23 +247,10 @@ class Workspace:
     if epoch not in manager.all_steps():
       raise UsageError("checkpoint", f"no {kind} checkpoint for epoch {epoch} in "
                        f"{self.checkpoint_dir}; there are {sorted(manager.all_steps())}")
-    check_compatible(self.settings, checkpoint.restore_meta(manager, epoch)["config"],
-                     self.checkpoint_dir)
-    return manager, epoch
-
-  def restore_state(self, kind: str, state, epoch: int | None = None):
-    """(state, progress as saved, epoch) from the run's `kind` checkpoints, or None."""
-    found = self._find_checkpoint(kind, epoch)
-    if found is None:
-      return None
-    manager, epoch = found
-    restored, meta = checkpoint.restore(manager, epoch, state_arrays(state))
-    return state.replace(**restored), meta["progress"], epoch
-
-  def restore_params(self, kind: str, epoch: int | None = None):
-    """(params, epoch) of a checkpoint for ranking (the optimizer state is not read), or None."""
-    found = self._find_checkpoint(kind, epoch)
-    if found is None:
-      return None
-    manager, epoch = found
+    problem = checkpoint.damage(manager, epoch)
+    if problem:
+      raise UsageError("checkpoint", f"the {kind} checkpoint of epoch {epoch} in "
+                       f"{self.checkpoint_dir} is damaged ({problem}); --mode=train repairs the "
+                       "best one from the latest, or use --checkpoint=latest")
+    self._check_meta(checkpoint.restore_meta(manager, epoch))
     return checkpoint.restore_params(manager, epoch, self.abstract_params()), epoch

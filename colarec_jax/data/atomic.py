@@ -86,6 +86,8 @@ def read_atomic(path: str) -> AtomicTable:
     except UnicodeDecodeError as e:
       raise DataError(path, f"invalid UTF-8 (byte {e.start + 1} of the line)", n) from None
 
+  if raw_lines[0].startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not part of a name
+    raw_lines[0] = raw_lines[0][3:]
   names, types = [], []
   for field in decode(1, raw_lines[0]).split("\t"):
     name, sep, kind = field.partition(":")
@@ -94,6 +96,8 @@ def read_atomic(path: str) -> AtomicTable:
     if kind not in TYPES:
       raise DataError(path, f"header field {field!r} has unknown type {kind!r}; expected one of "
                       f"{', '.join(TYPES)}", 1)
+    if name in names:
+      raise DataError(path, f"header names column {name!r} twice; expected each column once", 1)
     names.append(name)
     types.append(kind)
 

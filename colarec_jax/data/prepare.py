@@ -79,7 +79,7 @@ def manifest_key(cfg: DataConfig, files: list[str]) -> dict:
   return {"format": FORMAT_VERSION, "data": json.loads(json.dumps(config)), "inputs": inputs}
 
 
-def prepare(cfg: DataConfig, workdir: str, *, log=print) -> Prepared:
+def prepare(cfg: DataConfig, workdir: str, *, log=print, read_only: bool = False) -> Prepared:
   """Prepares the data config's dataset into `<workdir>/data/`, reusing it when inputs and config
   match.
 
@@ -88,6 +88,7 @@ def prepare(cfg: DataConfig, workdir: str, *, log=print) -> Prepared:
       used: `settings.Settings.parse` resolves it).
     workdir: the run's working directory.
     log: where progress lines go.
+    read_only: use the folder as it is or fail (see `fileio.cached_stage`); never build.
 
   Returns:
     The `Prepared` dataset.
@@ -96,7 +97,8 @@ def prepare(cfg: DataConfig, workdir: str, *, log=print) -> Prepared:
 
   return cached_stage(target, manifest_key(cfg, source_files(cfg, log)),
                       lambda staging: _build(cfg, staging, log),
-                      lambda directory, _: load_prepared(directory), what="prepared data", log=log)
+                      lambda directory, _: load_prepared(directory), what="prepared data", log=log,
+                      read_only=read_only)
 
 
 def _build(cfg: DataConfig, out: str, log) -> dict:

@@ -141,7 +141,8 @@ def _embeddings(gid_cfg: GidConfig, prepared: Prepared, lightgcn_items) -> np.nd
 
 
 def build_gid_table(prepared: Prepared, workdir: str, gid_cfg: GidConfig, *, lightgcn_items,
-                    lightgcn_key: dict, data_dir: str = "", log=print) -> GidTable:
+                    lightgcn_key: dict, data_dir: str = "", log=print,
+                    read_only: bool = False) -> GidTable:
   """The GID table of `gid_cfg`, built or reused from `<workdir>/gid/`.
 
   Args:
@@ -154,6 +155,7 @@ def build_gid_table(prepared: Prepared, workdir: str, gid_cfg: GidConfig, *, lig
       key for source 'lightgcn', so retrained embeddings give new GIDs.
     data_dir: config.data.dir (source 'file' reads `<data_dir>/<name>.item`).
     log: where the summary line goes.
+    read_only: use the folder as it is or fail (see `fileio.cached_stage`); never build.
   """
   builder.check_capacity(prepared.dataset.num_items, gid_cfg.branching, gid_cfg.depth)
   key = {"data": prepared.manifest["key"], "gid": dataclasses.asdict(gid_cfg)}
@@ -181,7 +183,8 @@ def build_gid_table(prepared: Prepared, workdir: str, gid_cfg: GidConfig, *, lig
     log(manifest["summary"])
     return GidTable.load(os.path.join(directory, "gids.npz"))
 
-  return cached_stage(os.path.join(workdir, "gid"), key, build, load, what="GIDs", log=log)
+  return cached_stage(os.path.join(workdir, "gid"), key, build, load, what="GIDs", log=log,
+                      read_only=read_only)
 
 
 def tree_report(table: GidTable, embeddings: np.ndarray | None, source: str) -> dict:
