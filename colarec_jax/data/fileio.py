@@ -216,12 +216,13 @@ def workdir_lock(workdir: str, *, exclusive: bool = True, log=print):
     if exclusive:
       os.ftruncate(fd, 0)
       os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
       for path in remove_stale_staging(workdir):
         log(f"removed {path}, left by a build that did not finish")
-    yield
+    try:
+      yield
+    finally:
+      if exclusive and os.listdir(workdir) == [LOCK]:  # a run that wrote nothing leaves nothing
+        os.unlink(os.path.join(workdir, LOCK))
   finally:
-    if exclusive and os.listdir(workdir) == [LOCK]:  # a run that wrote nothing leaves nothing
-      os.unlink(os.path.join(workdir, LOCK))
     os.close(fd)  # releases the lock
-
