@@ -14,6 +14,7 @@ Flags only; the work is done by library functions (`colarec_jax.pipeline`). Mode
 """
 
 import os
+import re
 import sys
 
 import jax
@@ -69,9 +70,43 @@ def main(argv):
     sys.exit(2)
 
 
+def _flag_error(error: BaseException, argv: list[str]) -> str:
+  """A flag-parsing failure as one line: the flag or config key, and what was expected."""
+  text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+  keys = [a[2:].split("=")[0] for a in argv if a.startswith("--config.")]
+  key = next((k for k in keys if any(f"'{part}" in text for part in k.split(".")[1:])), None)
+  if isinstance(error, (AttributeError, KeyError)) and key:
+    # A --config.<key> override naming no key of the config.
+    suggestion = re.findall(r'Did you mean "([^"]+)"', text)
+    hint = f'; did you mean "{suggestion[0]}"?' if suggestion else ""
+    return f"{key}: there is no such config key{hint}"
+  if path and not os.path.isfile(path):
+    return f"--config: {path!r} is not a file; expected a config file such as configs/default.py"
+  if isinstance(error, flags.Error):
+    return text.removeprefix("flag ")
+  cause = error.__cause__ or error
+  where = f" (line {cause.lineno})" if getattr(cause, "lineno", None) else ""
+  return (f"--config: cannot load {path!r}: {type(cause).__name__}: "
+          f"{getattr(cause, 'msg', None) or cause}{where}; expected a file whose get_config() "
+          "returns a config, such as configs/default.py")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every failure as one line on stderr and exit code 2."""
+  try:
+    remaining = FLAGS(argv)
+    if FLAGS["config"].present:
+      FLAGS.config.keys()  # the config file loads lazily: fail here, not in the middle of a run
+    return remaining
+  except Exception as e:  # noqa: BLE001  (whatever the config file or a flag raises: one line)
+    print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run():
   """Console-script entry point (`colarec-jax`)."""
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def train_models(settings: Settings, workdir: str, names, *, log=print, prepared
   `prepared` and `gids` may be passed when the caller has built them for these settings.
   """
   prepared = prepared or stages.prepared_data(settings, workdir, log=log)
+  stages.check_evaluable(prepared)
   results = {}
   for name in names:
     if name == "mostpop":
@@ -91,11 +92,7 @@ def recommend(settings: Settings, workdir: str, *, user: str = "", items: str = 
               top_n: int = 10, which: str = "best", log=print) -> list[tuple[str, str]]:
   """Top-N (item id, content) for a known user id, or for a comma-separated list of item ids
   (an ad-hoc history, most recent first: a new user, no retraining). Ids are the dataset's own."""
-  if bool(user) == bool(items):
-    raise UsageError("user", "give exactly one of --user=<user id> or --items=<id,id,...>")
-  if not 1 <= top_n <= settings.eval.beam_size:
-    raise UsageError("top_n", f"got {top_n}, expected 1 to eval.beam_size = "
-                     f"{settings.eval.beam_size}")
+  _check_recommend_flags(settings, user, items, top_n)
   prepared = stages.prepared_data(settings, workdir, log=log, read_only=True)
   ds = prepared.dataset
   if user:
@@ -122,6 +119,14 @@ def recommend(settings: Settings, workdir: str, *, user: str = "", items: str = 
   return [(str(ds.item_ids[i]), ds.content(int(i))) for i in ranked[ranked > 0]]
 
 
+def _check_recommend_flags(settings: Settings, user: str, items: str, top_n: int) -> None:
+  if bool(user) == bool(items):
+    raise UsageError("user", "give exactly one of --user=<user id> or --items=<id,id,...>")
+  if not 1 <= top_n <= settings.eval.beam_size:
+    raise UsageError("top_n", f"got {top_n}, expected 1 to eval.beam_size = "
+                     f"{settings.eval.beam_size}")
+
+
 def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> None:
   """Runs one CLI mode (see `main`); `flags` are the evaluate/recommend flags."""
   if not sharding.is_main_process():
@@ -131,6 +136,11 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> N
   if mode in ("train", "all") and "colarec" in trained:
     check_batch_size(settings)  # before any data is prepared or model trained
   read_only = mode in ("evaluate", "recommend")
+  if read_only:  # flag mistakes first, before any file is read
+    _checkpoint_epoch(flags.get("checkpoint", "best"))
+  if mode == "recommend":
+    _check_recommend_flags(settings, flags.get("user", ""), flags.get("items", ""),
+                           int(flags.get("top_n", 10)))
   # One writer per workdir (readers share it); the main process speaks for a multi-process run.
   lock = (fileio.workdir_lock(workdir, exclusive=not read_only, log=log)
           if sharding.is_main_process() else contextlib.nullcontext())

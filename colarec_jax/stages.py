@@ -21,23 +21,28 @@ from colarec_jax.settings import Settings
 
 def prepared_data(settings: Settings, workdir: str, *, log=print,
                   read_only: bool = False) -> Prepared:
-  """The prepared dataset of `settings.data` in `<workdir>/data/`.
+  """The prepared dataset of `settings.data` in `<workdir>/data/`."""
+  return prepare_lib.prepare(settings.data, workdir, log=log, read_only=read_only)
+
+
+def check_evaluable(prepared: Prepared) -> None:
+  """Training selects models on the validation part and tests on the test part: both must hold
+  interactions.
 
   Raises:
-    ConfigError: the split left no validation or no test interactions.
+    ConfigError: one of them is empty.
   """
-  prepared = prepare_lib.prepare(settings.data, workdir, log=log, read_only=read_only)
   for part, name in ((VALID, "validation"), (TEST, "test")):
     if not len(prepared.users_with(part)):
       raise ConfigError("data.split_ratios", f"{prepared.dataset.name} has no {name} "
                         "interactions after the split; expected some in both the validation and "
                         "the test part (model selection and testing need them)")
-  return prepared
 
 
 def lightgcn(settings: Settings, prepared: Prepared, workdir: str, *,
              log=print) -> cf_train.CFResult:
   """LightGCN trained (or reused) in `<workdir>/lightgcn/`."""
+  check_evaluable(prepared)
   return cf_train.train_lightgcn(prepared, workdir, settings.cf, settings.eval,
                                  seed=settings.seed, num_devices=settings.num_devices, log=log)
 

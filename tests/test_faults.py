@@ -42,21 +42,28 @@ def reference(tmp_path_factory):
   return workdir, outcome(workdir)
 
 
-@pytest.mark.parametrize("fault,code", [
-    ("step:4:SIGTERM", 128 + signal.SIGTERM),  # mid-epoch 1: saved at that step, exit 143
-    ("step:9:SIGKILL", -signal.SIGKILL),  # mid-epoch 2: nothing saved since epoch 1
-    ("inside_latest:2:SIGKILL", -signal.SIGKILL),  # epoch 2's save written, not finished
-    ("after_latest:2:SIGKILL", -signal.SIGKILL),  # between the last epoch's latest and best saves
-    ("gid_build:1:SIGKILL", -signal.SIGKILL),  # inside the GID stage's build
+STOPPED = "interrupted: stopped by {} at step 4 of epoch 1; saved a checkpoint there, rerun " \
+          "the same command to resume"
+
+
+@pytest.mark.parametrize("fault,code,line", [
+    # mid-epoch 1: a checkpoint of that step, exit 143 (SIGTERM) or 130 (SIGINT, Ctrl-C)
+    ("step:4:SIGTERM", 128 + signal.SIGTERM, STOPPED.format("SIGTERM")),
+    ("step:4:SIGINT", 128 + signal.SIGINT, STOPPED.format("SIGINT")),
+    ("step:9:SIGKILL", -signal.SIGKILL, None),  # mid-epoch 2: nothing saved since epoch 1
+    ("inside_latest:2:SIGKILL", -signal.SIGKILL, None),  # epoch 2's save written, not finished
+    ("after_latest:2:SIGKILL", -signal.SIGKILL, None),  # between the last latest and best saves
+    ("gid_build:1:SIGKILL", -signal.SIGKILL, None),  # inside the GID stage's build
+    ("gid_build:1:SIGINT", 128 + signal.SIGINT,  # Ctrl-C there: the staging folder is removed
+     "interrupted: stopped by SIGINT; every finished stage is kept, rerun the same command to "
+     "go on"),
 ])
-def test_killed_run_resumes_to_the_same_result(reference, tmp_path, fault, code):
+def test_killed_run_resumes_to_the_same_result(reference, tmp_path, fault, code, line):
   _, expected = reference
   killed = cli(tmp_path, fault=fault)
   assert killed.returncode == code, killed.stderr
-  if code > 0:  # a signal the run handles: one line, no traceback
-    assert killed.stderr.strip().splitlines() == [
-        "interrupted: stopped by SIGTERM at step 4 of epoch 1; saved a checkpoint there, rerun "
-        "the same command to resume"]
+  if line:  # a signal the run handles: one line, no traceback
+    assert killed.stderr.strip().splitlines() == [line]
   rerun = cli(tmp_path)
   assert rerun.returncode == 0, rerun.stderr
   assert outcome(tmp_path) == expected

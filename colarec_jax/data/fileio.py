@@ -199,6 +199,7 @@ def workdir_lock(workdir: str, *, exclusive: bool = True, log=print):
   Raises:
     UsageError: the workdir cannot be created or written, or another run holds the lock.
   """
+  created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     fd = os.open(os.path.join(workdir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
@@ -222,7 +223,9 @@ def workdir_lock(workdir: str, *, exclusive: bool = True, log=print):
     try:
       yield
     finally:
-      if exclusive and os.listdir(workdir) == [LOCK]:  # a run that wrote nothing leaves nothing
-        os.unlink(os.path.join(workdir, LOCK))
+      if (exclusive or created) and os.listdir(workdir) == [LOCK]:
+        os.unlink(os.path.join(workdir, LOCK))  # a run that wrote nothing leaves nothing
+        if created:
+          os.rmdir(workdir)
   finally:
     os.close(fd)  # releases the lock

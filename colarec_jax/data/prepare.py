@@ -123,6 +123,10 @@ def _build(cfg: DataConfig, out: str, log) -> dict:
                                         lowercase=cfg.lowercase)
     lowercase = False  # the trained tokenizer's normaliser lowercases
   tokens, lengths = tokenizer_lib.encode_texts(tok, corpus, cfg.max_item_tokens, lowercase)
+  textless = int((lengths[1:] == 0).sum())
+  if textless:
+    log(f"warning: {textless} of {dataset.num_items} items have no text in data.text_fields "
+        f"({', '.join(c for c, _ in cfg.text_fields)}); ColaRec knows them by their ID alone")
   tok.save(os.path.join(out, "tokenizer.json"))
 
   np.savez(

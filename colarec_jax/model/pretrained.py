@@ -69,6 +69,9 @@ def read_config(folder: str) -> dict:
                       ) from None
   except (OSError, ValueError) as e:
     raise ConfigError(KEY, f"{path} is not readable JSON ({e})") from None
+  if not isinstance(hf_config, dict):
+    raise ConfigError(KEY, f"{path} holds a JSON {type(hf_config).__name__}; expected an object "
+                      "of the model's settings")
   if hf_config.get("model_type") != "t5":
     raise ConfigError(KEY, f"{path} has model_type={hf_config.get('model_type')!r}; only 't5' "
                       "(T5 v1.0: t5-small, t5-base, ...) is supported")
