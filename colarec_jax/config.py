@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   inputs.max_length = 256  # recommendation input length (official 256)
   inputs.index_users = 1  # user-ID slots on an indexing input (official 1)
   inputs.uad_on_item_inputs = True  # paper; False = official code (uad only on the i+ input)
+  inputs.use_content = True  # False: no item text, only atomic IDs (the w/o-content ablation)
 
   # Optimisation (official: AdamW, lr 5e-4, weight decay 0.01, constant, clip 1.0, batch 128).
   optim = config.optim = ml_collections.ConfigDict()
@@ -69,10 +70,14 @@ def base_config() -> ml_collections.ConfigDict:
   # many (0 = at epoch ends only). SIGTERM / SIGINT always save at the next step boundary.
   train.checkpoint_every_steps = 0
 
-  # Loss weights: lambda_gen (L_rec + L_index) + L_bpr + lambda_c L_c (official 0.08, 0.1).
+  # One weight per loss term (official: lambda_gen = 0.08 on L_rec and L_index, 1 on L_bpr,
+  # lambda_c = 0.1 on L_c). A weight of 0 removes the term and the passes only it needs, e.g.
+  # --config.loss.index_weight=0 trains without the indexing task.
   loss = config.loss = ml_collections.ConfigDict()
-  loss.lambda_gen = 0.08
-  loss.lambda_c = 0.1
+  loss.rec_weight = 0.08
+  loss.index_weight = 0.08
+  loss.bpr_weight = 1.0
+  loss.contrastive_weight = 0.1
 
   # Data: where interactions and item text come from, and how they are split and tokenised.
   data = config.data = ml_collections.ConfigDict()

@@ -146,6 +146,8 @@ class Report:
     num_users: evaluated users.
     num_long_tail: long-tail users.
     long_tail_threshold: max training interactions of a long-tail user.
+    users: [num_users] the evaluated users (kept in memory, not in `to_json`).
+    per_user: metric name -> [num_users] each user's value (for paired tests; not in `to_json`).
   """
 
   overall: dict[str, float]
@@ -153,9 +155,12 @@ class Report:
   num_users: int
   num_long_tail: int
   long_tail_threshold: int
+  users: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+  per_user: dict | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def to_json(self) -> dict:
-    return dataclasses.asdict(self)
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name not in ("users", "per_user")}
 
 
 def evaluate_ranking(ranked: np.ndarray, users: np.ndarray, heldout: Csr,
@@ -167,7 +172,7 @@ def evaluate_ranking(ranked: np.ndarray, users: np.ndarray, heldout: Csr,
   mean = lambda mask: {k: float(v[mask].mean()) if mask.any() else 0.0
                        for k, v in per_user.items()}
   return Report(mean(np.ones(len(users), bool)), mean(tail), len(users), int(tail.sum()),
-                threshold)
+                threshold, users=np.asarray(users), per_user=per_user)
 
 
 def format_table(rows: dict[str, Report], ks: Sequence[int] = (5, 10, 20)) -> str:

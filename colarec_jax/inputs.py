@@ -33,11 +33,13 @@ class InputConfig:
   max_length: int = 256  # recommendation input length (official 256)
   index_users: int = 1  # user-ID slots on an indexing input (official samples 1)
   uad_on_item_inputs: bool = True  # paper; False = official code (uad only on the i+ input)
+  use_content: bool = True  # False: items are their ID slot alone (the w/o-content ablation)
 
   @classmethod
   def from_config(cls, cfg, max_item_tokens: int) -> "InputConfig":
     out = cls(int(cfg.max_history), int(cfg.eval_history), int(max_item_tokens),
-              int(cfg.max_length), int(cfg.index_users), bool(cfg.uad_on_item_inputs))
+              int(cfg.max_length), int(cfg.index_users), bool(cfg.uad_on_item_inputs),
+              bool(cfg.use_content))
     for key in ("max_history", "index_users"):
       if getattr(out, key) < 0:
         raise ConfigError(f"inputs.{key}", f"got {getattr(out, key)}, expected >= 0")
@@ -67,7 +69,7 @@ class InputBuilder:
     self.item_users = Csr.from_pairs(items, users, ds.num_items)
     self.negatives = NegativeSampler(users, items, ds.num_items)
     tokens = prepared.item_tokens[:, :cfg.max_item_tokens]
-    self.content = [row[row != prepared.pad_id] for row in tokens]
+    self.content = [row[row != prepared.pad_id] if cfg.use_content else row[:0] for row in tokens]
     self.siblings = gids.siblings()
     self.leaf_parent = gids.item_leaf_parent
 

@@ -38,7 +38,7 @@ def pairwise(*, anchor: jax.Array, positive: jax.Array, negative: jax.Array, mas
   return -jnp.sum(jax.nn.log_sigmoid(margin) * mask) / total
 
 
-def total_loss(*, rec: jax.Array, index: jax.Array, bpr: jax.Array, contrastive: jax.Array,
-               lambda_gen: float, lambda_c: float) -> jax.Array:
-  """lambda_gen (L_rec + L_index) + L_bpr + lambda_c L_c (official 0.08 and 0.1)."""
-  return lambda_gen * (rec + index) + bpr + lambda_c * contrastive
+def total_loss(parts: dict[str, jax.Array], weights: dict[str, float]) -> jax.Array:
+  """sum of weights[name] * parts[name] over the terms computed (official: 0.08 L_rec +
+  0.08 L_index + L_bpr + 0.1 L_c)."""
+  return sum(weights[name] * value for name, value in parts.items())

@@ -82,14 +82,27 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
-  """config.loss: lambda_gen (L_rec + L_index) + L_bpr + lambda_c L_c."""
+  """config.loss: one weight per term (official: 0.08 L_rec + 0.08 L_index + L_bpr + 0.1 L_c).
+  A zero weight removes the term, and the passes only it needs, from the step."""
 
-  lambda_gen: float = 0.08
-  lambda_c: float = 0.1
+  rec: float = 0.08
+  index: float = 0.08
+  bpr: float = 1.0
+  contrastive: float = 0.1
 
   @classmethod
   def from_config(cls, loss) -> "LossWeights":
-    return cls(float(loss.lambda_gen), float(loss.lambda_c))
+    out = cls(float(loss.rec_weight), float(loss.index_weight), float(loss.bpr_weight),
+              float(loss.contrastive_weight))
+    for name, value in out.as_dict().items():
+      if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"loss.{name}_weight", f"got {value}, expected a finite number >= 0")
+    if not any(out.as_dict().values()):
+      raise ConfigError("loss.rec_weight", "every loss weight is 0; expected at least one term")
+    return out
+
+  def as_dict(self) -> dict[str, float]:
+    return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ from colarec_jax.cf import train as cf_train
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.dataset import TEST, VALID
 from colarec_jax.data.prepare import Prepared
+from colarec_jax.data.sources import source_files
 from colarec_jax.errors import ConfigError
 from colarec_jax.gid import sources as gid_sources
 from colarec_jax.gid.table import GidTable
@@ -54,7 +55,8 @@ def gid_table(settings: Settings, prepared: Prepared, workdir: str, *, log=print
   return gid_sources.build_gid_table(
       prepared, workdir, settings.gid,
       lightgcn_items=lambda: lightgcn(settings, prepared, workdir, log=log).item_embeddings,
-      lightgcn_key=cf_train.result_key(prepared, settings.cf, settings.eval, settings.seed),
+      lightgcn_key=cf_train.result_key(prepared.manifest["key"], settings.cf, settings.eval,
+                                       settings.seed),
       data_dir=settings.data.dir, log=log, read_only=read_only)
 
 
@@ -66,3 +68,13 @@ def data_and_gids(settings: Settings, workdir: str, *, log=print, prepared: Prep
     data = prepared or prepared_data(settings, workdir, log=log, read_only=read_only)
     return data, gids or gid_table(settings, data, workdir, log=log, read_only=read_only)
   return sharding.main_first("colarec-stages", build)
+
+
+def stage_keys(settings: Settings, *, log=print) -> dict[str, dict]:
+  """The keys the data, LightGCN and GID stages of `settings` have, without building any (the
+  data key checksums the input files): runs whose stages have equal keys can share them."""
+  data_key = prepare_lib.manifest_key(settings.data, source_files(settings.data, log))
+  lightgcn_key = cf_train.result_key(data_key, settings.cf, settings.eval, settings.seed)
+  return {"data": data_key, "lightgcn": lightgcn_key,
+          "gid": gid_sources.stage_key(data_key, settings.gid, lightgcn_key)}
+

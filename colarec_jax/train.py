@@ -75,7 +75,8 @@ def _concat(*inputs: dict) -> dict:
 def make_train_step(model: ColaRec, weights: LossWeights, mesh=None):
   """Returns jitted `(state, batch, key) -> (state, metrics)`; state is donated.
 
-  Cached by (model, weights, mesh), so runs in one process share the compiled step.
+  Cached by (model, weights, mesh), so runs in one process share the compiled step. A loss term
+whose weight is 0 is not computed, nor are the encoder and decoder passes only it reads.
 
   `batch` is `InputBuilder.training_batch` output (split over the mesh's 'data' axis when there
   is one); `key` is the run's dropout key, folded with the step number (and device index).
@@ -97,30 +98,38 @@ def make_train_step(model: ColaRec, weights: LossWeights, mesh=None):
         params = jax.lax.pcast(params, axis, to="varying")
       variables = {"params": params}
       rngs = {"dropout": key}
-      index_in = _concat(batch["item"], batch["neg"], batch["pos"])
-      enc_u = model.apply(variables, batch["user"], deterministic=False, rngs=rngs,
-                          method=ColaRec.encode)
-      enc_idx = model.apply(variables, index_in, deterministic=False, rngs=rngs,
-                            method=ColaRec.encode)
-      h_u = ColaRec.pool(enc_u, batch["user"]["mask"])
-      h_i, h_n, h_p = jnp.split(ColaRec.pool(enc_idx, index_in["mask"]), 3)
-      logits_u = model.apply(variables, enc_u, batch["user"]["mask"], batch["item_codes"],
-                             deterministic=False, rngs=rngs, method=ColaRec.decode_codes)
-      index_codes = jnp.concatenate([batch["item_codes"], batch["neg_codes"]])
-      logits_idx = model.apply(variables, enc_idx[:2 * b], index_in["mask"][:2 * b], index_codes,
-                               deterministic=False, rngs=rngs, method=ColaRec.decode_codes)
-      double_mask = jnp.concatenate([mask, mask])
-      parts = {
-          "rec": losses.generation(logits=logits_u, codes=batch["item_codes"], mask=mask,
-                                   total=total),
-          "index": losses.generation(logits=logits_idx, codes=index_codes, mask=double_mask,
-                                     total=total),
-          "bpr": losses.pairwise(anchor=h_u, positive=h_i, negative=h_n, mask=mask, total=total),
-          "contrastive": losses.pairwise(anchor=h_i, positive=h_p, negative=h_n, mask=mask,
-                                         total=total),
-      }
-      loss = losses.total_loss(**parts, lambda_gen=weights.lambda_gen, lambda_c=weights.lambda_c)
-      return loss, parts
+      encode = lambda x: model.apply(variables, x, deterministic=False, rngs=rngs,
+                                     method=ColaRec.encode)
+      decode = lambda enc, enc_mask, codes: model.apply(
+          variables, enc, enc_mask, codes, deterministic=False, rngs=rngs,
+          method=ColaRec.decode_codes)
+      parts = {}
+      # Only the passes some weighted term reads run: a zero weight removes its term's work.
+      if weights.rec or weights.bpr:
+        enc_u = encode(batch["user"])
+      if weights.index or weights.bpr or weights.contrastive:
+        index_in = _concat(batch["item"], batch["neg"],
+                           *([batch["pos"]] if weights.contrastive else []))
+        enc_idx = encode(index_in)
+        h_i, h_n, *h_p = jnp.split(ColaRec.pool(enc_idx, index_in["mask"]),
+                                   3 if weights.contrastive else 2)
+      if weights.rec:
+        logits_u = decode(enc_u, batch["user"]["mask"], batch["item_codes"])
+        parts["rec"] = losses.generation(logits=logits_u, codes=batch["item_codes"], mask=mask,
+                                         total=total)
+      if weights.index:
+        index_codes = jnp.concatenate([batch["item_codes"], batch["neg_codes"]])
+        logits_idx = decode(enc_idx[:2 * b], index_in["mask"][:2 * b], index_codes)
+        parts["index"] = losses.generation(logits=logits_idx, codes=index_codes,
+                                           mask=jnp.concatenate([mask, mask]), total=total)
+      if weights.bpr:
+        h_u = ColaRec.pool(enc_u, batch["user"]["mask"])
+        parts["bpr"] = losses.pairwise(anchor=h_u, positive=h_i, negative=h_n, mask=mask,
+                                       total=total)
+      if weights.contrastive:
+        parts["contrastive"] = losses.pairwise(anchor=h_i, positive=h_p[0], negative=h_n,
+                                               mask=mask, total=total)
+      return losses.total_loss(parts, weights.as_dict()), parts
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {"loss": loss, **parts}

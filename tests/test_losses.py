@@ -35,6 +35,9 @@ def test_pairwise_loss_hand_computed():
 
 
 def test_total_weights():
-  got = losses.total_loss(rec=jnp.array(2.0), index=jnp.array(3.0), bpr=jnp.array(0.5),
-                          contrastive=jnp.array(4.0), lambda_gen=0.08, lambda_c=0.1)
-  assert float(got) == pytest.approx(0.08 * 5 + 0.5 + 0.4)
+  parts = {"rec": jnp.array(2.0), "index": jnp.array(3.0), "bpr": jnp.array(0.5),
+           "contrastive": jnp.array(4.0)}
+  weights = {"rec": 0.08, "index": 0.08, "bpr": 1.0, "contrastive": 0.1}
+  assert float(losses.total_loss(parts, weights)) == pytest.approx(0.08 * 5 + 0.5 + 0.4)
+  del parts["index"]  # a term not computed (weight 0) adds nothing
+  assert float(losses.total_loss(parts, weights)) == pytest.approx(0.08 * 2 + 0.5 + 0.4)

@@ -102,3 +102,27 @@ def test_tiny_model_overfits_a_handful_of_interactions(setup):
   assert history[-1]["rec"] < 0.05, history[-1]
   np.testing.assert_array_equal(greedy(model, state.params, batch["user"], 3),
                                 batch["item_codes"])
+
+
+@pytest.mark.parametrize("removed", ["rec", "index", "bpr", "contrastive"])
+def test_a_zero_weight_removes_the_term_and_its_work(setup, removed):
+  """The ablated step's loss is the full step's other terms, weighted; it compiles once, and
+  computes less (fewer FLOPs: the passes only the removed term read are gone)."""
+  settings, model, batch, _, step_fns = setup
+  full_weights = LossWeights()
+  ablated = LossWeights(**{**full_weights.as_dict(), removed: 0.0})
+  state = lambda: init_state(model, train_lib.create_optimizer(settings.optim), batch,
+                             jax.random.key(0))
+  _, full = step_fns[None](state(), batch, jax.random.key(1))
+  step = train_lib.make_train_step(model, ablated, None)
+  _, got = step(state(), batch, jax.random.key(1))
+  assert removed not in got
+  expected = sum(w * float(full[name]) for name, w in ablated.as_dict().items() if w)
+  assert float(got["loss"]) == pytest.approx(expected, rel=1e-5)
+  for name in set(full_weights.as_dict()) - {removed}:
+    assert float(got[name]) == pytest.approx(float(full[name]), rel=1e-5), name
+  compiled = step._cache_size()
+  step(state(), batch, jax.random.key(2))
+  assert step._cache_size() == compiled == 1
+  flops = lambda fn: fn.lower(state(), batch, jax.random.key(1)).compile().cost_analysis()["flops"]
+  assert flops(step) < flops(step_fns[None])

@@ -36,6 +36,15 @@ def _dot_scores(user_emb, item_emb, users):
   return user_emb[users] @ item_emb.T
 
 
+def embedding_report(prepared: Prepared, result: "CFResult", part: int,
+                     eval_cfg: EvalConfig) -> evaluate.Report:
+  """LightGCN's metrics on one part, ranked from its saved embeddings (with per-user values)."""
+  score_fn = functools.partial(_dot_scores, jnp.asarray(result.user_embeddings),
+                               jnp.asarray(result.item_embeddings))
+  return evaluate_scores(score_fn, EvalSplit.build(prepared, part, eval_cfg),
+                         prepared.dataset.num_items, eval_cfg)
+
+
 @jax.jit
 def _popularity_scores(counts, users):
   return jnp.broadcast_to(counts, (users.shape[0], counts.shape[0]))
@@ -74,10 +83,11 @@ class CFResult:
   item_embeddings: np.ndarray  # [num_items + 1, d]
 
 
-def result_key(prepared: Prepared, cfg: lightgcn.LightGCNConfig, eval_cfg: EvalConfig,
+def result_key(data_key: dict, cfg: lightgcn.LightGCNConfig, eval_cfg: EvalConfig,
                seed: int) -> dict:
-  """What a LightGCN result depends on (the key of its cached stage, and of GIDs built on it)."""
-  return {"version": RESULT_VERSION, "data": prepared.manifest["key"],
+  """What a LightGCN result depends on (the key of its cached stage, and of GIDs built on it);
+  `data_key` is the prepared data's key."""
+  return {"version": RESULT_VERSION, "data": data_key,
           "cf": dataclasses.asdict(cfg), "eval": eval_cfg.score_ranking_key(), "seed": seed}
 
 
@@ -95,10 +105,11 @@ def train_lightgcn(prepared: Prepared, workdir: str, cfg: lightgcn.LightGCNConfi
                     progress=progress)
     np.savez(os.path.join(staging, "embeddings.npz"), users=result.user_embeddings,
              items=result.item_embeddings)
-    return {"result": {k: v for k, v in dataclasses.asdict(result).items()
-                       if k not in ("user_embeddings", "item_embeddings")}}
+    return {"result": {"valid": result.valid.to_json(), "test": result.test.to_json(),
+                       "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                       "seconds_per_epoch": result.seconds_per_epoch}}
 
-  return cached_stage(os.path.join(workdir, "lightgcn"), result_key(prepared, cfg, eval_cfg, seed),
+  return cached_stage(os.path.join(workdir, "lightgcn"), result_key(prepared.manifest["key"], cfg, eval_cfg, seed),
                       build, _load_result, what="LightGCN embeddings", log=log)
 
 

@@ -140,6 +140,14 @@ def _embeddings(gid_cfg: GidConfig, prepared: Prepared, lightgcn_items) -> np.nd
   return None
 
 
+def stage_key(data_key: dict, gid_cfg: GidConfig, lightgcn_key: dict) -> dict:
+  """What the GIDs depend on: the prepared data, config.gid, and LightGCN when it is the source."""
+  key = {"data": data_key, "gid": dataclasses.asdict(gid_cfg)}
+  if gid_cfg.source == "lightgcn":
+    key["lightgcn"] = lightgcn_key
+  return key
+
+
 def build_gid_table(prepared: Prepared, workdir: str, gid_cfg: GidConfig, *, lightgcn_items,
                     lightgcn_key: dict, data_dir: str = "", log=print,
                     read_only: bool = False) -> GidTable:
@@ -158,9 +166,7 @@ def build_gid_table(prepared: Prepared, workdir: str, gid_cfg: GidConfig, *, lig
     read_only: use the folder as it is or fail (see `fileio.cached_stage`); never build.
   """
   builder.check_capacity(prepared.dataset.num_items, gid_cfg.branching, gid_cfg.depth)
-  key = {"data": prepared.manifest["key"], "gid": dataclasses.asdict(gid_cfg)}
-  if gid_cfg.source == "lightgcn":
-    key["lightgcn"] = lightgcn_key
+  key = stage_key(prepared.manifest["key"], gid_cfg, lightgcn_key)
 
   def build(staging):
     embeddings = _embeddings(gid_cfg, prepared, lightgcn_items)

@@ -1,0 +1,306 @@
+"""The paper's studies as one command: every variant of a suite, over seeds, then one report.
+
+  python -m colarec_jax.experiments --config=configs/default.py --suite=ablation \
+      --root=runs/experiments --seeds=0,1,2
+
+Suites (`SUITES`): `main` (MostPop, LightGCN, ColaRec), `ablation` (the full model, and without
+L_index, L_bpr, L_c or item content) and `gid` (GIDs from LightGCN, from item text, random, and
+the dataset's own file column where it has one). `--sweep=key=v1,v2` runs a study of your own
+instead: one variant per value (several --sweep flags give their product).
+
+Each run (variant x seed) trains in its own workdir, `<root>/<suite>/<variant>/seed<N>`, and
+starts from any stage (prepared data, LightGCN, GIDs) another run under the root already built
+with the same key (hard-linked; the stage checks it as it would its own). A finished run writes
+`row.json` and is skipped next time; an interrupted one resumes from its checkpoints. Rows
+record the config overrides, seed, commit, budget, wall time, examples seen and the metrics
+overall and on long-tail users; `<root>/<suite>/report.md` and its figures are rebuilt from all
+rows after every run (`report.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from colarec_jax import pipeline, stages
+from colarec_jax.data import fileio
+from colarec_jax.data.dataset import TEST
+from colarec_jax.errors import ConfigError, UsageError
+from colarec_jax.settings import Settings
+
+BUDGETS = ("cpu", "paper")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One arm of a study: a name, the config overrides, and the model it trains."""
+
+  name: str
+  overrides: tuple[tuple[str, object], ...] = ()
+
+  @property
+  def slug(self) -> str:
+    return "".join(c if c.isalnum() or c in "._=-" else "_" for c in self.name)
+
+
+SUITES = {
+    "main": (Variant("MostPop", (("model.name", "mostpop"),)),
+             Variant("LightGCN", (("model.name", "lightgcn"),)),
+             Variant("ColaRec", (("model.name", "colarec"),))),
+    "ablation": (Variant("ColaRec (full)"),
+                 Variant("w/o L_index", (("loss.index_weight", 0.0),)),
+                 Variant("w/o L_bpr", (("loss.bpr_weight", 0.0),)),
+                 Variant("w/o L_c", (("loss.contrastive_weight", 0.0),)),
+                 Variant("w/o item content", (("inputs.use_content", False),))),
+    "gid": (Variant("GIDs from LightGCN", (("gid.source", "lightgcn"),)),
+            Variant("GIDs from text (TF-IDF + SVD)", (("gid.source", "content"),)),
+            Variant("random GIDs", (("gid.source", "random"),)),
+            Variant("the dataset's GIDs (file)", (("gid.source", "file"),))),
+}
+REFERENCE = {"main": "ColaRec", "ablation": "ColaRec (full)", "gid": "GIDs from LightGCN"}
+
+
+def _parse_value(text: str, current):
+  """A --sweep value, typed like the config key's current value."""
+  if isinstance(current, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(text)
+    return text.lower() in ("true", "1")
+  return type(current)(text) if current is not None else text
+
+
+def sweep_variants(config, sweeps: list[str]) -> tuple[Variant, ...]:
+  """`key=v1,v2` strings -> one variant per combination of values.
+
+  Raises:
+    ConfigError: an unknown key or a value of the wrong type.
+  """
+  axes = []
+  for sweep in sweeps:
+    key, sep, values = sweep.partition("=")
+    if not sep or not values:
+      raise UsageError("sweep", f"got {sweep!r}, expected key=value1,value2,...")
+    section = config
+    for part in key.split(".")[:-1]:
+      section = section.get(part) if hasattr(section, "get") else None
+    name = key.split(".")[-1]
+    if section is None or name not in section:
+      raise ConfigError(key, "there is no such config key to sweep")
+    try:
+      axes.append([(key, _parse_value(v.strip(), section[name])) for v in values.split(",")])
+    except ValueError:
+      raise ConfigError(key, f"cannot sweep over {values!r}: expected values of type "
+                        f"{type(section[name]).__name__}") from None
+  return tuple(Variant(", ".join(f"{k}={v}" for k, v in combo), tuple(combo))
+               for combo in itertools.product(*axes))
+
+
+def suite_variants(suite: str, config) -> tuple[Variant, ...]:
+  """The suite's variants that apply to the dataset (the file GIDs need their column)."""
+  if suite not in SUITES:
+    raise UsageError("suite", f"got {suite!r}, expected one of {', '.join(SUITES)} (or --sweep)")
+  variants = SUITES[suite]
+  if suite == "gid" and not _has_gid_column(config):
+    variants = tuple(v for v in variants if dict(v.overrides).get("gid.source") != "file")
+  return variants
+
+
+def _has_gid_column(config) -> bool:
+  if config.data.source != "atomic":
+    return False
+  path = os.path.join(config.data.dir, f"{config.data.name}.item")
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      header = f.readline()
+  except OSError:
+    return False
+  return any(field.split(":")[0] == config.gid.file_column for field in header.split("\t"))
+
+
+def variant_config(config, variant: Variant, seed: int):
+  """`config` with the variant's overrides and `seed` (a copy; the config is not changed)."""
+  out = config.copy_and_resolve_references()
+  for key, value in variant.overrides:
+    section = out
+    for part in key.split(".")[:-1]:
+      section = section[part]
+    section[key.split(".")[-1]] = value
+  out.seed = seed
+  return out
+
+
+def _commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def _share_stages(root: str, workdir: str, settings: Settings, log) -> None:
+  """Hard-links into `workdir` each stage another run under `root` built with the same key."""
+  keys = stages.stage_keys(settings, log=lambda *_: None)
+  for stage, key in keys.items():
+    target = os.path.join(workdir, stage)
+    if os.path.exists(target):
+      continue
+    for manifest_path in _manifests(root, stage):
+      source = os.path.dirname(manifest_path)
+      manifest = fileio.read_manifest(source)
+      if manifest is not None and manifest["key"] == key:
+        shutil.copytree(source, target, copy_function=os.link)
+        log(f"sharing {stage}/ of {os.path.relpath(source, root)}")
+        break
+
+
+def _manifests(root: str, stage: str):
+  for directory, subdirs, files in os.walk(root):
+    if os.path.basename(directory) == stage and fileio.MANIFEST in files:
+      yield os.path.join(directory, fileio.MANIFEST)
+    subdirs[:] = [d for d in subdirs if not d.startswith(".") and d != "colarec"]
+
+
+def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, suite: str,
+            budget: str, order: int = 0, log=print) -> dict:
+  """Trains and tests one variant with one seed in `workdir`; returns (and writes) its row."""
+  row_path = os.path.join(workdir, "row.json")
+  if os.path.isfile(row_path):
+    with open(row_path) as f:
+      return json.load(f)
+  cfg = variant_config(config, variant, seed)
+  settings = Settings.parse(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  start = time.perf_counter()
+  with fileio.workdir_lock(workdir, log=log):
+    _share_stages(root, workdir, settings, log)
+    results = pipeline.train_models(settings, workdir, [settings.model.name], log=log)
+  seconds = time.perf_counter() - start
+  name = settings.model.name
+  test = results[name]["test"]
+  if test.per_user is None:  # LightGCN reused from its stage: rank its embeddings again
+    prepared = stages.prepared_data(settings, workdir, log=lambda *_: None, read_only=True)
+    test = _lightgcn_test(settings, prepared, workdir)
+  np.savez(os.path.join(workdir, "per_user_test.npz"), users=test.users,
+           **{k.replace("@", "_at_"): v for k, v in test.per_user.items()})
+  row = {"suite": suite, "variant": variant.name, "order": order, "seed": seed,
+         "overrides": {k: v for k, v in variant.overrides}, "model": name,
+         "dataset": settings.data.name, "budget": budget, "commit": _commit(),
+         "wall_seconds": seconds, "examples_seen": _examples_seen(settings, workdir),
+         "valid": results[name]["valid"].to_json(), "test": test.to_json(),
+         "long_tail_rule": f"the {settings.eval.long_tail_fraction:.0%} of test users with the "
+                           f"fewest training interactions (<= {test.long_tail_threshold})",
+         "curve": _curve(workdir, settings)}
+  staged = row_path + ".tmp"
+  with open(staged, "w") as f:
+    json.dump(row, f, indent=1)
+  os.replace(staged, row_path)
+  return row
+
+
+def _lightgcn_test(settings: Settings, prepared, workdir: str):
+  from colarec_jax.cf import train as cf_train
+  result = stages.lightgcn(settings, prepared, workdir, log=lambda *_: None)
+  return cf_train.embedding_report(prepared, result, TEST, settings.eval)
+
+
+def _examples_seen(settings: Settings, workdir: str) -> int:
+  """Training examples the model saw: ColaRec's steps x batch, LightGCN's epochs x interactions."""
+  if settings.model.name == "colarec":
+    with open(os.path.join(workdir, "colarec", "metrics.json")) as f:
+      history = json.load(f)["history"]
+    return int(round(sum(r["examples_per_second"] * r["seconds"] for r in history)))
+  if settings.model.name == "lightgcn":
+    manifest = fileio.read_manifest(os.path.join(workdir, "lightgcn"))
+    with np.load(os.path.join(workdir, "data", "arrays.npz")) as z:
+      train = int((z["split"] == 0).sum())
+    return int(manifest["result"]["epochs_run"]) * train
+  return 0
+
+
+def _curve(workdir: str, settings: Settings) -> list[list[float]]:
+  """[examples seen, valid metric] after each validated ColaRec epoch."""
+  path = os.path.join(workdir, "colarec", "metrics.json")
+  if settings.model.name != "colarec" or not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    history = json.load(f)["history"]
+  seen, out = 0.0, []
+  for record in history:
+    seen += record["examples_per_second"] * record["seconds"]
+    if f"valid/{settings.eval.metric}" in record:
+      out.append([round(seen), record[f"valid/{settings.eval.metric}"]])
+  return out
+
+
+def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), budget="cpu",
+              log=print) -> list[dict]:
+  """Every variant x seed of a suite (or of `sweeps`); returns the rows and writes the report."""
+  from colarec_jax import report as report_lib
+  if budget not in BUDGETS:
+    raise UsageError("budget", f"got {budget!r}, expected one of {', '.join(BUDGETS)}")
+  if not seeds:
+    raise UsageError("seeds", "expected at least one seed, e.g. --seeds=0,1,2")
+  variants = sweep_variants(config, list(sweeps)) if sweeps else suite_variants(suite, config)
+  name = suite if not sweeps else "sweep"
+  rows = []
+  for order, variant in enumerate(variants):
+    for seed in seeds:
+      workdir = os.path.join(root, name, variant.slug, f"seed{seed}")
+      log(f"== {name}: {variant.name}, seed {seed} ({workdir})")
+      rows.append(run_one(config, variant, seed, workdir, root=root, suite=name, budget=budget,
+                          order=order, log=log))
+      report_lib.write_report(os.path.join(root, name), reference=REFERENCE.get(name))
+  return rows
+
+
+def main(argv=None) -> None:
+  """`python -m colarec_jax.experiments` (console script `colarec-jax-experiments`)."""
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+
+  from colarec_jax import allocator, interrupts
+  from colarec_jax.errors import ColarecError
+
+  config_flags.DEFINE_config_file("config", None, "A config file in configs/.", lock_config=True)
+  flags.DEFINE_string("root", None, "Folder of the study: one workdir per run, rows, report.")
+  flags.DEFINE_string("suite", "main", f"One of {', '.join(SUITES)}.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed) of every variant.")
+  flags.DEFINE_multi_string("sweep", [], "key=v1,v2: a study of your own instead of --suite.")
+  flags.DEFINE_enum("budget", "cpu", BUDGETS, "What the rows record as their budget.")
+  flags.mark_flags_as_required(["config", "root"])
+
+  def run(_):
+    logging.set_verbosity(logging.WARNING)
+    allocator.keep_freed_memory()
+    interrupts.install()
+    cfg = flags.FLAGS.config
+    try:
+      seeds = [int(s) for s in flags.FLAGS.seeds]
+    except ValueError:
+      print(f"error: --seeds: got {flags.FLAGS.seeds}, expected integers", file=sys.stderr)
+      sys.exit(2)
+    try:
+      Settings.parse(cfg)
+      run_suite(cfg, flags.FLAGS.suite, flags.FLAGS.root, seeds, sweeps=flags.FLAGS.sweep,
+                budget=flags.FLAGS.budget)
+    except interrupts.Interrupted as e:
+      print(f"interrupted: {e}", file=sys.stderr)
+      sys.exit(e.exit_code)
+    except ColarecError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+  main()
