@@ -1,0 +1,114 @@
+"""The experiment runner (skip, resume, shared stages, sweeps) and its report (hand-made rows)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from colarec_jax import experiments, report
+from colarec_jax.errors import ConfigError, UsageError
+from configs import tiny
+
+
+def small_config():
+  config = tiny.get_config()
+  config.cf.epochs = 2
+  config.train.update(epochs=1, steps_per_epoch=2)
+  return config
+
+
+def test_sweep_makes_one_variant_per_combination():
+  config = small_config()
+  variants = experiments.sweep_variants(
+      config, ["optim.learning_rate=1e-3,5e-4", "inputs.use_content=true,false"])
+  assert [v.name for v in variants] == [
+      "optim.learning_rate=0.001, inputs.use_content=True",
+      "optim.learning_rate=0.001, inputs.use_content=False",
+      "optim.learning_rate=0.0005, inputs.use_content=True",
+      "optim.learning_rate=0.0005, inputs.use_content=False"]
+  assert variants[1].overrides == (("optim.learning_rate", 0.001), ("inputs.use_content", False))
+  with pytest.raises(ConfigError, match=r"config\.optim\.learning_rat: there is no such config"):
+    experiments.sweep_variants(config, ["optim.learning_rat=1"])
+  with pytest.raises(ConfigError, match=r"cannot sweep over 'x,y': expected values of type int"):
+    experiments.sweep_variants(config, ["train.epochs=x,y"])
+  with pytest.raises(UsageError, match=r"--sweep: got 'train.epochs', expected key=value1"):
+    experiments.sweep_variants(config, ["train.epochs"])
+
+
+def test_gid_suite_has_the_file_variant_only_with_the_column(tmp_path):
+  config = small_config()
+  names = [v.name for v in experiments.suite_variants("gid", config)]
+  assert "the dataset's GIDs (file)" not in names and len(names) == 3
+  folder = tmp_path / "data"
+  folder.mkdir()
+  (folder / "tiny.item").write_text("item_id:token\tcolarec_gid:token_seq\ni00\t1 1 1\n")
+  config.data.dir = str(folder)
+  assert "the dataset's GIDs (file)" in [v.name for v in experiments.suite_variants("gid", config)]
+  with pytest.raises(UsageError, match="--suite: got 'paper'"):
+    experiments.suite_variants("paper", config)
+
+
+def test_runner_shares_stages_skips_finished_runs_and_resumes(tmp_path):
+  root, logs = str(tmp_path), []
+  sweeps = ["loss.contrastive_weight=0.1,0.0"]
+  rows = experiments.run_suite(small_config(), "", root, [0], sweeps=sweeps, log=logs.append)
+  assert [r["overrides"] for r in rows] == [{"loss.contrastive_weight": 0.1},
+                                            {"loss.contrastive_weight": 0.0}]
+  assert all(r["seed"] == 0 and r["budget"] == "cpu" and r["examples_seen"] == 32 for r in rows)
+  # The second variant changes only the loss: it starts from the first one's stages, linked.
+  first, second = (os.path.join(root, "sweep", v.slug, "seed0")
+                   for v in experiments.sweep_variants(small_config(), sweeps))
+  assert any(line.startswith("sharing gid/ of sweep/") for line in logs)
+  assert os.stat(os.path.join(first, "gid", "gids.npz")).st_ino == os.stat(
+      os.path.join(second, "gid", "gids.npz")).st_ino
+  assert os.path.isfile(os.path.join(root, "sweep", "report.md"))
+  # Finished runs are skipped: the same rows come back and nothing trains.
+  logs.clear()
+  again = experiments.run_suite(small_config(), "", root, [0], sweeps=sweeps, log=logs.append)
+  assert again == rows and not any("colarec epoch" in line for line in logs)
+  # A run without its row (interrupted after training) resumes from its checkpoints.
+  os.remove(os.path.join(second, "row.json"))
+  logs.clear()
+  resumed = experiments.run_suite(small_config(), "", root, [0], sweeps=sweeps, log=logs.append)
+  assert not any(line.startswith("colarec epoch") for line in logs)
+  assert resumed[1]["test"] == rows[1]["test"]
+
+
+def make_row(folder, variant, order, seed, overall, long_tail, per_user):
+  run = os.path.join(folder, experiments.Variant(variant).slug, f"seed{seed}")
+  os.makedirs(run)
+  metrics = lambda v: {m: v for m in report.METRICS}
+  row = {"suite": "ablation", "variant": variant, "order": order, "seed": seed,
+         "dataset": "hand", "budget": "cpu", "commit": "abc", "wall_seconds": 10.0,
+         "examples_seen": 100, "long_tail_rule": "the 20% with the fewest (<= 3)",
+         "test": {"overall": metrics(overall), "long_tail": metrics(long_tail)},
+         "curve": [[50, overall / 2], [100, overall]]}
+  with open(os.path.join(run, "row.json"), "w") as f:
+    json.dump(row, f)
+  np.savez(os.path.join(run, "per_user_test.npz"), users=np.arange(1, len(per_user) + 1),
+           ndcg_at_20=np.asarray(per_user))
+
+
+def test_report_from_hand_made_rows(tmp_path):
+  folder = str(tmp_path)
+  base = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+  make_row(folder, "full", 0, 0, 0.30, 0.20, base)
+  make_row(folder, "full", 0, 1, 0.34, 0.24, base)
+  # Every user better by a different amount: the exact two-sided signed-rank p is 2 / 2^6.
+  make_row(folder, "w/o x", 1, 0, 0.20, 0.25, base + np.arange(1, 7) / 100)
+  make_row(folder, "w/o x", 1, 1, 0.22, 0.29, base + np.arange(1, 7) / 100)
+  text = report.write_report(folder, reference="full")
+  rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()
+          if line.startswith("| full") or line.startswith("| w/o x")}
+  std = np.std([0.30, 0.34], ddof=1)
+  assert f"**0.3200 ± {std:.4f}**" in rows["full"]  # best overall: bold
+  assert f"0.2100 ± {np.std([0.20, 0.22], ddof=1):.4f}" in rows["w/o x"]
+  assert f"**0.2700 ± {np.std([0.25, 0.29], ddof=1):.4f}**" in rows["w/o x"]  # best long-tail
+  assert rows["w/o x"].endswith(f"| {2 / 2 ** 6:.3g} (6 users) |")
+  assert "Wilcoxon signed-rank" in text and "(<= 3)" in text
+  assert text.index("| full") < text.index("| w/o x")
+  for name in ("curves.png", "long_tail.png"):
+    assert os.path.getsize(os.path.join(folder, name)) > 1000
+  with open(os.path.join(folder, "rows.jsonl")) as f:
+    assert [json.loads(line)["variant"] for line in f] == ["full", "full", "w/o x", "w/o x"]
