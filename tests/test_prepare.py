@@ -161,3 +161,17 @@ def test_raw_sources_prepare(tmp_path, source, name, first_content):
   config.data.kcore = -1  # auto: raw sources are 5-core filtered, which empties the fixtures
   with pytest.raises(DataError, match="no interactions left after filtering"):
     prepare_lib.prepare(Settings.parse(config).data, str(tmp_path / "k"), log=quiet)
+
+
+def test_items_without_text_get_one_warning(tmp_path):
+  config = tiny_config(tmp_path, copy=True)
+  path = tmp_path / "src" / "tiny.item"
+  lines = path.read_text().splitlines()
+  lines[3] = lines[3].split("\t")[0] + "\t\t\t"  # i02: no title, brand or categories
+  path.write_text("\n".join(lines) + "\n")
+  logs = []
+  prepared = prepare_lib.prepare(Settings.parse(config).data, str(tmp_path / "w"), log=logs.append)
+  warnings = [line for line in logs if line.startswith("warning:")]
+  assert warnings == ["warning: 1 of 36 items have no text in data.text_fields (title, brand, "
+                      "categories); ColaRec knows them by their ID alone"]
+  assert prepared.manifest["stats"]["items_without_text"] == 1
