@@ -34,13 +34,14 @@ class EvalConfig:
   beam_size: int = 100  # ColaRec's constrained beam search (official 100)
   renormalize: bool = False  # official: mask after the log-softmax
   decode_batch_size: int = 32  # users per beam-search call
+  valid_sample: int = 0  # validate on this many users (a fixed sample); 0 = all. Tests use all.
 
   @classmethod
   def from_config(cls, section) -> "EvalConfig":
     out = cls(tuple(int(k) for k in section.ks), str(section.metric),
               float(section.long_tail_fraction), bool(section.exclude_valid_at_test),
               int(section.batch_size), int(section.beam_size), bool(section.renormalize),
-              int(section.decode_batch_size))
+              int(section.decode_batch_size), int(section.valid_sample))
     names = [f"{m}@{k}" for m in ("recall", "ndcg") for k in out.ks]
     if out.metric not in names:
       raise ConfigError("eval.metric", f"got {out.metric!r}, expected one of {', '.join(names)}")
@@ -51,13 +52,15 @@ class EvalConfig:
                         f"list evaluated (max(eval.ks) = {max(out.ks)})")
     if out.decode_batch_size < 1:
       raise ConfigError("eval.decode_batch_size", f"got {out.decode_batch_size}, expected >= 1")
+    if out.valid_sample < 0:
+      raise ConfigError("eval.valid_sample", f"got {out.valid_sample}, expected >= 0 (0 = all)")
     return out
 
   def score_ranking_key(self) -> dict:
     """The keys a score-based model's reports depend on (not ColaRec's decoding keys)."""
     return {"ks": list(self.ks), "metric": self.metric,
             "long_tail_fraction": self.long_tail_fraction,
-            "exclude_valid_at_test": self.exclude_valid_at_test}
+            "exclude_valid_at_test": self.exclude_valid_at_test, "valid_sample": self.valid_sample}
 
 
 def ranking_metrics(ranked: np.ndarray, heldout: Sequence[np.ndarray],
@@ -211,8 +214,14 @@ class EvalSplit:
 
   @classmethod
   def build(cls, prepared: Prepared, part: int, eval_cfg: EvalConfig) -> "EvalSplit":
+    """The part's users (the validation users sampled to `eval_cfg.valid_sample`, with a fixed
+    seed, when it is set), their exclusions and held-out items."""
     seen = (TRAIN,) if part == VALID or not eval_cfg.exclude_valid_at_test else (TRAIN, VALID)
-    return cls(prepared.users_with(part), prepared.csr(*seen), prepared.csr(part),
+    users = prepared.users_with(part)
+    if part == VALID and 0 < eval_cfg.valid_sample < len(users):
+      users = np.sort(np.random.default_rng(0).choice(users, eval_cfg.valid_sample,
+                                                      replace=False))
+    return cls(users, prepared.csr(*seen), prepared.csr(part),
                np.bincount(prepared.rows(TRAIN)[0], minlength=prepared.dataset.num_users + 1))
 
 

@@ -95,3 +95,25 @@ def test_csr_dense_mask():
   assert csr.row(2).tolist() == [3, 2] and csr.row(3).tolist() == []
   mask = csr.dense_mask(np.array([2, 3]), num_items=4)
   assert mask.tolist() == [[True, False, True, True, False], [True, False, False, False, False]]
+
+
+def test_validation_on_a_fixed_sample_of_users(tmp_path):
+  from colarec_jax.data.dataset import TEST, VALID
+  from colarec_jax.evaluate import EvalConfig, EvalSplit
+  from colarec_jax.settings import Settings
+  from colarec_jax import stages
+  from configs import tiny
+  config = tiny.get_config()
+  config.eval.valid_sample = 10
+  settings = Settings.parse(config)
+  prepared = stages.prepared_data(settings, str(tmp_path), log=lambda *_: None)
+  all_valid = prepared.users_with(VALID)
+  sample = EvalSplit.build(prepared, VALID, settings.eval)
+  assert len(sample.users) == 10 and set(sample.users) <= set(all_valid)
+  assert list(sample.users) == sorted(sample.users)
+  np.testing.assert_array_equal(EvalSplit.build(prepared, VALID, settings.eval).users,
+                                sample.users)  # fixed: the same users every validation
+  test = EvalSplit.build(prepared, TEST, settings.eval)  # testing ranks every test user
+  np.testing.assert_array_equal(test.users, prepared.users_with(TEST))
+  whole = EvalSplit.build(prepared, VALID, EvalConfig(beam_size=20))
+  np.testing.assert_array_equal(whole.users, all_valid)
