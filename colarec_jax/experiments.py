@@ -268,7 +268,6 @@ def main(argv=None) -> None:
   from ml_collections import config_flags
 
   from colarec_jax import allocator, interrupts
-  from colarec_jax.errors import ColarecError
 
   config_flags.DEFINE_config_file("config", None, "A config file in configs/.", lock_config=True)
   flags.DEFINE_string("root", None, "Folder of the study: one workdir per run, rows, report.")
@@ -288,16 +287,10 @@ def main(argv=None) -> None:
     except ValueError:
       print(f"error: --seeds: got {flags.FLAGS.seeds}, expected integers", file=sys.stderr)
       sys.exit(2)
-    try:
+    with interrupts.one_line_errors():
       Settings.parse(cfg)
       run_suite(cfg, flags.FLAGS.suite, flags.FLAGS.root, seeds, sweeps=flags.FLAGS.sweep,
                 budget=flags.FLAGS.budget)
-    except interrupts.Interrupted as e:
-      print(f"interrupted: {e}", file=sys.stderr)
-      sys.exit(e.exit_code)
-    except ColarecError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
 
   app.run(run, argv=argv)
 

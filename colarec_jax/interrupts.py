@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 
 from colarec_jax.errors import ColarecError
 
@@ -53,3 +54,18 @@ def deferred():
 def requested() -> int | None:
   """The signal received inside `deferred()`, or None."""
   return _state["requested"]
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """A command line's last word: a stop by signal or a user's mistake becomes one line on
+  stderr and the exit code (128 + the signal, or 2), never a traceback."""
+  try:
+    yield
+  except Interrupted as e:
+    print(f"interrupted: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  except ColarecError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+

@@ -22,7 +22,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from colarec_jax import allocator, interrupts, pipeline, sharding
-from colarec_jax.errors import ColarecError
 from colarec_jax.settings import Settings
 
 MODES = ("all", "prepare", "stats", "gid", "train", "evaluate", "recommend")
@@ -49,7 +48,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   interrupts.install()  # SIGINT / SIGTERM: one line, a distinct exit code, a resumable run
   allocator.keep_freed_memory()  # before XLA's first big buffers; see colarec_jax/allocator.py
-  try:
+  with interrupts.one_line_errors():
     settings = Settings.parse(FLAGS.config)  # every key checked before any work
     # Compiled steps are cached on disk across runs (JAX's persistent cache), unless the user
     # points JAX_COMPILATION_CACHE_DIR elsewhere: a rerun or a later mode starts in seconds.
@@ -62,12 +61,6 @@ def main(argv):
       sharding.initialize_distributed()
     pipeline.run(FLAGS.mode, settings, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                  split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n)
-  except interrupts.Interrupted as e:
-    print(f"interrupted: {e}", file=sys.stderr)
-    sys.exit(e.exit_code)
-  except ColarecError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _flag_error(error: BaseException, argv: list[str]) -> str:

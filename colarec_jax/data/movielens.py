@@ -7,7 +7,6 @@ checked too. Later runs use the extracted files and need no network.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import tempfile
 import zipfile
 
 from colarec_jax.data.config import cache_root
+from colarec_jax.data.fileio import sha256_file as sha256
 from colarec_jax.errors import DataError
 
 WHEEL = "recbole-1.2.1-py3-none-any.whl"
@@ -25,14 +25,6 @@ FILES_SHA256 = {
     "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
 }
-
-
-def sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def _verified(path: str, expected: str) -> bool:

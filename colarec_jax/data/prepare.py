@@ -16,9 +16,8 @@ import numpy as np
 
 from colarec_jax.data import tokenizer as tokenizer_lib
 from colarec_jax.data.config import DataConfig
-from colarec_jax.data.fileio import cached_stage
+from colarec_jax.data.fileio import cached_stage, sha256_file
 from colarec_jax.data.dataset import TEST, TRAIN, VALID, Csr, Dataset
-from colarec_jax.data.movielens import sha256
 from colarec_jax.data.sources import load_dataset, source_files
 from colarec_jax.data.split import ratio_split
 from colarec_jax.errors import ConfigError
@@ -73,9 +72,9 @@ def manifest_key(cfg: DataConfig, files: list[str]) -> dict:
   """What a prepared folder depends on: format, data config, input checksums."""
   config = dataclasses.asdict(cfg)
   config.pop("cache_dir")  # where the inputs live does not change them; their checksums do
-  inputs = {os.path.basename(f): sha256(f) for f in files}
+  inputs = {os.path.basename(f): sha256_file(f) for f in files}
   if cfg.tokenizer:
-    inputs["tokenizer:" + os.path.basename(cfg.tokenizer)] = sha256(cfg.tokenizer)
+    inputs["tokenizer:" + os.path.basename(cfg.tokenizer)] = sha256_file(cfg.tokenizer)
   return {"format": FORMAT_VERSION, "data": json.loads(json.dumps(config)), "inputs": inputs}
 
 
