@@ -178,3 +178,16 @@ def cpu_budget(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.eval.valid_sample = 2000
   return config
 
+
+def with_variant(config: ml_collections.ConfigDict, variant: str,
+                 variants: tuple[str, ...] = ("", "cpu")) -> ml_collections.ConfigDict:
+  """A paper dataset's config for `--config=configs/<name>.py:VARIANT`: '' as it is (t5-small,
+  for a GPU), 'cpu' with `cpu_budget`; other names a config handles itself are in `variants`.
+
+  Raises:
+    ValueError: an unknown variant (the flag parser reports it as the --config flag's error).
+  """
+  if variant not in variants:
+    raise ValueError(f"unknown variant {variant!r}, expected one of {variants}")
+  return cpu_budget(config) if variant == "cpu" else config
+

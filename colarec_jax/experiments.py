@@ -32,7 +32,7 @@ import numpy as np
 
 from colarec_jax import pipeline, stages
 from colarec_jax.data import fileio
-from colarec_jax.data.dataset import TEST
+from colarec_jax.data.dataset import TEST, TRAIN
 from colarec_jax.errors import ConfigError, UsageError
 from colarec_jax.settings import Settings
 
@@ -88,10 +88,7 @@ def sweep_variants(config, sweeps: list[str]) -> tuple[Variant, ...]:
     key, sep, values = sweep.partition("=")
     if not sep or not values:
       raise UsageError("sweep", f"got {sweep!r}, expected key=value1,value2,...")
-    section = config
-    for part in key.split(".")[:-1]:
-      section = section.get(part) if hasattr(section, "get") else None
-    name = key.split(".")[-1]
+    section, name = _section(config, key)
     if section is None or name not in section:
       raise ConfigError(key, "there is no such config key to sweep")
     try:
@@ -101,6 +98,14 @@ def sweep_variants(config, sweeps: list[str]) -> tuple[Variant, ...]:
                         f"{type(section[name]).__name__}") from None
   return tuple(Variant(", ".join(f"{k}={v}" for k, v in combo), tuple(combo))
                for combo in itertools.product(*axes))
+
+
+def _section(config, key: str):
+  """('a.b.c' -> (config.a.b or None when there is no such section, 'c'))."""
+  section = config
+  for part in key.split(".")[:-1]:
+    section = section.get(part) if hasattr(section, "get") else None
+  return section, key.split(".")[-1]
 
 
 def suite_variants(suite: str, config) -> tuple[Variant, ...]:
@@ -129,10 +134,8 @@ def variant_config(config, variant: Variant, seed: int):
   """`config` with the variant's overrides and `seed` (a copy; the config is not changed)."""
   out = config.copy_and_resolve_references()
   for key, value in variant.overrides:
-    section = out
-    for part in key.split(".")[:-1]:
-      section = section[part]
-    section[key.split(".")[-1]] = value
+    section, name = _section(out, key)
+    section[name] = value
   out.seed = seed
   return out
 
@@ -221,7 +224,7 @@ def _examples_seen(settings: Settings, workdir: str) -> int:
   if settings.model.name == "lightgcn":
     manifest = fileio.read_manifest(os.path.join(workdir, "lightgcn"))
     with np.load(os.path.join(workdir, "data", "arrays.npz")) as z:
-      train = int((z["split"] == 0).sum())
+      train = int((z["split"] == TRAIN).sum())
     return int(manifest["result"]["epochs_run"]) * train
   return 0
 

@@ -56,6 +56,15 @@ def requested() -> int | None:
   return _state["requested"]
 
 
+def stop_if_requested(where: str) -> None:
+  """Raises `Interrupted` when a signal came inside `deferred()`; `where` says where the run
+  stopped and what it saved, e.g. 'after epoch 3; its checkpoint is saved'."""
+  signum = _state["requested"]
+  if signum is not None:
+    raise Interrupted(signum, f"stopped by {NAMES[signum]} {where}, rerun the same command to "
+                      "resume")
+
+
 @contextlib.contextmanager
 def one_line_errors():
   """A command line's last word: a stop by signal or a user's mistake becomes one line on

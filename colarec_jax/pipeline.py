@@ -80,20 +80,22 @@ def _restored_ranker(settings: Settings, workdir: str, which: str, log, prepared
 
 
 def evaluate_checkpoint(settings: Settings, workdir: str, *, which: str = "best",
-                        part: str = "test", log=print) -> evaluate.Report:
-  """Recall/NDCG of a ColaRec checkpoint on the valid or test split."""
+                        part: str = "test", log=print, prepared=None) -> evaluate.Report:
+  """Recall/NDCG of a ColaRec checkpoint on the valid or test split (`prepared`: the workdir's
+  prepared data, when the caller has read it)."""
   if part not in PARTS:
     raise UsageError("split", f"got {part!r}, expected 'valid' or 'test'")
-  ws, ranker = _restored_ranker(settings, workdir, which, log)
+  ws, ranker = _restored_ranker(settings, workdir, which, log, prepared)
   return ranker.evaluate(*ws.eval_data(PARTS[part]))
 
 
 def recommend(settings: Settings, workdir: str, *, user: str = "", items: str = "",
-              top_n: int = 10, which: str = "best", log=print) -> list[tuple[str, str]]:
+              top_n: int = 10, which: str = "best", log=print,
+              prepared=None) -> list[tuple[str, str]]:
   """Top-N (item id, content) for a known user id, or for a comma-separated list of item ids
   (an ad-hoc history, most recent first: a new user, no retraining). Ids are the dataset's own."""
   _check_recommend_flags(settings, user, items, top_n)
-  prepared = stages.prepared_data(settings, workdir, log=log, read_only=True)
+  prepared = prepared or stages.prepared_data(settings, workdir, log=log, read_only=True)
   ds = prepared.dataset
   if user:
     index = {raw: n for n, raw in enumerate(ds.user_ids.tolist()) if n}
@@ -165,12 +167,12 @@ def _run(mode, settings, workdir, trained, read_only, log, flags) -> None:
   elif mode == "evaluate":
     part = flags.get("split", "test")
     result = evaluate_checkpoint(settings, workdir, which=flags.get("checkpoint", "best"),
-                                 part=part, log=log)
+                                 part=part, log=log, prepared=prepared)
     log(f"{part} metrics\n" + evaluate.format_table({"colarec": result}, ks))
   elif mode == "recommend":
     rows = recommend(settings, workdir, user=flags.get("user", ""), items=flags.get("items", ""),
                      top_n=int(flags.get("top_n", 10)), which=flags.get("checkpoint", "best"),
-                     log=log)
+                     log=log, prepared=prepared)
     width = max(len(item) for item, _ in rows) if rows else 4
     log("\n".join(f"{rank:>3}. {item:<{width}}  {content}"
                   for rank, (item, content) in enumerate(rows, start=1)))

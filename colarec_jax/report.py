@@ -133,11 +133,10 @@ def _figures(rows: list[dict], folder: str) -> None:
   from matplotlib import pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  for variant in dict.fromkeys(r["variant"] for r in rows):
+  for color, variant in enumerate(dict.fromkeys(r["variant"] for r in rows)):
     for n, row in enumerate(r for r in rows if r["variant"] == variant and r["curve"]):
-      x, y = zip(*row["curve"])
-      ax.plot(x, y, marker="o", color=f"C{list(dict.fromkeys(r['variant'] for r in rows)).index(variant)}",
-              label=variant if n == 0 else None, alpha=0.8)
+      ax.plot(*zip(*row["curve"]), marker="o", color=f"C{color}", alpha=0.8,
+              label=variant if n == 0 else None)
   ax.set(xlabel="training examples seen", ylabel="valid ndcg@10")
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=7)

@@ -18,6 +18,7 @@ exactly. What the loop runs on (data, GIDs, model, checkpoints) comes from `work
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -238,7 +239,7 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
   batch_size = settings.optim.batch_size
   every = train_cfg.checkpoint_every_steps
 
-  with interrupts.deferred():
+  with interrupts.deferred(), contextlib.closing(writer):
     while run.epoch < train_cfg.epochs and not run.stopped:
       epoch = run.epoch
       done = within["epoch_step"] if within else 0  # steps of this epoch already trained
@@ -281,10 +282,8 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
               run, epoch_step=n + 1, sums=sums, seen=seen, seconds=time.perf_counter() - start))
         if stop is not None:
           bar.close()
-          writer.close()
-          raise interrupts.Interrupted(stop, f"stopped by {interrupts.NAMES[stop]} at step "
-                                       f"{n + 1} of epoch {epoch + 1}; saved a checkpoint there, "
-                                       "rerun the same command to resume")
+          interrupts.stop_if_requested(f"at step {n + 1} of epoch {epoch + 1}; saved a checkpoint "
+                                       "there")
       bar.close()
       seconds = time.perf_counter() - start
       record = {"epoch": epoch + 1, "seconds": seconds,
@@ -312,13 +311,8 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
         checkpoint.save(best, epoch + 1, state_arrays(state), meta, score=value)
       for step in mid_epoch.all_steps():  # superseded by the epoch's checkpoint
         checkpoint.delete(mid_epoch, step)
-      if interrupts.requested() is not None:  # a signal during validation: the epoch is saved
-        writer.close()
-        raise interrupts.Interrupted(interrupts.requested(), f"stopped by "
-                                     f"{interrupts.NAMES[interrupts.requested()]} after epoch "
-                                     f"{epoch + 1}; its checkpoint is saved, rerun the same "
-                                     "command to resume")
-  writer.close()
+      # A signal during validation stops the run here, its epoch saved.
+      interrupts.stop_if_requested(f"after epoch {epoch + 1}; its checkpoint is saved")
   if run.stopped:
     log(f"early stopping: no better valid {ev.metric} for {train_cfg.patience} validations")
   return test_best(ws, run)

@@ -149,7 +149,7 @@ class Workspace:
   @functools.cached_property
   def fingerprint(self) -> dict:
     """What a checkpoint was trained on beyond its config: the prepared arrays and the GIDs."""
-    return {"data": self.prepared.manifest.get("files", {}).get("arrays.npz", ""),
+    return {"data": self.prepared.manifest["files"]["arrays.npz"],
             "gids": hashlib.sha256(np.ascontiguousarray(self.gids.codes)).hexdigest()}
 
   def meta(self, run: Progress, **extra) -> dict:

@@ -8,11 +8,8 @@ small model, 3 epochs of 300 batches, validation on 2,000 sampled users; about 2
 cores).
 """
 
-from colarec_jax.config import atomic_dataset, base_config, cpu_budget
+from colarec_jax.config import atomic_dataset, base_config, with_variant
 
 
 def get_config(variant: str = ""):
-  if variant not in ("", "cpu"):
-    raise ValueError(f"unknown variant {variant!r}, expected '' or 'cpu'")
-  config = atomic_dataset(base_config(), "beauty", "title,categories")
-  return cpu_budget(config) if variant == "cpu" else config
+  return with_variant(atomic_dataset(base_config(), "beauty", "title,categories"), variant)

@@ -16,16 +16,14 @@ Variants (`--config=configs/phones.py:VARIANT`):
 
 import os
 
-from colarec_jax.config import atomic_dataset, base_config, cpu_budget
+from colarec_jax.config import atomic_dataset, base_config, with_variant
 
 VARIANTS = ("", "pretrained", "cpu")
 
 
 def get_config(variant: str = ""):
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}, expected one of {VARIANTS}")
-  config = atomic_dataset(base_config(), "phones", "title,brand,categories",
-                          time_field="timestamp")
+  config = with_variant(atomic_dataset(base_config(), "phones", "title,brand,categories",
+                                       time_field="timestamp"), variant, VARIANTS)
   if variant == "pretrained":
     folder = os.environ.get("COLAREC_T5_DIR", "")
     if not folder:
@@ -33,6 +31,4 @@ def get_config(variant: str = ""):
       raise ValueError("the 'pretrained' variant reads the t5-small folder from $COLAREC_T5_DIR, "
                        "which is unset (or use --config.model.init_from=FOLDER)")
     config.model.init_from = folder
-  if variant == "cpu":
-    config = cpu_budget(config)
   return config
