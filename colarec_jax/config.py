@@ -39,6 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
   # pytorch_model.bin, tokenizer.json) to start from, as the authors do: its weights and its
   # tokenizer (data.tokenizer follows); sizes above must match it. '' = random init.
   model.init_from = ""
+  # Item- and user-ID embeddings start random (official) or from LightGCN's embeddings of the same
+  # ids ('lightgcn'; trained first if needed), scaled to the random init's unit variance and,
+  # when cf.embedding_dim != d_model, mapped by a fixed random orthogonal projection.
+  model.id_init = "random"
 
   # ColaRec inputs (SPEC section 4).
   inputs = config.inputs = ml_collections.ConfigDict()
@@ -78,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
   loss.index_weight = 0.08
   loss.bpr_weight = 1.0
   loss.contrastive_weight = 0.1
+  # L_bpr and L_c score a pair by the dot product of pooled encodings (official, 0) or, with a
+  # temperature t > 0, by cosine similarity / t (bounded scores).
+  loss.pair_temperature = 0.0
 
   # Data: where interactions and item text come from, and how they are split and tokenised.
   data = config.data = ml_collections.ConfigDict()

@@ -172,11 +172,11 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
 
 
 @functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize",
-                                             "chunks"))
+                                             "chunks", "steps"))
 def _search(params, inputs, children, leaf_item, *, model: ColaRec, widths: tuple[int, ...],
-            beam_size: int, renormalize: bool, chunks: int):
+            beam_size: int, renormalize: bool, chunks: int, steps: int):
   trie = Trie(children, leaf_item, widths, beam_size)
-  depth = len(widths) - 1
+  depth = steps
   encoded = _encode(model, params, inputs, chunks)
   mask = inputs["mask"]
   decoder = model.clone(decode=True)
@@ -206,7 +206,8 @@ def _search(params, inputs, children, leaf_item, *, model: ColaRec, widths: tupl
   return items, scores, codes
 
 
-def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize: bool = False):
+def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize: bool = False,
+                steps: int | None = None):
   """Top `trie.beam_size` items for each input by constrained beam search.
 
   Args:
@@ -215,6 +216,9 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
     inputs: encoder inputs, a dict of [b, L] arrays (and 'task' [b]).
     trie: `Trie.build(gids, beam_size, mesh)`, on the mesh `inputs` are sharded over.
     renormalize: mask invalid codes before the log-softmax instead of after it.
+    steps: stop after this many of the l steps (default: all): the beams are then GID
+      prefixes (codes beyond `steps` are 0, items 0), exactly the beams the full search holds
+      after that step (the diagnostics of bench/quality.py).
 
   Returns:
     (items [b, beam] int32, best first, 0 where fewer items exist; scores [b, beam]
@@ -229,4 +233,4 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
                           platform=platform)
   return _search(params, inputs, trie.children, trie.leaf_item, model=model,
                  widths=trie.widths, beam_size=trie.beam_size, renormalize=renormalize,
-                 chunks=chunks)
+                 chunks=chunks, steps=len(trie.widths) - 1 if steps is None else int(steps))

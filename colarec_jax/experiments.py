@@ -88,16 +88,47 @@ def sweep_variants(config, sweeps: list[str]) -> tuple[Variant, ...]:
     key, sep, values = sweep.partition("=")
     if not sep or not values:
       raise UsageError("sweep", f"got {sweep!r}, expected key=value1,value2,...")
-    section, name = _section(config, key)
-    if section is None or name not in section:
-      raise ConfigError(key, "there is no such config key to sweep")
-    try:
-      axes.append([(key, _parse_value(v.strip(), section[name])) for v in values.split(",")])
-    except ValueError:
-      raise ConfigError(key, f"cannot sweep over {values!r}: expected values of type "
-                        f"{type(section[name]).__name__}") from None
+    axes.append([(key, _typed(config, key, v.strip(), values)) for v in values.split(",")])
   return tuple(Variant(", ".join(f"{k}={v}" for k, v in combo), tuple(combo))
                for combo in itertools.product(*axes))
+
+
+def arm_variants(config, arms: list[str]) -> tuple[Variant, ...]:
+  """`NAME:key=value;key=value` strings -> one variant each, with all its overrides at once
+  (`NAME` alone: the config as it is). A lever that moves several keys together is one arm.
+
+  Raises:
+    ConfigError: an unknown key or a value of the wrong type.
+    UsageError: an arm without a name, or two arms of one name.
+  """
+  variants = []
+  for arm in arms:
+    name, _, body = arm.partition(":")
+    if not name.strip():
+      raise UsageError("arm", f"got {arm!r}, expected NAME:key=value;key=value")
+    overrides = []
+    for item in filter(None, (part.strip() for part in body.split(";"))):
+      key, sep, value = item.partition("=")
+      if not sep or not value:
+        raise UsageError("arm", f"got {item!r} in arm {name!r}, expected key=value")
+      overrides.append((key.strip(), _typed(config, key.strip(), value.strip(), value)))
+    variants.append(Variant(name.strip(), tuple(overrides)))
+  names = [v.name for v in variants]
+  if len(set(names)) != len(names):
+    raise UsageError("arm", f"two arms share a name in {names}; expected distinct names")
+  return tuple(variants)
+
+
+def _typed(config, key: str, text: str, shown: str):
+  """`text` as a value of config key `key`, typed like its current value."""
+  section, name = _section(config, key)
+  if section is None or name not in section:
+    raise ConfigError(key, "there is no such config key")
+  try:
+    return _parse_value(text, section[name])
+  except ValueError:
+    raise ConfigError(key, f"cannot set it to {shown!r}: expected values of type "
+                      f"{type(section[name]).__name__}") from None
 
 
 def _section(config, key: str):
@@ -244,16 +275,26 @@ def _curve(workdir: str, settings: Settings) -> list[list[float]]:
   return out
 
 
-def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), budget="cpu",
-              log=print) -> list[dict]:
-  """Every variant x seed of a suite (or of `sweeps`); returns the rows and writes the report."""
+def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), arms=(),
+              study: str = "", budget="cpu", log=print) -> list[dict]:
+  """Every variant x seed of a suite (or of `sweeps`, or of `arms`); returns the rows and writes
+  the report into `<root>/<study>` (default: the suite's name, 'sweep' or 'arms')."""
   from colarec_jax import report as report_lib
   if budget not in BUDGETS:
     raise UsageError("budget", f"got {budget!r}, expected one of {', '.join(BUDGETS)}")
   if not seeds:
     raise UsageError("seeds", "expected at least one seed, e.g. --seeds=0,1,2")
-  variants = sweep_variants(config, list(sweeps)) if sweeps else suite_variants(suite, config)
-  name = suite if not sweeps else "sweep"
+  if sweeps and arms:
+    raise UsageError("arm", "expected --arm or --sweep, not both")
+  if arms:
+    variants, name = arm_variants(config, list(arms)), "arms"
+  elif sweeps:
+    variants, name = sweep_variants(config, list(sweeps)), "sweep"
+  else:
+    variants, name = suite_variants(suite, config), suite
+  name = study or name
+  if os.sep in name or name in (".", ".."):
+    raise UsageError("study", f"got {name!r}, expected a folder name")
   rows = []
   for order, variant in enumerate(variants):
     for seed in seeds:
@@ -261,7 +302,8 @@ def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), bud
       log(f"== {name}: {variant.name}, seed {seed} ({workdir})")
       rows.append(run_one(config, variant, seed, workdir, root=root, suite=name, budget=budget,
                           order=order, log=log))
-      report_lib.write_report(os.path.join(root, name), reference=REFERENCE.get(name))
+      reference = REFERENCE.get(suite) if not (sweeps or arms) else variants[0].name
+      report_lib.write_report(os.path.join(root, name), reference=reference)
   return rows
 
 
@@ -277,6 +319,10 @@ def main(argv=None) -> None:
   flags.DEFINE_string("suite", "main", f"One of {', '.join(SUITES)}.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed) of every variant.")
   flags.DEFINE_multi_string("sweep", [], "key=v1,v2: a study of your own instead of --suite.")
+  flags.DEFINE_multi_string("arm", [], "NAME:key=v;key=v: one arm of a study of your own "
+                            "(instead of --suite); the first is the reference.")
+  flags.DEFINE_string("study", "", "Folder name of the study under --root (default: the "
+                      "suite's name, 'sweep' or 'arms').")
   flags.DEFINE_enum("budget", "cpu", BUDGETS, "What the rows record as their budget.")
   flags.mark_flags_as_required(["config", "root"])
 
@@ -293,7 +339,7 @@ def main(argv=None) -> None:
     with interrupts.one_line_errors():
       Settings.parse(cfg)
       run_suite(cfg, flags.FLAGS.suite, flags.FLAGS.root, seeds, sweeps=flags.FLAGS.sweep,
-                budget=flags.FLAGS.budget)
+                arms=flags.FLAGS.arm, study=flags.FLAGS.study, budget=flags.FLAGS.budget)
 
   app.run(run, argv=argv)
 

@@ -25,15 +25,20 @@ def generation(*, logits: jax.Array, codes: jax.Array, mask: jax.Array, total) -
 
 
 def pairwise(*, anchor: jax.Array, positive: jax.Array, negative: jax.Array, mask: jax.Array,
-             total) -> jax.Array:
+             total, temperature: float = 0.0) -> jax.Array:
   """-log sigmoid(a.p - a.n), averaged over examples; L_bpr with (h(X_u), h(X_i), h(X_i-)) and
   L_c with (h(X_i), h(X_i+), h(X_i-)).
 
   Args:
     anchor, positive, negative: [b, d] pooled encodings.
     mask: [b]; total: as in `generation`.
+    temperature: 0 scores by dot product (official); t > 0 by cosine similarity / t, so the
+      margin is bounded by 2 / t and the term cannot be lowered by growing the encodings.
   """
   anchor, positive, negative = (x.astype(jnp.float32) for x in (anchor, positive, negative))
+  if temperature:
+    unit = lambda x: x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+    anchor, positive, negative = unit(anchor) / temperature, unit(positive), unit(negative)
   margin = jnp.sum(anchor * (positive - negative), axis=-1)
   return -jnp.sum(jax.nn.log_sigmoid(margin) * mask) / total
 

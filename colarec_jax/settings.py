@@ -89,20 +89,27 @@ class LossWeights:
   index: float = 0.08
   bpr: float = 1.0
   contrastive: float = 0.1
+  # L_bpr and L_c score pairs by dot product (official, 0) or by cosine / this temperature.
+  pair_temperature: float = 0.0
 
   @classmethod
   def from_config(cls, loss) -> "LossWeights":
     out = cls(float(loss.rec_weight), float(loss.index_weight), float(loss.bpr_weight),
-              float(loss.contrastive_weight))
+              float(loss.contrastive_weight), float(loss.pair_temperature))
     for name, value in out.as_dict().items():
       if not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"loss.{name}_weight", f"got {value}, expected a finite number >= 0")
     if not any(out.as_dict().values()):
       raise ConfigError("loss.rec_weight", "every loss weight is 0; expected at least one term")
+    if not (math.isfinite(out.pair_temperature) and out.pair_temperature >= 0):
+      raise ConfigError("loss.pair_temperature", f"got {out.pair_temperature}, expected a "
+                        "finite number >= 0 (0 = dot product, as the paper)")
     return out
 
   def as_dict(self) -> dict[str, float]:
-    return dataclasses.asdict(self)
+    """{term: weight} of the four loss terms."""
+    return {"rec": self.rec, "index": self.index, "bpr": self.bpr,
+            "contrastive": self.contrastive}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,10 +126,11 @@ whose weight is 0 is not computed, nor are the encoder and decoder passes only i
       if weights.bpr:
         h_u = ColaRec.pool(enc_u, batch["user"]["mask"])
         parts["bpr"] = losses.pairwise(anchor=h_u, positive=h_i, negative=h_n, mask=mask,
-                                       total=total)
+                                       total=total, temperature=weights.pair_temperature)
       if weights.contrastive:
         parts["contrastive"] = losses.pairwise(anchor=h_i, positive=h_p[0], negative=h_n,
-                                               mask=mask, total=total)
+                                               mask=mask, total=total,
+                                               temperature=weights.pair_temperature)
       return losses.total_loss(parts, weights.as_dict()), parts
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -212,7 +213,7 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
   ws = Workspace.build(settings, workdir, log=log, prepared=prepared, gids=gids)
   train_cfg, ev = settings.train, settings.eval
   steps = steps_per_epoch(ws)
-  state = ws.init_state(create_optimizer(settings.optim, train_cfg.epochs * steps))
+  state = ws.init_state(create_optimizer(settings.optim, train_cfg.epochs * steps), log)
   template = state
   run, within = Progress(), None
   # A rerun on the same workdir continues from its last good checkpoint, exactly: the latest

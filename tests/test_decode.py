@@ -79,6 +79,36 @@ def test_full_beam_equals_exhaustive_ranking(setup, renormalize):
     np.testing.assert_array_equal(codes[row][:NUM_ITEMS], gids.codes[found])
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_a_search_stopped_early_holds_the_best_prefixes(setup, steps):
+  """With a beam wider than the tree, the beams after `steps` steps are every valid prefix of that
+  length, ordered by their summed log-probabilities from teacher forcing."""
+  gids, inputs, params = setup
+  trie = decode.Trie.build(gids, 32)
+  items, scores, codes = map(np.asarray, decode.beam_search(MODEL, params, inputs, trie,
+                                                            steps=steps))
+  prefixes = sorted({tuple(c[:steps]) for c in gids.codes[1:].tolist()})
+  encoded = MODEL.apply({"params": params}, inputs, method=ColaRec.encode)
+  b = encoded.shape[0]
+  expected = np.zeros((b, len(prefixes)))
+  for n, prefix in enumerate(prefixes):
+    full = np.zeros((b, DEPTH), np.int32)
+    full[:, :steps] = prefix
+    logits = np.asarray(MODEL.apply({"params": params}, encoded, inputs["mask"],
+                                    jnp.asarray(full), method=ColaRec.decode_codes), np.float64)
+    for t in range(steps):
+      row = logits[:, t]
+      top = row.max(1, keepdims=True)
+      expected[:, n] += (row - top - np.log(np.exp(row - top).sum(1, keepdims=True)))[:, prefix[t]]
+  assert np.all(items == 0)  # prefixes, not items
+  for row in range(b):
+    found = [tuple(c[:steps]) for c in codes[row][:len(prefixes)]]
+    assert sorted(found) == prefixes and np.all(codes[row][:, steps:] == 0)
+    order = np.argsort(-expected[row], kind="stable")
+    np.testing.assert_allclose(scores[row][:len(prefixes)], expected[row][order], atol=1e-4)
+    assert np.all(np.isneginf(scores[row][len(prefixes):]))
+
+
 @pytest.mark.parametrize("beam", [1, 2, 5, 7])
 def test_every_returned_gid_is_an_items_gid(setup, beam):
   gids, inputs, params = setup
@@ -175,7 +205,8 @@ def test_search_with_a_chunked_encoder_equals_the_unchunked_search(setup, monkey
   assert decode.encoder_chunks(12, 200, TC.d_ff * 4) == 3
   assert decode.encoder_chunks(12, 200, TC.d_ff * 4, shards=2) == 2
   whole = decode._search(params, inputs, trie.children, trie.leaf_item, model=MODEL,
-                         widths=trie.widths, beam_size=8, renormalize=False, chunks=1)
+                         widths=trie.widths, beam_size=8, renormalize=False, chunks=1,
+                         steps=DEPTH)
   traced = []  # the chunk counts the search is traced with
   encode = decode._encode
   monkeypatch.setattr(decode, "_encode", lambda *args: traced.append(args[-1]) or encode(*args))

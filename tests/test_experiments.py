@@ -30,10 +30,30 @@ def test_sweep_makes_one_variant_per_combination():
   assert variants[1].overrides == (("optim.learning_rate", 0.001), ("inputs.use_content", False))
   with pytest.raises(ConfigError, match=r"config\.optim\.learning_rat: there is no such config"):
     experiments.sweep_variants(config, ["optim.learning_rat=1"])
-  with pytest.raises(ConfigError, match=r"cannot sweep over 'x,y': expected values of type int"):
+  with pytest.raises(ConfigError, match=r"cannot set it to 'x,y': expected values of type int"):
     experiments.sweep_variants(config, ["train.epochs=x,y"])
   with pytest.raises(UsageError, match=r"--sweep: got 'train.epochs', expected key=value1"):
     experiments.sweep_variants(config, ["train.epochs"])
+
+
+def test_arms_move_several_keys_at_once():
+  config = small_config()
+  arms = experiments.arm_variants(config, [
+      "base", "fast: optim.learning_rate=3e-3; loss.rec_weight=1 ;model.id_init=lightgcn"])
+  assert [v.name for v in arms] == ["base", "fast"]
+  assert arms[0].overrides == ()
+  assert arms[1].overrides == (("optim.learning_rate", 0.003), ("loss.rec_weight", 1.0),
+                               ("model.id_init", "lightgcn"))
+  with pytest.raises(ConfigError, match=r"config\.loss\.rec_weigh: there is no such config key"):
+    experiments.arm_variants(config, ["a:loss.rec_weigh=1"])
+  with pytest.raises(ConfigError, match=r"cannot set it to 'many': expected values of type int"):
+    experiments.arm_variants(config, ["a:train.epochs=many"])
+  with pytest.raises(UsageError, match=r"--arm: got 'train.epochs' in arm 'a', expected key=value"):
+    experiments.arm_variants(config, ["a:train.epochs"])
+  with pytest.raises(UsageError, match=r"--arm: two arms share a name"):
+    experiments.arm_variants(config, ["a", "a:train.epochs=2"])
+  with pytest.raises(UsageError, match=r"--arm: got ':train.epochs=2', expected NAME:key"):
+    experiments.arm_variants(config, [":train.epochs=2"])
 
 
 def test_gid_suite_has_the_file_variant_only_with_the_column(tmp_path):
@@ -125,3 +145,18 @@ def test_paper_datasets_have_a_cpu_budget_variant(name):
   assert cpu.data.to_dict() == paper.data.to_dict()  # the same dataset and split
   with pytest.raises(ValueError, match="unknown variant 'gpu'"):
     module.get_config("gpu")
+
+
+def test_arms_study_writes_its_own_folder_with_the_first_arm_as_reference(tmp_path):
+  root = str(tmp_path)
+  arms = ["base", "no L_c:loss.contrastive_weight=0"]
+  rows = experiments.run_suite(small_config(), "", root, [0], arms=arms, study="levers",
+                               log=lambda *_: None)
+  assert [r["variant"] for r in rows] == ["base", "no L_c"]
+  assert rows[1]["overrides"] == {"loss.contrastive_weight": 0.0}
+  with open(os.path.join(root, "levers", "report.md")) as f:
+    assert "vs base" in f.read()
+  with pytest.raises(UsageError, match="--arm: expected --arm or --sweep, not both"):
+    experiments.run_suite(small_config(), "", root, [0], arms=arms, sweeps=["seed=1,2"])
+  with pytest.raises(UsageError, match="--study: got 'a/b', expected a folder name"):
+    experiments.run_suite(small_config(), "", root, [0], arms=arms, study="a/b")

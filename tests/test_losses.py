@@ -41,3 +41,20 @@ def test_total_weights():
   assert float(losses.total_loss(parts, weights)) == pytest.approx(0.08 * 5 + 0.5 + 0.4)
   del parts["index"]  # a term not computed (weight 0) adds nothing
   assert float(losses.total_loss(parts, weights)) == pytest.approx(0.08 * 2 + 0.5 + 0.4)
+
+
+def test_pairwise_loss_with_a_temperature_scores_by_cosine():
+  a = jnp.array([[3.0, 4.0], [0.0, -2.0]])
+  p = jnp.array([[1.0, 0.0], [1.0, 1.0]])
+  n = jnp.array([[0.0, 5.0], [-3.0, 0.0]])
+  cos = lambda x, y: float(np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y))
+  t = 0.2
+  margins = [(cos(a[r], p[r]) - cos(a[r], n[r])) / t for r in range(2)]
+  expected = np.mean([math.log1p(math.exp(-m)) for m in margins])
+  got = losses.pairwise(anchor=a, positive=p, negative=n, mask=jnp.ones(2), total=2,
+                        temperature=t)
+  assert float(got) == pytest.approx(expected, rel=1e-5)
+  # Scaling the encodings changes nothing: cosine scores are bounded.
+  scaled = losses.pairwise(anchor=10 * a, positive=7 * p, negative=3 * n, mask=jnp.ones(2),
+                           total=2, temperature=t)
+  assert float(scaled) == pytest.approx(expected, rel=1e-5)

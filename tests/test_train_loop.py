@@ -134,3 +134,24 @@ def test_prefetch_keeps_order_and_reraises():
 
   with pytest.raises(ValueError, match="bad batch"):
     list(train_lib.prefetch(broken()))
+
+
+def test_id_init_from_lightgcn_starts_from_its_embeddings(straight):
+  """`model.id_init=lightgcn`: the first state's ID tables are LightGCN's embeddings of the run
+  (unit-variance, projected to d_model), not the random ones."""
+  from colarec_jax import stages
+  from colarec_jax.workspace import Workspace, id_embeddings
+  workdir, _ = straight
+  c = config()
+  c.model.id_init = "lightgcn"
+  settings = Settings.parse(c)
+  ws = Workspace.build(settings, workdir, log=lambda *_: None)
+  state = ws.init_state(train_lib.create_optimizer(settings.optim), log=lambda *_: None)
+  cf = stages.lightgcn(settings, ws.prepared, workdir, log=lambda *_: None)
+  for name, table in (("item_embed", cf.item_embeddings), ("user_embed", cf.user_embeddings)):
+    np.testing.assert_allclose(np.asarray(state.params[name]["embedding"]),
+                               id_embeddings(table, c.model.d_model, c.seed), rtol=1e-6)
+  random = Workspace.build(Settings.parse(config()), workdir, log=lambda *_: None).init_state(
+      train_lib.create_optimizer(settings.optim))
+  assert not np.allclose(np.asarray(random.params["item_embed"]["embedding"]),
+                         np.asarray(state.params["item_embed"]["embedding"]))

@@ -126,3 +126,19 @@ def test_a_zero_weight_removes_the_term_and_its_work(setup, removed):
   assert step._cache_size() == compiled == 1
   flops = lambda fn: fn.lower(state(), batch, jax.random.key(1)).compile().cost_analysis()["flops"]
   assert flops(step) < flops(step_fns[None])
+
+
+def test_id_tables_from_lightgcn_keep_its_geometry():
+  """LightGCN's embeddings become ID tables of unit variance whose Gram matrix is LightGCN's up to
+  one scale (the projection is orthogonal), row 0 (padding) zero; shapes must match the model."""
+  from colarec_jax.workspace import id_embeddings
+  rng = np.random.default_rng(0)
+  cf = np.concatenate([np.zeros((1, 8)), rng.normal(0.3, 2.0, (30, 8))])
+  for d_model in (8, 16):
+    table = id_embeddings(cf, d_model, seed=1)
+    assert table.shape == (31, d_model) and np.all(table[0] == 0)
+    assert np.std(table[1:]) == pytest.approx(1.0, rel=1e-5)
+    centred = cf[1:] - cf[1:].mean(0)
+    gram, expected = table[1:] @ table[1:].T, centred @ centred.T
+    np.testing.assert_allclose(gram / gram[0, 0], expected / expected[0, 0], rtol=1e-4,
+                               atol=1e-4)

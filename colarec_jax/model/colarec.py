@@ -21,6 +21,7 @@ from colarec_jax.model.t5 import Decoder, Encoder, TransformerConfig
 
 TASK_REC, TASK_INDEX = 0, 1
 MODEL_NAMES = ("colarec", "lightgcn", "mostpop")  # what config.model.name may train
+ID_INITS = ("random", "lightgcn")  # where config.model.id_init starts the ID embeddings
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -37,14 +38,19 @@ class ModelConfig:
   dropout_rate: float = 0.1
   dtype: str = "float32"  # compute dtype; parameters stay float32
   init_from: str = ""  # a local Hugging Face T5 folder to start from
+  id_init: str = "random"  # random | lightgcn: where the item/user-ID embeddings start
 
   @classmethod
   def from_config(cls, model) -> "ModelConfig":
     out = cls(str(model.name), int(model.d_model), int(model.d_ff), int(model.num_heads),
               int(model.num_encoder_layers), int(model.num_decoder_layers),
-              float(model.dropout_rate), str(model.dtype), str(model.init_from))
+              float(model.dropout_rate), str(model.dtype), str(model.init_from),
+              str(model.id_init))
     if out.name not in MODEL_NAMES:
       raise ConfigError("model.name", f"got {out.name!r}, expected one of {', '.join(MODEL_NAMES)}")
+    if out.id_init not in ID_INITS:
+      raise ConfigError("model.id_init", f"got {out.id_init!r}, expected one of "
+                        f"{', '.join(ID_INITS)}")
     if out.dtype not in DTYPES:
       raise ConfigError("model.dtype", f"got {out.dtype!r}, expected 'float32' or 'bfloat16'")
     for key in ("d_model", "d_ff", "num_heads", "num_encoder_layers", "num_decoder_layers"):

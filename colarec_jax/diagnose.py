@@ -1,0 +1,87 @@
+"""Why a trained ColaRec ranks as it does: where beam search loses the held-out items, and what
+the generation head reaches against the encoder's own ranking signal (bench/quality.py).
+
+- `prefix_survival`: after each beam step t, the share of (user, held-out item) pairs whose item's
+  GID prefix of length t is still among the beams. A drop at step t means the decoder's level-t
+  codes, not the later ones, lose the item.
+- `greedy_report`: the generation head at beam 1 (one item per user).
+- `encoder_report`: the ranking signal L_bpr trains, h(X_u) . h(X_i) over every item (X_i the
+  item's indexing input, one training user sampled with a fixed seed), ranked in full like the
+  collaborative baselines. When it ranks far better than beam search, the encoder has learned the
+  preference and the decoder has not learned to spell it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from colarec_jax import decode, evaluate, sharding
+from colarec_jax.data.sampling import padded_batches
+from colarec_jax.evaluate import EvalSplit
+from colarec_jax.inputs import stack
+from colarec_jax.model.colarec import ColaRec
+from colarec_jax.recommend import Ranker
+from colarec_jax.workspace import Workspace
+
+
+def prefix_survival(ws: Workspace, params, split: EvalSplit, inputs: dict) -> list[float]:
+  """[l] share of the split's (user, held-out item) pairs whose GID prefix of length t is among
+  the beams after step t (t = 1..l), at the configured beam size."""
+  trie, codes = ws.trie, ws.gids.codes
+  depth = codes.shape[1]
+  kept = np.zeros(depth)
+  pairs = 0
+  batch_size = Ranker(ws.model, params, trie, ws.builder, ws.settings.eval, ws.mesh).batch_size
+  for rows, real in padded_batches(np.arange(len(split.users)), batch_size):
+    batch = sharding.shard_rows({k: jnp.asarray(v[rows]) for k, v in inputs.items()}, ws.mesh)
+    for t in range(1, depth + 1):
+      _, scores, beams = map(sharding.to_host, decode.beam_search(
+          ws.model, params, batch, trie, renormalize=ws.settings.eval.renormalize, steps=t))
+      for r in range(real):
+        live = {tuple(b[:t]) for b, s in zip(beams[r], scores[r]) if np.isfinite(s)}
+        held = split.heldout.row(split.users[rows[r]])
+        kept[t - 1] += sum(tuple(codes[i][:t]) in live for i in held)
+        if t == 1:
+          pairs += len(held)
+  return (kept / max(pairs, 1)).tolist()
+
+
+def greedy_report(ws: Workspace, params, split: EvalSplit, inputs: dict) -> evaluate.Report:
+  """The split's metrics from beam search at beam 1 (the decoder's single best item)."""
+  trie = decode.Trie.build(ws.gids, 1, ws.mesh)
+  return Ranker(ws.model, params, trie, ws.builder, ws.settings.eval, ws.mesh).evaluate(
+      split, inputs)
+
+
+def _pooled(model: ColaRec, params, inputs: dict, batch_size: int = 256) -> np.ndarray:
+  """[n, d] h(X) of stacked encoder inputs."""
+  @jax.jit
+  def pool(batch):
+    encoded = model.apply({"params": params}, batch, method=ColaRec.encode)
+    return ColaRec.pool(encoded, batch["mask"])
+
+  n = len(inputs["mask"])
+  out = None
+  for rows, real in padded_batches(np.arange(n), batch_size):
+    h = np.asarray(pool({k: jnp.asarray(v[rows]) for k, v in inputs.items()}), np.float32)
+    out = np.zeros((n, h.shape[1]), np.float32) if out is None else out
+    out[rows[:real]] = h[:real]
+  return out
+
+
+def encoder_report(ws: Workspace, params, split: EvalSplit, inputs: dict,
+                   seed: int = 0) -> evaluate.Report:
+  """The split's metrics when every item is ranked by h(X_u) . h(X_i)."""
+  builder, num_items = ws.builder, ws.prepared.dataset.num_items
+  rng = np.random.default_rng(seed)
+  items = stack([builder.index_input(i, builder.sample_users(i, rng))
+                 for i in range(1, num_items + 1)])
+  h_items = np.concatenate([np.zeros((1, ws.settings.model.d_model), np.float32),
+                            _pooled(ws.model, params, items)])
+  h_users = np.zeros((ws.prepared.dataset.num_users + 1, h_items.shape[1]), np.float32)
+  h_users[split.users] = _pooled(ws.model, params, inputs)
+  table_u, table_i = jnp.asarray(h_users), jnp.asarray(h_items)
+  score = jax.jit(lambda users: table_u[users] @ table_i.T)
+  return evaluate.evaluate_scores(score, split, num_items, ws.settings.eval)

@@ -1,0 +1,70 @@
+"""The quality diagnostics on a tiny trained run, against independent computations: prefix
+survival against the final beams and the prefix counts, the encoder ranking against NumPy."""
+
+import numpy as np
+import pytest
+
+from colarec_jax import checkpoint, decode, diagnose
+from colarec_jax import train as train_lib
+from colarec_jax.data.dataset import VALID
+from colarec_jax.inputs import stack
+from colarec_jax.settings import Settings
+from colarec_jax.workspace import Workspace
+from configs import tiny
+
+
+def workspace(workdir, beam_size):
+  c = tiny.get_config()
+  c.cf.epochs = 2
+  c.train.update(epochs=1, steps_per_epoch=4)
+  c.eval.beam_size = beam_size
+  if beam_size < max(c.eval.ks):
+    c.eval.update(ks=(1, beam_size), metric=f"ndcg@{beam_size}")
+  return Workspace.build(Settings.parse(c), workdir, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("diagnose"))
+  ws = workspace(workdir, 20)
+  train_lib.train_and_evaluate(ws.settings, workdir, log=lambda *_: None, progress_bar=False)
+  params, _ = ws.restore_params(checkpoint.BEST)
+  return workdir, params
+
+
+@pytest.mark.parametrize("beam_size", [3, 20])
+def test_prefix_survival_ends_at_the_share_of_held_out_items_in_the_final_beams(run, beam_size):
+  workdir, params = run
+  ws = workspace(workdir, beam_size)
+  split, inputs = ws.eval_data(VALID)
+  survival = diagnose.prefix_survival(ws, params, split, inputs)
+  items, scores, _ = map(np.asarray, decode.beam_search(ws.model, params, inputs, ws.trie))
+  held = [split.heldout.row(u) for u in split.users]
+  found = sum(np.isin(h, items[r][np.isfinite(scores[r])]).sum() for r, h in enumerate(held))
+  assert survival[-1] == pytest.approx(found / sum(len(h) for h in held))
+  # A beam at least as wide as the tree's first level keeps every first code.
+  if beam_size >= ws.gids.branching:
+    assert survival[0] == 1.0
+  assert all(0 <= v <= 1 for v in survival) and len(survival) == ws.gids.depth
+
+
+def test_encoder_report_ranks_by_pooled_dot_products(run):
+  workdir, params = run
+  ws = workspace(workdir, 20)
+  split, inputs = ws.eval_data(VALID)
+  report = diagnose.encoder_report(ws, params, split, inputs, seed=0)
+  # NumPy reference: pool every input one at a time, rank all items, drop training items.
+  rng = np.random.default_rng(0)
+  n = ws.prepared.dataset.num_items
+  pool = lambda x: np.asarray(diagnose._pooled(ws.model, params, x, batch_size=1))
+  h_items = pool(stack([ws.builder.index_input(i, ws.builder.sample_users(i, rng))
+                        for i in range(1, n + 1)]))
+  h_users = pool(inputs)
+  recall = []
+  for r, user in enumerate(split.users):
+    scores = h_items @ h_users[r]
+    scores[split.exclude.row(user) - 1] = -np.inf
+    top = np.argsort(-scores, kind="stable")[:20] + 1
+    held = split.heldout.row(user)
+    recall.append(np.isin(held, top).sum() / len(held))
+  assert report.overall["recall@20"] == pytest.approx(np.mean(recall), abs=1e-6)
