@@ -145,6 +145,11 @@ def base_config() -> ml_collections.ConfigDict:
   evaluation.beam_size = 100  # ColaRec's constrained beam search (official 100)
   evaluation.renormalize = False  # official: invalid codes get -inf after the log-softmax
   evaluation.decode_batch_size = 32  # users per beam-search call
+  # Items a ranking must leave out (the user's training items, ...): False = the official way,
+  # beam search returns beam_size items and the excluded ones are dropped after it (a user with
+  # many training items can be left with fewer than max(ks)); True = the search's last step
+  # skips them, so all beam_size beams are items the user may get.
+  evaluation.exclude_in_search = False
   # Validate on a fixed sample of this many users (0 = all): on large datasets full validation
   # can cost more than an epoch at a CPU budget. Testing always ranks every test user.
   evaluation.valid_sample = 0

@@ -88,6 +88,21 @@ class Trie:
     return self.children.shape[0] - 1
 
 
+def blocked_nodes(gids: GidTable, exclude: list[np.ndarray]) -> np.ndarray:
+  """[len(exclude), num_nodes + 1] bool: the trie nodes all of whose items are in the row's
+  `exclude` (leaves of excluded items and the subtrees they fill); the last column is the
+  search's dead node, never blocked."""
+  paths = gids.item_paths
+  leaves_under = np.bincount(paths[1:].ravel(), minlength=len(gids.children))
+  out = np.zeros((len(exclude), len(gids.children) + 1), bool)
+  for row, items in enumerate(exclude):
+    items = np.asarray(items, np.int64)
+    items = items[(items > 0) & (items <= gids.num_items)]
+    counts = np.bincount(paths[items].ravel(), minlength=len(gids.children))
+    out[row, :-1] = (counts == leaves_under) & (counts > 0)
+  return out
+
+
 def _reorder_cache(cache, parent: jax.Array):
   """Self-attention cache rows follow their beams: [b * w, ...] -> [b * w', ...] by `parent`.
 
@@ -146,8 +161,9 @@ def _encode(model: ColaRec, params, inputs: dict, chunks: int) -> jax.Array:
 
 
 def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, position,
-          new_width: int, renormalize: bool) -> BeamState:
-  """Extends every beam by one code and keeps the best `new_width` of all extensions."""
+          new_width: int, renormalize: bool, blocked=None) -> BeamState:
+  """Extends every beam by one code and keeps the best `new_width` of all extensions; codes
+  leading to a `blocked` node ([b, num_nodes + 1] bool, or None) are invalid."""
   b, width = state.scores.shape
   k1 = trie.children.shape[1]
   previous = jnp.where(position > 0,
@@ -156,7 +172,11 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
                                 previous.reshape(-1), position, method=ColaRec.decode_step,
                                 mutable=["cache"])
   logits = logits.reshape(b, width, k1)
-  valid = trie.children[state.nodes] >= 0
+  child = trie.children[state.nodes]  # [b, w, K + 1]
+  valid = child >= 0
+  if blocked is not None:
+    closed = jnp.take_along_axis(blocked, jnp.maximum(child, 0).reshape(b, width * k1), axis=1)
+    valid &= ~closed.reshape(b, width, k1)
   if renormalize:
     logp = jax.nn.log_softmax(jnp.where(valid, logits, -jnp.inf), axis=-1)
   else:
@@ -173,8 +193,8 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
 
 @functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize",
                                              "chunks", "steps"))
-def _search(params, inputs, children, leaf_item, *, model: ColaRec, widths: tuple[int, ...],
-            beam_size: int, renormalize: bool, chunks: int, steps: int):
+def _search(params, inputs, children, leaf_item, blocked=None, *, model: ColaRec,
+            widths: tuple[int, ...], beam_size: int, renormalize: bool, chunks: int, steps: int):
   trie = Trie(children, leaf_item, widths, beam_size)
   depth = steps
   encoded = _encode(model, params, inputs, chunks)
@@ -186,7 +206,7 @@ def _search(params, inputs, children, leaf_item, *, model: ColaRec, widths: tupl
   state = BeamState(scores=jnp.zeros((b, 1)), nodes=jnp.zeros((b, 1), jnp.int32),
                     codes=jnp.zeros((b, 1, depth), jnp.int32), cache=init["cache"])
   step = functools.partial(_step, decoder, params, trie, encoded, mask,
-                           renormalize=renormalize)
+                           renormalize=renormalize, blocked=blocked)
   t = 0
   while t < depth:
     if widths[t + 1] != widths[t]:
@@ -207,7 +227,7 @@ def _search(params, inputs, children, leaf_item, *, model: ColaRec, widths: tupl
 
 
 def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize: bool = False,
-                steps: int | None = None):
+                steps: int | None = None, blocked: jax.Array | None = None):
   """Top `trie.beam_size` items for each input by constrained beam search.
 
   Args:
@@ -219,6 +239,9 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
     steps: stop after this many of the l steps (default: all): the beams are then GID
       prefixes (codes beyond `steps` are 0, items 0), exactly the beams the full search holds
       after that step (the diagnostics of bench/quality.py).
+    blocked: [b, num_nodes + 1] bool, trie nodes every item under which must not be returned
+      (`blocked_nodes` of each user's excluded items): codes leading to them are invalid, so
+      no beam is spent on an item that would be dropped afterwards.
 
   Returns:
     (items [b, beam] int32, best first, 0 where fewer items exist; scores [b, beam]
@@ -231,6 +254,6 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
   cfg = model.config.transformer
   chunks = encoder_chunks(*mask.shape, cfg.d_ff * jnp.dtype(cfg.dtype).itemsize, shards=shards,
                           platform=platform)
-  return _search(params, inputs, trie.children, trie.leaf_item, model=model,
+  return _search(params, inputs, trie.children, trie.leaf_item, blocked, model=model,
                  widths=trie.widths, beam_size=trie.beam_size, renormalize=renormalize,
                  chunks=chunks, steps=len(trie.widths) - 1 if steps is None else int(steps))

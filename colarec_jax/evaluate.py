@@ -35,13 +35,15 @@ class EvalConfig:
   renormalize: bool = False  # official: mask after the log-softmax
   decode_batch_size: int = 32  # users per beam-search call
   valid_sample: int = 0  # validate on this many users (a fixed sample); 0 = all. Tests use all.
+  exclude_in_search: bool = False  # beam search skips excluded items (official: drops them after)
 
   @classmethod
   def from_config(cls, section) -> "EvalConfig":
     out = cls(tuple(int(k) for k in section.ks), str(section.metric),
               float(section.long_tail_fraction), bool(section.exclude_valid_at_test),
               int(section.batch_size), int(section.beam_size), bool(section.renormalize),
-              int(section.decode_batch_size), int(section.valid_sample))
+              int(section.decode_batch_size), int(section.valid_sample),
+              bool(section.exclude_in_search))
     names = [f"{m}@{k}" for m in ("recall", "ndcg") for k in out.ks]
     if out.metric not in names:
       raise ConfigError("eval.metric", f"got {out.metric!r}, expected one of {', '.join(names)}")

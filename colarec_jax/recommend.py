@@ -53,9 +53,13 @@ class Ranker:
     out = np.zeros((n, k), np.int32)
     for rows, real in padded_batches(np.arange(n), self.batch_size):
       batch = {name: jnp.asarray(v[rows]) for name, v in inputs.items()}
-      items, _, _ = decode.beam_search(self.model, self.params,
-                                       sharding.shard_rows(batch, self.mesh), self.trie,
-                                       renormalize=self.eval_cfg.renormalize)
+      if self.eval_cfg.exclude_in_search:
+        batch["blocked"] = jnp.asarray(decode.blocked_nodes(
+            self.builder.gids, [exclude[r] for r in rows[:real]] + [[]] * (len(rows) - real)))
+      batch = sharding.shard_rows(batch, self.mesh)
+      blocked = batch.pop("blocked", None)
+      items, _, _ = decode.beam_search(self.model, self.params, batch, self.trie,
+                                       renormalize=self.eval_cfg.renormalize, blocked=blocked)
       out[rows[:real]] = drop_excluded(sharding.to_host(items)[:real],
                                        [exclude[r] for r in rows[:real]], k)
     return out

@@ -79,6 +79,47 @@ def test_full_beam_equals_exhaustive_ranking(setup, renormalize):
     np.testing.assert_array_equal(codes[row][:NUM_ITEMS], gids.codes[found])
 
 
+def test_blocked_nodes_are_the_subtrees_of_excluded_items_only():
+  gids = GidTable.from_codes(np.asarray([[1, 1, 1], [1, 1, 2], [1, 2, 1], [2, 1, 1]]), 2)
+  paths = gids.item_paths
+  for item in range(1, 5):  # each path walks the item's codes from the root to its leaf
+    node = 0
+    for t in range(3):
+      node = gids.children[node, gids.codes[item, t]]
+      assert paths[item, t] == node
+  blocked = decode.blocked_nodes(gids, [np.asarray([1, 2]), np.asarray([3]), np.asarray([])])
+  # Row 0: items 1 and 2 fill the subtree [1, 1], so it and both leaves are blocked; [1] is not.
+  assert set(np.flatnonzero(blocked[0])) == {paths[1, 1], paths[1, 2], paths[2, 2]}
+  # Row 1: item 3 is alone under [1, 2]: that node and its leaf.
+  assert set(np.flatnonzero(blocked[1])) == {paths[3, 1], paths[3, 2]}
+  assert not blocked[2].any() and blocked.shape == (3, len(gids.children) + 1)
+
+
+def test_excluded_items_are_skipped_inside_the_search(setup):
+  """With a full beam the search returns every other item in exhaustive order; with a narrow one
+  it still fills all its beams with items that are not excluded."""
+  gids, inputs, params = setup
+  b = inputs["mask"].shape[0]
+  exclude = np.zeros((b, NUM_ITEMS + 1), bool)
+  rng = np.random.default_rng(3)
+  for row in range(b):
+    exclude[row, rng.choice(np.arange(1, NUM_ITEMS + 1), 3 + 4 * row, replace=False)] = True
+  reference = exhaustive_scores(params, inputs, gids, renormalize=False)
+  blocked = jnp.asarray(decode.blocked_nodes(gids, [np.flatnonzero(r) for r in exclude]))
+  items, scores, _ = map(np.asarray, decode.beam_search(
+      MODEL, params, inputs, decode.Trie.build(gids, 32), blocked=blocked))
+  for row in range(b):
+    allowed = np.flatnonzero(~exclude[row][1:]) + 1
+    expected = allowed[np.argsort(-reference[row][allowed], kind="stable")]
+    np.testing.assert_array_equal(items[row][:len(allowed)], expected)
+    np.testing.assert_allclose(scores[row][:len(allowed)], reference[row][expected], atol=1e-4)
+    assert np.all(items[row][len(allowed):] == 0)
+  narrow, _, _ = map(np.asarray, decode.beam_search(
+      MODEL, params, inputs, decode.Trie.build(gids, 5), blocked=blocked))
+  for row in range(b):
+    assert np.all(narrow[row] > 0) and not exclude[row][narrow[row]].any()
+
+
 @pytest.mark.parametrize("steps", [1, 2])
 def test_a_search_stopped_early_holds_the_best_prefixes(setup, steps):
   """With a beam wider than the tree, the beams after `steps` steps are every valid prefix of that

@@ -14,9 +14,7 @@ from configs import tiny
 
 
 def workspace(workdir, beam_size):
-  c = tiny.get_config()
-  c.cf.epochs = 2
-  c.train.update(epochs=1, steps_per_epoch=4)
+  c = _config(False)
   c.eval.beam_size = beam_size
   if beam_size < max(c.eval.ks):
     c.eval.update(ks=(1, beam_size), metric=f"ndcg@{beam_size}")
@@ -68,3 +66,27 @@ def test_encoder_report_ranks_by_pooled_dot_products(run):
     held = split.heldout.row(user)
     recall.append(np.isin(held, top).sum() / len(held))
   assert report.overall["recall@20"] == pytest.approx(np.mean(recall), abs=1e-6)
+
+
+def test_ranker_excluding_inside_the_search_fills_every_list(run):
+  """Users' training items skipped inside the search: no list loses places to them (the official
+  way, dropping them after a beam of 20, leaves some lists short), and none is returned."""
+  workdir, params = run
+  lists = {}
+  for inside in (False, True):
+    ws = Workspace.build(Settings.parse(_config(inside)), workdir, log=lambda *_: None)
+    split, inputs = ws.eval_data(VALID)
+    exclude = [split.exclude.row(u) for u in split.users]
+    lists[inside] = ws.ranker(params).ranked(inputs, exclude, 20)
+  for row, (official, inside) in enumerate(zip(lists[False], lists[True])):
+    assert (inside > 0).sum() >= (official > 0).sum()
+    assert not np.isin(inside, [split.exclude.row(u) for u in split.users][row]).any()
+  assert (lists[True] > 0).sum() > (lists[False] > 0).sum()
+
+
+def _config(exclude_in_search):
+  c = tiny.get_config()
+  c.cf.epochs = 2
+  c.train.update(epochs=1, steps_per_epoch=4)
+  c.eval.exclude_in_search = exclude_in_search
+  return c

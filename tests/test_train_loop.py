@@ -155,3 +155,19 @@ def test_id_init_from_lightgcn_starts_from_its_embeddings(straight):
       train_lib.create_optimizer(settings.optim))
   assert not np.allclose(np.asarray(random.params["item_embed"]["embedding"]),
                          np.asarray(state.params["item_embed"]["embedding"]))
+
+
+def test_checkpoints_of_a_config_without_a_newer_key_read_it_as_its_default(tmp_path):
+  """A key added to the code after a checkpoint was trained counts as its default value then."""
+  import copy
+
+  from colarec_jax.workspace import check_compatible
+  settings = Settings.parse(config())
+  older = copy.deepcopy(settings.fixed)
+  del older["loss"]["pair_temperature"], older["model"]["id_init"]
+  check_compatible(settings, older, "here")  # both at their defaults: the same model
+  changed = config()
+  changed.loss.pair_temperature = 0.1
+  with pytest.raises(ConfigError, match=r"loss\.pair_temperature: got 0\.1, but the checkpoints "
+                     r"in here were trained with 0\.0"):
+    check_compatible(Settings.parse(changed), older, "here")

@@ -8,6 +8,7 @@ codes at any depth, and decoding can carry a node id per beam. Leaves (depth l) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -81,6 +82,16 @@ class GidTable:
     return cls(np.concatenate([np.zeros((1, depth), np.int32), codes]), branching,
                np.stack(children), np.asarray(node_depth, np.int32),
                np.asarray(leaf_item, np.int32), parents)
+
+  @functools.cached_property
+  def item_paths(self) -> np.ndarray:
+    """[num_items + 1, l] the trie node of each item's prefix of length 1..l (row 0: root)."""
+    out = np.zeros(self.codes.shape, np.int32)
+    node = np.zeros(len(self.codes), np.int64)
+    for t in range(self.depth):
+      node = np.where(np.arange(len(self.codes)) > 0, self.children[node, self.codes[:, t]], 0)
+      out[:, t] = node
+    return out
 
   def item_of(self, gid) -> int:
     """The item with this GID, or 0 when it is no item's GID."""
