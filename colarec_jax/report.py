@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20))
+SELECTION = "ndcg@10"  # the validation metric settings are chosen on (eval.metric default)
 PAIRED = "ndcg@20"
 
 
@@ -61,6 +62,10 @@ def summary(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
   for variant in dict.fromkeys(r["variant"] for r in rows):
     mine = [r for r in rows if r["variant"] == variant]
     cells = {}
+    if all(SELECTION in r.get("valid", {}).get("overall", {}) for r in mine):
+      values = np.array([r["valid"]["overall"][SELECTION] for r in mine])
+      cells[f"valid {SELECTION}"] = (float(values.mean()), float(values.std(ddof=1))
+                                     if len(values) > 1 else 0.0, len(values))
     for group, prefix in (("overall", ""), ("long_tail", "long-tail ")):
       for metric in METRICS:
         values = np.array([r["test"][group][metric] for r in mine])
@@ -74,6 +79,8 @@ def table(rows: list[dict], reference: str | None = None) -> str:
   """The study's Markdown table (see the module docstring)."""
   stats = summary(rows)
   columns = [m for m in METRICS] + [f"long-tail {m}" for m in METRICS]
+  if all(f"valid {SELECTION}" in cells for cells in stats.values()):
+    columns.insert(0, f"valid {SELECTION}")
   best = {c: max(v[c][0] for v in stats.values()) for c in columns}
   header = ["variant", "seeds", *[c.replace("long-tail ", "LT ") for c in columns]]
   if reference:
@@ -107,7 +114,8 @@ def write_report(folder: str, reference: str | None = None) -> str | None:
   first = rows[0]
   name = os.path.basename(os.path.normpath(folder))
   text = [f"# {name} study on {first['dataset']} ({first['budget']} budget)", "",
-          f"Test split, mean ± standard deviation over seeds; best mean per column in bold. "
+          f"Test split (and valid {SELECTION}, what settings are chosen on), mean ± standard "
+          "deviation over seeds; best mean per column in bold. "
           f"Long-tail (LT) users: {first['long_tail_rule']}.", ""]
   if reference:
     text += [f"p: two-sided Wilcoxon signed-rank test over test users of per-user {PAIRED} "

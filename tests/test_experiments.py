@@ -103,6 +103,7 @@ def make_row(folder, variant, order, seed, overall, long_tail, per_user):
          "dataset": "hand", "budget": "cpu", "commit": "abc", "wall_seconds": 10.0,
          "examples_seen": 100, "long_tail_rule": "the 20% with the fewest (<= 3)",
          "test": {"overall": metrics(overall), "long_tail": metrics(long_tail)},
+         "valid": {"overall": metrics(overall / 2)},
          "curve": [[50, overall / 2], [100, overall]]}
   with open(os.path.join(run, "row.json"), "w") as f:
     json.dump(row, f)
@@ -123,6 +124,9 @@ def test_report_from_hand_made_rows(tmp_path):
           if line.startswith("| full") or line.startswith("| w/o x")}
   std = np.std([0.30, 0.34], ddof=1)
   assert f"**0.3200 ± {std:.4f}**" in rows["full"]  # best overall: bold
+  # The first metric column is the validation metric settings are chosen on.
+  assert rows["full"].startswith(f"| full | 2 | **0.1600 ± {std / 2:.4f}** | **0.3200")
+  assert "| variant | seeds | valid ndcg@10 | recall@5 |" in text
   assert f"0.2100 ± {np.std([0.20, 0.22], ddof=1):.4f}" in rows["w/o x"]
   assert f"**0.2700 ± {np.std([0.25, 0.29], ddof=1):.4f}**" in rows["w/o x"]  # best long-tail
   assert rows["w/o x"].endswith(f"| {2 / 2 ** 6:.3g} (6 users) |")
