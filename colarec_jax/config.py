@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ids ('lightgcn'; trained first if needed), scaled to the random init's unit variance and,
   # when cf.embedding_dim != d_model, mapped by a fixed random orthogonal projection.
   model.id_init = "random"
+  model.freeze_ids = False  # True (with id_init='lightgcn'): the ID tables stay LightGCN's
 
   # ColaRec inputs (SPEC section 4).
   inputs = config.inputs = ml_collections.ConfigDict()

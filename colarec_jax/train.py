@@ -73,8 +73,11 @@ def _concat(*inputs: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def make_train_step(model: ColaRec, weights: LossWeights, mesh=None):
+def make_train_step(model: ColaRec, weights: LossWeights, mesh=None, frozen: tuple[str, ...] = ()):
   """Returns jitted `(state, batch, key) -> (state, metrics)`; state is donated.
+
+  The top-level parameters named in `frozen` (e.g. the ID tables started from LightGCN) keep
+  their values: neither the gradient nor the weight decay moves them.
 
   Cached by (model, weights, mesh), so runs in one process share the compiled step. A loss term
 whose weight is 0 is not computed, nor are the encoder and decoder passes only it reads.
@@ -140,7 +143,10 @@ whose weight is 0 is not computed, nor are the encoder and decoder passes only i
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = jnp.asarray(
         state.opt_state[1].hyperparams["learning_rate"], jnp.float32)
-    return state.apply_gradients(grads=grads), metrics
+    new = state.apply_gradients(grads=grads)
+    if frozen:
+      new = new.replace(params={**new.params, **{k: state.params[k] for k in frozen}})
+    return new, metrics
 
   if mesh is None:
     return jax.jit(local_step, donate_argnums=0)
@@ -233,7 +239,8 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
   ws.reconcile_best(run, template, log)
   latest = ws.manager(checkpoint.LATEST, max_to_keep=train_cfg.keep_checkpoints)
   best, mid_epoch = ws.manager(checkpoint.BEST), ws.manager(checkpoint.PARTIAL)
-  step_fn = make_train_step(ws.model, settings.loss, ws.mesh)
+  step_fn = make_train_step(ws.model, settings.loss, ws.mesh,
+                            ("item_embed", "user_embed") if settings.model.freeze_ids else ())
   dropout_key = jax.random.fold_in(jax.random.key(settings.seed), DROPOUT_STREAM)
   valid, valid_inputs = ws.eval_data(VALID)
   writer = reporting.summary_writer(os.path.join(workdir, "tensorboard", "colarec"))

@@ -142,3 +142,33 @@ def test_id_tables_from_lightgcn_keep_its_geometry():
     gram, expected = table[1:] @ table[1:].T, centred @ centred.T
     np.testing.assert_allclose(gram / gram[0, 0], expected / expected[0, 0], rtol=1e-4,
                                atol=1e-4)
+
+
+def test_frozen_parameters_keep_their_values_and_the_rest_trains(setup):
+  settings, model, batch, _, _ = setup
+  step = train_lib.make_train_step(model, LossWeights(), None, ("item_embed", "user_embed"))
+  state = init_state(model, train_lib.create_optimizer(settings.optim), batch, jax.random.key(0))
+  before = jax.tree.map(np.asarray, state.params)
+  for _ in range(2):
+    state, _ = step(state, batch, jax.random.key(1))
+  for name in ("item_embed", "user_embed"):
+    np.testing.assert_array_equal(np.asarray(state.params[name]["embedding"]),
+                                  before[name]["embedding"])
+  # The shared token table and the codebooks move (and would the ID tables, unfrozen).
+  assert not np.allclose(np.asarray(state.params["shared"]["embedding"]),
+                         before["shared"]["embedding"])
+  assert not np.allclose(np.asarray(state.params["codebook"]), before["codebook"])
+  moving, _ = run(setup, None, steps=2)
+  assert not np.allclose(np.asarray(moving.params["item_embed"]["embedding"]),
+                         before["item_embed"]["embedding"])
+
+
+def test_freezing_random_id_tables_is_refused():
+  from colarec_jax.errors import ConfigError
+  config = tiny.get_config()
+  config.model.freeze_ids = True
+  with pytest.raises(ConfigError, match=r"model\.freeze_ids: got True with "
+                     r"model\.id_init='random'; expected id_init='lightgcn'"):
+    Settings.parse(config)
+  config.model.id_init = "lightgcn"
+  assert Settings.parse(config).model.freeze_ids

@@ -39,18 +39,23 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype; parameters stay float32
   init_from: str = ""  # a local Hugging Face T5 folder to start from
   id_init: str = "random"  # random | lightgcn: where the item/user-ID embeddings start
+  freeze_ids: bool = False  # keep the ID tables as they started (with id_init='lightgcn')
 
   @classmethod
   def from_config(cls, model) -> "ModelConfig":
     out = cls(str(model.name), int(model.d_model), int(model.d_ff), int(model.num_heads),
               int(model.num_encoder_layers), int(model.num_decoder_layers),
               float(model.dropout_rate), str(model.dtype), str(model.init_from),
-              str(model.id_init))
+              str(model.id_init), bool(model.freeze_ids))
     if out.name not in MODEL_NAMES:
       raise ConfigError("model.name", f"got {out.name!r}, expected one of {', '.join(MODEL_NAMES)}")
     if out.id_init not in ID_INITS:
       raise ConfigError("model.id_init", f"got {out.id_init!r}, expected one of "
                         f"{', '.join(ID_INITS)}")
+    if out.freeze_ids and out.id_init != "lightgcn":
+      raise ConfigError("model.freeze_ids", "got True with model.id_init="
+                        f"{out.id_init!r}; expected id_init='lightgcn' (freezing random ID "
+                        "tables would leave items indistinguishable by ID)")
     if out.dtype not in DTYPES:
       raise ConfigError("model.dtype", f"got {out.dtype!r}, expected 'float32' or 'bfloat16'")
     for key in ("d_model", "d_ff", "num_heads", "num_encoder_layers", "num_decoder_layers"):
