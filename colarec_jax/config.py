@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   inputs.index_users = 1  # user-ID slots on an indexing input (official 1)
   inputs.uad_on_item_inputs = True  # paper; False = official code (uad only on the i+ input)
   inputs.use_content = True  # False: no item text, only atomic IDs (the w/o-content ablation)
+  # Not in the paper: each history item on a recommendation input also carries its GID codes,
+  # embedded by the decoder's output codebook (so the decoder can learn "more of the clusters the
+  # user already likes" directly). Never on indexing inputs, whose item's GID is the target.
+  inputs.history_codes = False
 
   # Optimisation (official: AdamW, lr 5e-4, weight decay 0.01, constant, clip 1.0, batch 128).
   optim = config.optim = ml_collections.ConfigDict()

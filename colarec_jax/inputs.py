@@ -34,12 +34,13 @@ class InputConfig:
   index_users: int = 1  # user-ID slots on an indexing input (official samples 1)
   uad_on_item_inputs: bool = True  # paper; False = official code (uad only on the i+ input)
   use_content: bool = True  # False: items are their ID slot alone (the w/o-content ablation)
+  history_codes: bool = False  # history items also carry their GID codes (see the config)
 
   @classmethod
   def from_config(cls, cfg, max_item_tokens: int) -> "InputConfig":
     out = cls(int(cfg.max_history), int(cfg.eval_history), int(max_item_tokens),
               int(cfg.max_length), int(cfg.index_users), bool(cfg.uad_on_item_inputs),
-              bool(cfg.use_content))
+              bool(cfg.use_content), bool(cfg.history_codes))
     for key in ("max_history", "index_users"):
       if getattr(out, key) < 0:
         raise ConfigError(f"inputs.{key}", f"got {getattr(out, key)}, expected >= 0")
@@ -94,8 +95,14 @@ class InputBuilder:
       pos += 1
     tokens[pos] = self.eos
     mask = np.arange(length) <= pos
-    return {"tokens": tokens, "items": item_slots, "users": user_slots, "mask": mask,
-            "task": np.int32(task)}
+    row = {"tokens": tokens, "items": item_slots, "users": user_slots, "mask": mask,
+           "task": np.int32(task)}
+    if self.cfg.history_codes and task == TASK_REC:
+      # The GIDs of the history's items ([L, l], 0 elsewhere); never on an indexing input,
+      # whose item's GID is the target.
+      known = (item_slots > 0) & (item_slots <= self.gids.num_items)
+      row["codes"] = np.where(known[:, None], self.gids.codes[np.where(known, item_slots, 0)], 0)
+    return row
 
   def rec_input(self, history: list[int]) -> dict:
     """X_u for a history (item ids, in the order they are written)."""

@@ -115,3 +115,21 @@ def test_epoch_order_pads_last_batch(prepared):
   assert all(len(b[0]) == 64 for b in batches)
   masks = np.concatenate([b[2] for b in batches])
   assert masks.sum() == len(users)
+
+
+def test_history_codes_ride_on_recommendation_inputs_only(prepared, gids):
+  plain = make(prepared, gids, max_length=64)
+  b = make(prepared, gids, max_length=64, history_codes=True)
+  row = b.rec_input([3, 7])
+  assert "codes" not in plain.rec_input([3, 7])
+  assert row["codes"].shape == (64, 3)
+  slots = np.flatnonzero(row["items"])
+  assert row["items"][slots].tolist() == [3, 7]
+  np.testing.assert_array_equal(row["codes"][slots], gids.codes[[3, 7]])
+  others = np.setdiff1d(np.arange(64), slots)
+  assert (row["codes"][others] == 0).all()
+  # The indexing input's item GID is the target: it never carries codes.
+  assert "codes" not in b.index_input(3, [1])
+  batch = b.training_batch(np.asarray([1, 2]), np.asarray([3, 4]), np.ones(2),
+                           np.random.default_rng(0))
+  assert batch["user"]["codes"].shape == (2, 64, 3) and "codes" not in batch["item"]

@@ -204,3 +204,23 @@ def test_matmul_gradients_match_numpy(shape):
       jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
   np.testing.assert_allclose(np.asarray(dx), cot @ w.T, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(dw), x.T @ cot, rtol=1e-5, atol=1e-5)
+
+
+def test_history_codes_add_their_codebook_rows_at_item_slots(params):
+  inputs, _ = example_inputs()
+  model = ColaRec(CFG)
+  b, length = inputs["items"].shape
+  rng = np.random.default_rng(5)
+  codes = rng.integers(1, CFG.branching + 1, (b, length, CFG.depth))
+  codes = np.where((np.asarray(inputs["items"]) > 0)[..., None], codes, 0)
+  embed = lambda x: np.asarray(model.apply({"params": params}, x,
+                                           method=ColaRec.embed_inputs))
+  plain, coded = embed(inputs), embed({**inputs, "codes": jnp.asarray(codes, jnp.int32)})
+  book = np.asarray(params["codebook"])
+  expected = plain.copy()
+  for r in range(b):
+    for p in range(1, length):  # position 0 holds the task embedding
+      if codes[r, p].any():
+        expected[r, p] += sum(book[t, codes[r, p, t]] for t in range(CFG.depth))
+  np.testing.assert_allclose(coded, expected, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(coded, plain)

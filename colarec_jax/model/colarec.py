@@ -5,7 +5,8 @@ a per-level input table and a per-level codebook head.
 Encoder inputs are dicts of [b, L] arrays: 'tokens' (content token ids, EOS, padding), 'items'
 (item id at each item-ID slot, else 0), 'users' (user id at each user-ID slot, else 0), 'mask'
 (True at real positions), and 'task' [b] (0 = recommendation, 1 = indexing) whose embedding is
-written at position 0.
+written at position 0; optionally 'codes' [b, L, l], the GID of the item at each item slot
+(`inputs.history_codes`), added to the slot through the output codebook.
 """
 
 from __future__ import annotations
@@ -115,6 +116,12 @@ class ColaRec(nn.Module):
     x = self.shared(inputs["tokens"])
     x = jnp.where((inputs["items"] > 0)[..., None], self.item_embed(inputs["items"]), x)
     x = jnp.where((inputs["users"] > 0)[..., None], self.user_embed(inputs["users"]), x)
+    if "codes" in inputs:  # inputs.history_codes: add each history item's GID codes, read
+      # through the decoder's output codebook, so "what the user's items are" and "what to
+      # generate" share one space
+      codes = inputs["codes"]  # [b, L, l]
+      coded = self.codebook[jnp.arange(self.config.depth), codes].sum(axis=-2)
+      x = x + jnp.where((codes > 0).any(-1)[..., None], coded, 0.0).astype(x.dtype)
     return x.at[:, 0].set(self.task_embed(inputs["task"]))
 
   def encode(self, inputs: dict, *, deterministic: bool = True) -> jax.Array:
