@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   # ids ('lightgcn'; trained first if needed), scaled to the random init's unit variance and,
   # when cf.embedding_dim != d_model, mapped by a fixed random orthogonal projection.
   model.id_init = "random"
+  # Not in the paper: the decoder's start input also holds the pooled encoding h(X) (the
+  # representation L_bpr trains), so the first code reads the user's summary directly.
+  model.pooled_start = False
   model.freeze_ids = False  # True (with id_init='lightgcn'): the ID tables stay LightGCN's
 
   # ColaRec inputs (SPEC section 4).

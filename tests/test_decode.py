@@ -1,6 +1,8 @@
 """Constrained beam search: valid GIDs only, exhaustive scoring when the beam holds every item,
 greedy decoding at beam 1, renormalisation, and beams sharing one user's cross keys/values."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,15 +40,16 @@ def setup():
   return gids, inputs, params
 
 
-def exhaustive_scores(params, inputs, gids: GidTable, renormalize: bool) -> np.ndarray:
+def exhaustive_scores(params, inputs, gids: GidTable, renormalize: bool,
+                      model: ColaRec = MODEL) -> np.ndarray:
   """[b, num_items + 1] log-probability of every item's GID by teacher forcing (no cache, no
   beams); item 0 gets -inf. Invalid codes are masked per prefix like the search does."""
-  encoded = MODEL.apply({"params": params}, inputs, method=ColaRec.encode)
+  encoded = model.apply({"params": params}, inputs, method=ColaRec.encode)
   b = encoded.shape[0]
   out = np.full((b, NUM_ITEMS + 1), -np.inf)
   for item in range(1, NUM_ITEMS + 1):
     codes = jnp.asarray(np.repeat(gids.codes[item][None], b, 0))
-    logits = np.asarray(MODEL.apply({"params": params}, encoded, inputs["mask"], codes,
+    logits = np.asarray(model.apply({"params": params}, encoded, inputs["mask"], codes,
                                     method=ColaRec.decode_codes), np.float64)
     total = np.zeros(b)
     for t, code in enumerate(gids.codes[item]):
@@ -148,6 +151,22 @@ def test_a_search_stopped_early_holds_the_best_prefixes(setup, steps):
     order = np.argsort(-expected[row], kind="stable")
     np.testing.assert_allclose(scores[row][:len(prefixes)], expected[row][order], atol=1e-4)
     assert np.all(np.isneginf(scores[row][len(prefixes):]))
+
+
+def test_pooled_start_search_equals_exhaustive_ranking(setup):
+  """model.pooled_start: the cached search (h(X) added at the first step, per beam) ranks every
+  item as teacher forcing with h(X) on the start input does."""
+  gids, inputs, params = setup
+  model = ColaRec(dataclasses.replace(MODEL.config, pooled_start=True))
+  items, scores, _ = map(np.asarray, decode.beam_search(model, params, inputs,
+                                                        decode.Trie.build(gids, 32)))
+  reference = exhaustive_scores(params, inputs, gids, False, model=model)
+  assert not np.allclose(reference, exhaustive_scores(params, inputs, gids, False))
+  for row in range(len(items)):
+    np.testing.assert_array_equal(items[row][:NUM_ITEMS],
+                                  np.argsort(-reference[row][1:], kind="stable") + 1)
+    np.testing.assert_allclose(scores[row][:NUM_ITEMS], np.sort(reference[row][1:])[::-1],
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize("beam", [1, 2, 5, 7])

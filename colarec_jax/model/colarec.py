@@ -40,6 +40,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype; parameters stay float32
   init_from: str = ""  # a local Hugging Face T5 folder to start from
   id_init: str = "random"  # random | lightgcn: where the item/user-ID embeddings start
+  pooled_start: bool = False  # the decoder's start input also holds the pooled encoding h(X)
   freeze_ids: bool = False  # keep the ID tables as they started (with id_init='lightgcn')
 
   @classmethod
@@ -47,7 +48,7 @@ class ModelConfig:
     out = cls(str(model.name), int(model.d_model), int(model.d_ff), int(model.num_heads),
               int(model.num_encoder_layers), int(model.num_decoder_layers),
               float(model.dropout_rate), str(model.dtype), str(model.init_from),
-              str(model.id_init), bool(model.freeze_ids))
+              str(model.id_init), bool(model.pooled_start), bool(model.freeze_ids))
     if out.name not in MODEL_NAMES:
       raise ConfigError("model.name", f"got {out.name!r}, expected one of {', '.join(MODEL_NAMES)}")
     if out.id_init not in ID_INITS:
@@ -87,6 +88,7 @@ class ColaRecConfig:
   num_users: int
   branching: int  # K: codes 1..K, 0 = decoder start
   depth: int  # l: decoder steps
+  pooled_start: bool = False  # the decoder's start input also holds h(X) (model.pooled_start)
 
 
 class ColaRec(nn.Module):
@@ -147,8 +149,10 @@ class ColaRec(nn.Module):
 
   def decode_codes(self, encoded, mask, codes, *, deterministic: bool = True) -> jax.Array:
     """Teacher-forced decoding: [b, l] target codes -> [b, l, K + 1] logits."""
-    hidden = self.decoder(self.decoder_inputs(codes), encoded, mask,
-                          deterministic=deterministic)
+    x = self.decoder_inputs(codes)
+    if self.config.pooled_start:
+      x = x.at[:, 0].add(self.pool(encoded, mask).astype(x.dtype))
+    hidden = self.decoder(x, encoded, mask, deterministic=deterministic)
     return self.code_logits(hidden, jnp.arange(self.config.depth))
 
   def __call__(self, inputs: dict, codes: jax.Array, *, deterministic: bool = True):
@@ -166,6 +170,10 @@ class ColaRec(nn.Module):
     """One cached decoder step: [b] previous code at `position` -> [b, K + 1] logits."""
     level = jnp.asarray(position)
     x = self.code_embed[level, previous_code][:, None]
+    if self.config.pooled_start:  # rows are [b, beams] flattened: each user's pool per beam
+      pooled = self.pool(encoded, mask).astype(x.dtype)
+      start = jnp.repeat(pooled, x.shape[0] // pooled.shape[0], axis=0)[:, None]
+      x = x + jnp.where(level == 0, start, jnp.zeros_like(start))
     hidden = self.decoder(x, encoded, mask, deterministic=True, position=level)
     return self.code_logits(hidden, level[None])[:, 0]
 
@@ -175,4 +183,5 @@ def create_model(cfg: ModelConfig, *, vocab_size: int, num_items: int, num_users
   """The ColaRec module for a model config, a vocabulary, the id tables and a GID tree of
   `branching` codes per level and `depth` levels (take them from the GID table)."""
   return ColaRec(ColaRecConfig(cfg.transformer(vocab_size), num_items=num_items,
-                               num_users=num_users, branching=branching, depth=depth))
+                               num_users=num_users, branching=branching, depth=depth,
+                               pooled_start=cfg.pooled_start))
