@@ -34,8 +34,10 @@ def shared_data():
   return os.path.abspath(path)
 
 
-# The config the session's trained tiny run was trained with (what its checkpoints are tied to).
+# The config the session's trained tiny run was trained with (what its checkpoints are tied to),
+# and the short training it had.
 TINY = ("--config=configs/tiny.py", "--config.cf.epochs=2")
+TINY_TRAINED = (*TINY, "--config.train.epochs=2", "--config.train.steps_per_epoch=4")
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +46,8 @@ def trained_tiny(tmp_path_factory):
   the CLI, once per session; the tests that use it only read it (evaluate, recommend, export,
   serve)."""
   workdir = tmp_path_factory.mktemp("colarec")
-  result = subprocess.run([sys.executable, "-m", "colarec_jax.main", *TINY, f"--workdir={workdir}",
-                           "--mode=train", "--config.train.epochs=2",
-                           "--config.train.steps_per_epoch=4"], cwd=REPO, capture_output=True,
+  result = subprocess.run([sys.executable, "-m", "colarec_jax.main", *TINY_TRAINED,
+                           f"--workdir={workdir}", "--mode=train"], cwd=REPO, capture_output=True,
                           text=True, timeout=600, check=False)
   return workdir, result
 

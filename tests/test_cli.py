@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY_TRAINED
 
 
 def cli(*args, env=None, cwd=REPO):
@@ -135,10 +135,10 @@ def test_training_stores_its_config_in_the_workdir(trained):
 
 
 @pytest.mark.parametrize("config,cpu_devices,used", [
-    (TINY, 0, "4 cpu devices"), (TINY, 3, "3 cpu devices"), ((), 0, "4 cpu devices")])
+    (TINY_TRAINED, 0, "4 cpu devices"), ((), 3, "3 cpu devices"), ((), 0, "4 cpu devices")])
 def test_evaluate_mode_reproduces_the_test_metrics(trained, config, cpu_devices, used):
   """Trained on conftest's 4 fake CPU devices; ranked on 3 (`config.cpu_devices`), the same.
-  Without --config, the workdir's stored config is used.
+  Without --config, the workdir's stored config is used; with it, it must be training's.
 
   3 does not divide the training batch (16): ranking pads its own batches, so only training
   asks for a multiple (see the bad-value test)."""
@@ -193,7 +193,7 @@ def test_recommend_prints_top_n(trained, flag):
 ])
 def test_recommend_errors_are_one_line(trained, flags, message):
   workdir, _ = trained
-  result = cli(*TINY, f"--workdir={workdir}", "--mode=recommend", *flags)
+  result = cli(f"--workdir={workdir}", "--mode=recommend", *flags)
   assert result.returncode == 2
   assert result.stderr.strip().startswith(message), result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
