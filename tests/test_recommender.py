@@ -148,3 +148,20 @@ def test_stored_config_errors(tmp_path, content, error, message):
 
 def test_a_workdir_without_stored_config_is_not_checked(tmp_path):
   runconfig.check_reader({"gid": {"n_init": 3}}, str(tmp_path))  # nothing to compare with
+
+
+def test_the_readme_example_runs(tiny_workdir, capsys):
+  """README's five lines, on the tiny run (its ids for MovieLens's)."""
+  from conftest import REPO
+  with open(os.path.join(REPO, "README.md")) as f:
+    code = f.read().split("```python\n", 1)[1].split("```", 1)[0]
+  assert len(code.strip().splitlines()) == 5
+  for movielens, tiny in (('"runs/default"', repr(tiny_workdir)), ('"196"', '"u03"'),
+                          ('"186"', '"u04"'), ('"22"', '"u05"'), ('"50"', '"i01"'),
+                          ('"172"', '"i02"'), ('"181"', '"i03"')):
+    assert movielens in code
+    code = code.replace(movielens, tiny)
+  scope = {}
+  exec(code, scope)  # noqa: S102  (the README's own example)
+  assert [r.user for r in scope["top"]] == ["u03", "u04", "u05"]
+  assert len(capsys.readouterr().out.splitlines()) == 2
