@@ -18,6 +18,7 @@ import time
 import numpy as np
 import tqdm
 
+from colarec_jax import sharding
 from colarec_jax.errors import DataError, RequestError, UsageError
 from colarec_jax.recommender import Catalog, Query, Recommender
 
@@ -96,6 +97,14 @@ class _JsonLines:
     self.file.close()
 
 
+class _Nothing:
+  def write(self, *_) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
 class _Parquet:
   def __init__(self, path: str):
     import pyarrow as pa
@@ -129,16 +138,20 @@ def export(rec: Recommender, output: str, *, users: list[str] | None = None, top
   if not 1 <= top_n <= rec.max_top_n:
     raise UsageError("top_n", f"got {top_n}, expected 1 to eval.beam_size = {rec.max_top_n}")
   ds = rec.catalog.dataset
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}-", suffix=".tmp",
-                             dir=os.path.dirname(os.path.abspath(output)))
-  os.close(fd)
+  # Every process of a multi-process run ranks its share of each batch; the main one writes.
+  main = sharding.is_main_process()
+  tmp = None
+  if main:
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}-", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(output)))
+    os.close(fd)
   start = time.perf_counter()
   try:
-    writer = (_JsonLines if suffix == ".jsonl" else _Parquet)(tmp)
+    writer = (_JsonLines if suffix == ".jsonl" else _Parquet)(tmp) if main else _Nothing()
     try:
       chunk = CHUNK_BATCHES * rec.batch_size
       with tqdm.tqdm(total=len(users), desc="export", unit="user", leave=False,
-                     disable=None if progress_bar else True) as bar:
+                     disable=None if progress_bar and main else True) as bar:
         for first in range(0, len(users), chunk):
           queries: list[Query] = [rec.query(user=u, top_n=top_n)
                                   for u in users[first:first + chunk]]
@@ -149,9 +162,10 @@ def export(rec: Recommender, output: str, *, users: list[str] | None = None, top
                        [row[keep].astype(np.float64).tolist() for row, keep in zip(scores, real)])
     finally:
       writer.close()
-    os.replace(tmp, output)
+    if main:
+      os.replace(tmp, output)
   finally:
-    if os.path.exists(tmp):
+    if tmp is not None and os.path.exists(tmp):
       os.unlink(tmp)
   seconds = time.perf_counter() - start
   log(f"wrote the top {top_n} items of {len(users)} users to {output} in {seconds:.1f} s "

@@ -124,6 +124,9 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> N
     export.check_output(flags.get("output", ""))
     _check_top_n(settings, int(flags.get("top_n", 10)))
   if mode == "serve":
+    if sharding.process_count() > 1:
+      raise UsageError("distributed", "serve runs in one process (one host's devices); start it "
+                       "without --distributed")
     serve.require_server()
     serve.check_serve_flags(int(flags.get("port", 8000)), int(flags.get("max_batch", 0)),
                             float(flags.get("batch_window_ms", 5.0)))

@@ -146,6 +146,19 @@ def test_stored_config_errors(tmp_path, content, error, message):
     runconfig.load(str(tmp_path))
 
 
+def test_keys_added_since_training_take_their_defaults(tiny_workdir, tmp_path):
+  """A config stored before a key existed: loading fills in its default, and the reader check
+  compares like with like."""
+  from colarec_jax.settings import Settings
+  with open(os.path.join(tiny_workdir, runconfig.FILE)) as f:
+    saved = json.load(f)
+  del saved["inputs"]["use_content"]
+  (tmp_path / runconfig.FILE).write_text(json.dumps(saved))
+  full = Settings.parse(runconfig.load(str(tmp_path))).full
+  assert full["inputs"]["use_content"] is True
+  runconfig.check_reader(full, str(tmp_path))
+
+
 def test_a_workdir_without_stored_config_is_not_checked(tmp_path):
   runconfig.check_reader({"gid": {"n_init": 3}}, str(tmp_path))  # nothing to compare with
 
