@@ -29,3 +29,15 @@ class UsageError(ColarecError):
   def __init__(self, flag, message):
     super().__init__(f"--{flag}: {message}")
     self.flag = flag
+
+
+class RequestError(ColarecError, ValueError):
+  """A request to a trained model is invalid (an unknown user or item id, an empty history, a
+  list length out of range); the message names the request's field. `not_found`: the request is
+  well formed but names an id the model does not know."""
+
+  def __init__(self, field, message, not_found=False):
+    super().__init__(f"{field}: {message}")
+    self.field = field
+    self.message = message
+    self.not_found = not_found

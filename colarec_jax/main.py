@@ -1,6 +1,8 @@
 """Command line: `python -m colarec_jax.main --config=configs/default.py --workdir=DIR [--mode=M]`.
 
-Flags only; the work is done by library functions (`colarec_jax.pipeline`). Modes:
+Flags only; the work is done by library functions (`colarec_jax.pipeline`). Without --config,
+the config is the one training stored in the workdir (`colarec_jax/runconfig.py`), and
+`--config.key=value` overrides apply on top of it. Modes:
   prepare  load, filter, split and tokenise the dataset into <workdir>/data (reused when unchanged)
   stats    print the statistics table of the prepared dataset (preparing it first if needed)
   gid      build (or reuse) the GIDs of config.gid.source and print the tree summary
@@ -9,6 +11,9 @@ Flags only; the work is done by library functions (`colarec_jax.pipeline`). Mode
   evaluate a ColaRec checkpoint (--checkpoint=best|latest|<epoch>) on --split=valid|test
   recommend top --top_n items for --user=<user id>, or for --items=<id,id,...> (a new user's
            history, most recent first), from a ColaRec checkpoint
+  export   top --top_n items of every user (or of the ids in --users_file) to --output=FILE
+           (.jsonl or .parquet)
+  serve    an HTTP endpoint on --host:--port: POST /recommend, GET /health
   all      everything (default): prepare, stats, GIDs, then MostPop, LightGCN and ColaRec in one
            table
 """
@@ -21,24 +26,34 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from colarec_jax import allocator, interrupts, pipeline, sharding
+from colarec_jax import allocator, interrupts, pipeline, runconfig, sharding
+from colarec_jax.errors import ColarecError
 from colarec_jax.settings import Settings
 
-MODES = ("all", "prepare", "stats", "gid", "train", "evaluate", "recommend")
+MODES = ("all", "prepare", "stats", "gid", "train", "evaluate", "recommend", "export", "serve")
 
-config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/ (default: "
+                                "the one training stored in --workdir).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints and results.")
 flags.DEFINE_enum("mode", "all", MODES, "What to run.")
-flags.DEFINE_string("checkpoint", "best", "evaluate/recommend: best | latest | an epoch number.")
+flags.DEFINE_string("checkpoint", "best",
+                    "evaluate/recommend/export/serve: best | latest | an epoch number.")
 flags.DEFINE_enum("split", "test", ("valid", "test"), "evaluate: the split to rank.")
 flags.DEFINE_string("user", "", "recommend: a user id of the dataset.")
 flags.DEFINE_string("items", "", "recommend: comma-separated item ids, most recent first.")
-flags.DEFINE_integer("top_n", 10, "recommend: how many items to list.")
+flags.DEFINE_integer("top_n", 10, "recommend/export: how many items to list.")
+flags.DEFINE_string("output", "", "export: the file to write, .jsonl or .parquet.")
+flags.DEFINE_string("users_file", "", "export: user ids, one per line (default: every user).")
+flags.DEFINE_string("host", "127.0.0.1", "serve: the address to listen on.")
+flags.DEFINE_integer("port", 8000, "serve: the port to listen on.")
+flags.DEFINE_integer("max_batch", 0, "serve: requests per beam-search call at most (0: "
+                     "eval.decode_batch_size; 1: one request at a time).")
+flags.DEFINE_float("batch_window_ms", 5.0, "serve: how long a request waits for others to join "
+                   "its batch.")
 flags.DEFINE_bool("distributed", os.environ.get("COLAREC_DISTRIBUTED", "") in ("1", "true"),
                   "Start JAX's multi-process runtime first (one process per host; default from "
                   "$COLAREC_DISTRIBUTED). See colarec_jax/sharding.py and launch/.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
@@ -60,11 +75,16 @@ def main(argv):
     if FLAGS.distributed:
       sharding.initialize_distributed()
     pipeline.run(FLAGS.mode, settings, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                 split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n)
+                 split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n,
+                 output=FLAGS.output, users_file=FLAGS.users_file, host=FLAGS.host,
+                 port=FLAGS.port, max_batch=FLAGS.max_batch,
+                 batch_window_ms=FLAGS.batch_window_ms)
 
 
 def _flag_error(error: BaseException, argv: list[str]) -> str:
   """A flag-parsing failure as one line: the flag or config key, and what was expected."""
+  if isinstance(error, ColarecError):  # the workdir's stored config (runconfig.get_config)
+    return str(error)
   text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
   path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
   keys = [a[2:].split("=")[0] for a in argv if a.startswith("--config.")]
@@ -85,10 +105,23 @@ def _flag_error(error: BaseException, argv: list[str]) -> str:
           "returns a config, such as configs/default.py")
 
 
+def _with_stored_config(argv: list[str]) -> list[str]:
+  """`argv`, with `--config=<runconfig.py>:<workdir>` added when it names a workdir and no
+  --config: the config training stored there, under the command line's overrides."""
+  if any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+    return argv
+  workdir = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--workdir=")), None)
+  if workdir is None and "--workdir" in argv[1:-1]:
+    workdir = argv[argv.index("--workdir") + 1]
+  if not workdir:
+    return argv
+  return [argv[0], f"--config={runconfig.__file__}:{os.path.abspath(workdir)}", *argv[1:]]
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every failure as one line on stderr and exit code 2."""
   try:
-    remaining = FLAGS(argv)
+    remaining = FLAGS(_with_stored_config(argv))
     if FLAGS["config"].present:
       FLAGS.config.keys()  # the config file loads lazily: fail here, not in the middle of a run
     return remaining

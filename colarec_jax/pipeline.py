@@ -9,15 +9,21 @@ import contextlib
 import json
 import os
 
-from colarec_jax import checkpoint, evaluate, sharding, stages
+from colarec_jax import evaluate, export, runconfig, serve, sharding, stages
 from colarec_jax import train as train_lib
 from colarec_jax.cf import train as cf_train
 from colarec_jax.data import fileio
 from colarec_jax.data import prepare as prepare_lib
-from colarec_jax.data.dataset import TEST, TRAIN, VALID
-from colarec_jax.errors import UsageError
+from colarec_jax.data.dataset import TEST, VALID
+from colarec_jax.errors import RequestError, UsageError
+from colarec_jax.recommender import (
+  Catalog,
+  Recommendation,
+  Recommender,
+  checkpoint_epoch,
+)
 from colarec_jax.settings import Settings
-from colarec_jax.workspace import Workspace, check_batch_size
+from colarec_jax.workspace import check_batch_size
 
 PARTS = {"valid": VALID, "test": TEST}
 ALL_MODELS = ("mostpop", "lightgcn", "colarec")  # --mode=all: the baselines first, then ColaRec
@@ -55,94 +61,75 @@ def report(results: dict[str, dict], workdir: str, ks, part: str = "test") -> st
       {name: parts[part] for name, parts in results.items()}, ks)
 
 
-def _checkpoint_epoch(which: str) -> tuple[str, int | None]:
-  """'best' | 'latest' | an epoch number -> (kind, epoch or None for the newest of that kind)."""
-  if which in (checkpoint.BEST, checkpoint.LATEST):
-    return which, None
-  if not which.isdigit():
-    raise UsageError("checkpoint", f"got {which!r}, expected 'best', 'latest' or an epoch number")
-  return checkpoint.LATEST, int(which)
-
-
-def _restored_ranker(settings: Settings, workdir: str, which: str, log, prepared=None):
-  """(workspace, ranker) with the parameters of checkpoint `which`; the cached stages are used
-  as training left them (nothing is written)."""
-  ws = Workspace.build(settings, workdir, log=log, prepared=prepared, read_only=True)
-  kind, epoch = _checkpoint_epoch(which)
-  restored = ws.restore_params(kind, epoch)
-  if restored is None:
-    raise UsageError("checkpoint", f"no {kind} checkpoint in {ws.checkpoint_dir}; train first "
-                     "(--mode=train)")
-  params, epoch = restored
-  log(f"using the {kind} checkpoint (epoch {epoch}) in {ws.checkpoint_dir}, on "
-      f"{sharding.describe(ws.mesh)}")
-  return ws, ws.ranker(params)
-
-
 def evaluate_checkpoint(settings: Settings, workdir: str, *, which: str = "best",
                         part: str = "test", log=print, prepared=None) -> evaluate.Report:
   """Recall/NDCG of a ColaRec checkpoint on the valid or test split (`prepared`: the workdir's
   prepared data, when the caller has read it)."""
   if part not in PARTS:
     raise UsageError("split", f"got {part!r}, expected 'valid' or 'test'")
-  ws, ranker = _restored_ranker(settings, workdir, which, log, prepared)
-  return ranker.evaluate(*ws.eval_data(PARTS[part]))
+  rec = Recommender.from_settings(settings, workdir, which, prepared=prepared, log=log)
+  return rec.ranker.evaluate(*rec.workspace.eval_data(PARTS[part]))
+
+
+# The recommend flags that stand for a request's fields (`RequestError.field`).
+REQUEST_FLAGS = {"user": "user", "history": "items", "top_n": "top_n"}
 
 
 def recommend(settings: Settings, workdir: str, *, user: str = "", items: str = "",
-              top_n: int = 10, which: str = "best", log=print,
-              prepared=None) -> list[tuple[str, str]]:
-  """Top-N (item id, content) for a known user id, or for a comma-separated list of item ids
-  (an ad-hoc history, most recent first: a new user, no retraining). Ids are the dataset's own."""
+              top_n: int = 10, which: str = "best", log=print, prepared=None) -> Recommendation:
+  """Top-N items for a known user id, or for a comma-separated list of item ids (an ad-hoc
+  history, most recent first: a new user, no retraining). Ids are the dataset's own."""
   _check_recommend_flags(settings, user, items, top_n)
   prepared = prepared or stages.prepared_data(settings, workdir, log=log, read_only=True)
-  ds = prepared.dataset
-  if user:
-    index = {raw: n for n, raw in enumerate(ds.user_ids.tolist()) if n}
-    if user not in index:
-      raise UsageError("user", f"{user!r} is not a user of {ds.name} ({ds.num_users} users, "
-                       f"e.g. {str(ds.user_ids[1])!r})")
-    user_id = index[user]
-  else:
-    index = {raw: n for n, raw in enumerate(ds.item_ids.tolist()) if n}
-    history = []
-    for raw in (x.strip() for x in items.split(",")):
-      if raw not in index:
-        raise UsageError("items", f"{raw!r} is not an item of {ds.name} ({ds.num_items} items, "
-                         f"e.g. {str(ds.item_ids[1])!r})")
-      if index[raw] in history:
-        raise UsageError("items", f"{raw!r} is listed twice; expected each item once")
-      history.append(index[raw])
-  _, ranker = _restored_ranker(settings, workdir, which, log, prepared)
-  if user:  # nothing the user already has: training, validation or test items
-    ranked = ranker.for_user(user_id, prepared.csr(TRAIN, VALID, TEST), top_n)
-  else:
-    ranked = ranker.for_history(history, top_n)
-  return [(str(ds.item_ids[i]), ds.content(int(i))) for i in ranked[ranked > 0]]
+  history = [x.strip() for x in items.split(",")] if items else None
+  try:  # the request is checked before the model is loaded
+    query = Catalog(prepared, settings).query(user or None, history, top_n)
+  except RequestError as e:
+    raise UsageError(REQUEST_FLAGS[e.field], e.message) from None
+  rec = Recommender.from_settings(settings, workdir, which, prepared=prepared, log=log)
+  return rec.answer([query])[0]
 
 
 def _check_recommend_flags(settings: Settings, user: str, items: str, top_n: int) -> None:
   if bool(user) == bool(items):
     raise UsageError("user", "give exactly one of --user=<user id> or --items=<id,id,...>")
+  _check_top_n(settings, top_n)
+
+
+def _check_top_n(settings: Settings, top_n: int) -> None:
   if not 1 <= top_n <= settings.eval.beam_size:
     raise UsageError("top_n", f"got {top_n}, expected 1 to eval.beam_size = "
                      f"{settings.eval.beam_size}")
 
 
+READERS = ("evaluate", "recommend", "export", "serve")  # modes that use a trained model
+
+
 def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> None:
-  """Runs one CLI mode (see `main`); `flags` are the evaluate/recommend flags."""
+  """Runs one CLI mode (see `main`); `flags` are the evaluate/recommend/export/serve flags."""
   if not sharding.is_main_process():
-    log = lambda *_: None  # noqa: E731  (one voice on the console)
+    log = lambda *_: None  # one voice on the console
 
   trained = ALL_MODELS if mode == "all" else (settings.model.name,)
   if mode in ("train", "all") and "colarec" in trained:
     check_batch_size(settings)  # before any data is prepared or model trained
-  read_only = mode in ("evaluate", "recommend")
-  if read_only:  # flag mistakes first, before any file is read
-    _checkpoint_epoch(flags.get("checkpoint", "best"))
+  read_only = mode in READERS
+  if read_only:  # the workdir's config, then flag mistakes, before any other file is read
+    runconfig.check_reader(settings.full, workdir)
+    checkpoint_epoch(flags.get("checkpoint", "best"))
   if mode == "recommend":
     _check_recommend_flags(settings, flags.get("user", ""), flags.get("items", ""),
                            int(flags.get("top_n", 10)))
+  if mode == "export":
+    export.check_output(flags.get("output", ""))
+    _check_top_n(settings, int(flags.get("top_n", 10)))
+  if mode == "serve":
+    if sharding.process_count() > 1:
+      raise UsageError("distributed", "serve runs in one process (one host's devices); start it "
+                       "without --distributed")
+    serve.require_server()
+    serve.check_serve_flags(int(flags.get("port", 8000)), int(flags.get("max_batch", 0)),
+                            float(flags.get("batch_window_ms", 5.0)))
   # One writer per workdir (readers share it); the main process speaks for a multi-process run.
   lock = (fileio.workdir_lock(workdir, exclusive=not read_only, log=log)
           if sharding.is_main_process() else contextlib.nullcontext())
@@ -161,18 +148,30 @@ def _run(mode, settings, workdir, trained, read_only, log, flags) -> None:
     return prepared, gids
   prepared, gids = sharding.main_first("colarec-cached-stages", cached_stages)
   ks = settings.eval.ks
+  which = flags.get("checkpoint", "best")
   if mode in ("train", "all"):
     results = train_models(settings, workdir, trained, log=log, prepared=prepared, gids=gids)
     log(report(results, workdir, ks))
   elif mode == "evaluate":
     part = flags.get("split", "test")
-    result = evaluate_checkpoint(settings, workdir, which=flags.get("checkpoint", "best"),
-                                 part=part, log=log, prepared=prepared)
+    result = evaluate_checkpoint(settings, workdir, which=which, part=part, log=log,
+                                 prepared=prepared)
     log(f"{part} metrics\n" + evaluate.format_table({"colarec": result}, ks))
   elif mode == "recommend":
-    rows = recommend(settings, workdir, user=flags.get("user", ""), items=flags.get("items", ""),
-                     top_n=int(flags.get("top_n", 10)), which=flags.get("checkpoint", "best"),
-                     log=log, prepared=prepared)
-    width = max(len(item) for item, _ in rows) if rows else 4
-    log("\n".join(f"{rank:>3}. {item:<{width}}  {content}"
-                  for rank, (item, content) in enumerate(rows, start=1)))
+    answer = recommend(settings, workdir, user=flags.get("user", ""), items=flags.get("items", ""),
+                       top_n=int(flags.get("top_n", 10)), which=which, log=log,
+                       prepared=prepared)
+    width = max(map(len, answer.items), default=4)
+    log("\n".join(f"{rank:>3}. {item:<{width}}  {score:8.3f}  {text}" for rank, (item, score, text)
+                  in enumerate(zip(answer.items, answer.scores, answer.texts), start=1)))
+  elif mode == "export":
+    users_file = flags.get("users_file", "")
+    users = export.read_users(users_file, Catalog(prepared, settings)) if users_file else None
+    rec = Recommender.from_settings(settings, workdir, which, prepared=prepared, log=log)
+    export.export(rec, flags["output"], users=users, top_n=int(flags.get("top_n", 10)), log=log)
+  elif mode == "serve":
+    rec = Recommender.from_settings(settings, workdir, which, prepared=prepared, log=log,
+                                    batch_size=int(flags.get("max_batch", 0)))
+    serve.serve(rec, host=flags.get("host", "127.0.0.1"), port=int(flags.get("port", 8000)),
+                max_batch=int(flags.get("max_batch", 0)),
+                window_ms=float(flags.get("batch_window_ms", 5.0)), log=log)

@@ -11,46 +11,75 @@ import jax.numpy as jnp
 import numpy as np
 
 from colarec_jax import decode, evaluate, sharding
-from colarec_jax.data.dataset import Csr
 from colarec_jax.data.sampling import padded_batches
 from colarec_jax.evaluate import EvalConfig, EvalSplit
 from colarec_jax.inputs import InputBuilder, stack
 from colarec_jax.model.colarec import ColaRec
 
 
-def drop_excluded(items: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
+def drop_excluded(items: np.ndarray, scores: np.ndarray, exclude: list[np.ndarray],
+                  k: int) -> tuple[np.ndarray, np.ndarray]:
   """The first `k` items of each row that are real (> 0) and not excluded, 0-padded.
 
   Args:
     items: [n, beam] ranked items.
+    scores: [n, beam] their scores.
     exclude: per row, item ids to drop.
     k: list length.
 
   Returns:
-    [n, k] int32.
+    ([n, k] int32 items, [n, k] float32 scores, -inf where there is no item).
   """
   out = np.zeros((len(items), k), np.int32)
+  out_scores = np.full((len(items), k), -np.inf, np.float32)
   for n, (row, drop) in enumerate(zip(items, exclude)):
-    kept = row[(row > 0) & ~np.isin(row, drop)][:k]
-    out[n, :len(kept)] = kept
-  return out
+    kept = ((row > 0) & ~np.isin(row, drop)).nonzero()[0][:k]
+    out[n, :len(kept)] = row[kept]
+    out_scores[n, :len(kept)] = scores[n, kept]
+  return out, out_scores
 
 
 class Ranker:
   """Beam-search ranking with fixed parameters; one compile per (batch, input length)."""
 
   def __init__(self, model: ColaRec, params, trie: decode.Trie, builder: InputBuilder,
-               eval_cfg: EvalConfig, mesh=None):
-    """`trie` is `decode.Trie.build(gids, eval_cfg.beam_size, mesh)`: it holds the beam size."""
+               eval_cfg: EvalConfig, mesh=None, batch_size: int = 0):
+    """`trie` is `decode.Trie.build(gids, eval_cfg.beam_size, mesh)`: it holds the beam size;
+    `batch_size` rows per beam-search call (0: `eval_cfg.decode_batch_size`)."""
     self.model, self.params, self.trie, self.builder, self.eval_cfg, self.mesh = (
         model, params, trie, builder, eval_cfg, mesh)
     shards = sharding.num_shards(mesh)
-    self.batch_size = -(-eval_cfg.decode_batch_size // shards) * shards  # whole rows per device
+    rows = batch_size or eval_cfg.decode_batch_size
+    self.batch_size = -(-rows // shards) * shards  # whole rows per device
 
-  def ranked(self, inputs: dict, exclude: list[np.ndarray], k: int) -> np.ndarray:
-    """[n, k] top items for stacked encoder inputs, excluded items dropped."""
+  def ranked(self, inputs: dict, exclude: list[np.ndarray], k: int,
+             progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top items for stacked encoder inputs, excluded items dropped.
+
+    The next batch's search is dispatched before the last one's results are fetched, so the
+    host's work (exclusions, `progress`) overlaps the device's.
+
+    Args:
+      inputs: encoder inputs, a dict of [n, L] arrays (and 'task' [n]).
+      exclude: per row, item ids to drop.
+      k: list length (at most the beam size).
+      progress: called with the count of rows after each batch is done, or None.
+
+    Returns:
+      ([n, k] int32 items, 0-padded; [n, k] float32 beam scores, the items' GID
+      log-probabilities, -inf where there is no item).
+    """
     n = len(inputs["mask"])
-    out = np.zeros((n, k), np.int32)
+    out = np.zeros((n, k), np.int32), np.full((n, k), -np.inf, np.float32)
+
+    def collect(rows, real, found):
+      items, scores = sharding.to_host(found)
+      kept = drop_excluded(items[:real], scores[:real], [exclude[r] for r in rows[:real]], k)
+      out[0][rows[:real]], out[1][rows[:real]] = kept
+      if progress is not None:
+        progress(real)
+
+    pending = None
     for rows, real in padded_batches(np.arange(n), self.batch_size):
       batch = {name: jnp.asarray(v[rows]) for name, v in inputs.items()}
       if self.eval_cfg.exclude_in_search:
@@ -58,25 +87,27 @@ class Ranker:
             self.builder.gids, [exclude[r] for r in rows[:real]] + [[]] * (len(rows) - real)))
       batch = sharding.shard_rows(batch, self.mesh)
       blocked = batch.pop("blocked", None)
-      items, _, _ = decode.beam_search(self.model, self.params, batch, self.trie,
-                                       renormalize=self.eval_cfg.renormalize, blocked=blocked)
-      out[rows[:real]] = drop_excluded(sharding.to_host(items)[:real],
-                                       [exclude[r] for r in rows[:real]], k)
+      items, scores, _ = decode.beam_search(self.model, self.params, batch, self.trie,
+                                            renormalize=self.eval_cfg.renormalize,
+                                            blocked=blocked)
+      if pending is not None:
+        collect(*pending)
+      pending = rows, real, (items, scores)
+    if pending is not None:
+      collect(*pending)
     return out
 
   def evaluate(self, split: EvalSplit, inputs: dict) -> evaluate.Report:
     """Recall/NDCG of one evaluation split; `inputs` = `self.builder.eval_inputs(split.users)`."""
     exclude = [split.exclude.row(u) for u in split.users]
-    ranked = self.ranked(inputs, exclude, max(self.eval_cfg.ks))
+    ranked, _ = self.ranked(inputs, exclude, max(self.eval_cfg.ks))
     return evaluate.evaluate_ranking(ranked, split.users, split.heldout, split.train_counts,
                                      self.eval_cfg.ks, self.eval_cfg.long_tail_fraction)
 
-  def for_user(self, user: int, exclude: Csr, k: int) -> np.ndarray:
-    """[k] items for a known user (internal id) from their most recent training items."""
-    inputs = self.builder.eval_inputs(np.asarray([user]))
-    return self.ranked(inputs, [exclude.row(user)], k)[0]
-
-  def for_history(self, history: list[int], k: int) -> np.ndarray:
-    """[k] items for an ad-hoc history (internal item ids, most recent first), history dropped."""
-    inputs = stack([self.builder.rec_input(history[:self.builder.cfg.eval_history])])
-    return self.ranked(inputs, [np.asarray(history)], k)[0]
+  def for_histories(self, histories: list[list[int]], exclude: list[np.ndarray], k: int,
+                    progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """`ranked` for item histories (internal ids, most recent first; the first
+    `inputs.eval_history` are read, as in evaluation)."""
+    limit = self.builder.cfg.eval_history
+    inputs = stack([self.builder.rec_input(list(h[:limit])) for h in histories])
+    return self.ranked(inputs, exclude, k, progress)

@@ -122,6 +122,7 @@ class Settings:
     cpu_devices: CPU devices to split the host into (0 = JAX's own setting).
     data, cf, gid, model, inputs, optim, train, loss, eval: the sections' views.
     fixed: the config sections a ColaRec checkpoint is tied to, as JSON values.
+    full: the whole config as JSON values (what training stores in the workdir, `runconfig`).
   """
 
   seed: int
@@ -137,6 +138,7 @@ class Settings:
   loss: LossWeights
   eval: EvalConfig
   fixed: dict
+  full: dict
 
   @classmethod
   def parse(cls, config) -> "Settings":
@@ -161,4 +163,4 @@ class Settings:
         inputs=InputConfig.from_config(config.inputs, data.max_item_tokens),
         optim=OptimConfig.from_config(config.optim), train=TrainConfig.from_config(config.train),
         loss=LossWeights.from_config(config.loss), eval=EvalConfig.from_config(config.eval),
-        fixed={k: full[k] for k in FIXED_SECTIONS})
+        fixed={k: full[k] for k in FIXED_SECTIONS}, full=full)

@@ -77,6 +77,10 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def process_count() -> int:
+  return jax.process_count()
+
+
 def barrier(name: str) -> None:
   """Waits until every process reaches this point (no-op with one process)."""
   if jax.process_count() > 1:

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 import tqdm
 
-from colarec_jax import checkpoint, interrupts, losses, reporting, sharding
+from colarec_jax import checkpoint, interrupts, losses, reporting, runconfig, sharding
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.errors import ConfigError
@@ -237,6 +237,8 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
   elif resumed is not None:
     log(f"resuming ColaRec after epoch {run.epoch} from {ws.checkpoint_dir}")
   ws.reconcile_best(run, template, log)
+  if sharding.is_main_process():  # the workdir now holds this config's model (runconfig)
+    runconfig.save(settings.full, workdir)
   latest = ws.manager(checkpoint.LATEST, max_to_keep=train_cfg.keep_checkpoints)
   best, mid_epoch = ws.manager(checkpoint.BEST), ws.manager(checkpoint.PARTIAL)
   step_fn = make_train_step(ws.model, settings.loss, ws.mesh,

@@ -191,8 +191,11 @@ class Workspace:
       self._eval_data[part] = (split, self.builder.eval_inputs(split.users))
     return self._eval_data[part]
 
-  def ranker(self, params) -> Ranker:
-    return Ranker(self.model, params, self.trie, self.builder, self.settings.eval, self.mesh)
+  def ranker(self, params, batch_size: int = 0) -> Ranker:
+    """A `Ranker` of `params` on this run's trie and mesh (`batch_size` rows per beam-search call;
+    0: eval.decode_batch_size)."""
+    return Ranker(self.model, params, self.trie, self.builder, self.settings.eval, self.mesh,
+                  batch_size)
 
   # Checkpoints ----------------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """Shared fixtures: the shared datasets (../shared/data) and the repository root."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 # Several fake CPU devices for the sharding tests; must be set before JAX starts.
@@ -30,3 +32,29 @@ def shared_data():
       pytest.fail(message)
     pytest.skip(message)
   return os.path.abspath(path)
+
+
+# The config the session's trained tiny run was trained with (what its checkpoints are tied to),
+# and the short training it had.
+TINY = ("--config=configs/tiny.py", "--config.cf.epochs=2")
+TINY_TRAINED = (*TINY, "--config.train.epochs=2", "--config.train.steps_per_epoch=4")
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+  """(workdir, CompletedProcess): ColaRec trained for 2 short epochs on the tiny config through
+  the CLI, once per session; the tests that use it only read it (evaluate, recommend, export,
+  serve)."""
+  workdir = tmp_path_factory.mktemp("colarec")
+  result = subprocess.run([sys.executable, "-m", "colarec_jax.main", *TINY_TRAINED,
+                           f"--workdir={workdir}", "--mode=train"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, check=False)
+  return workdir, result
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(trained_tiny):
+  """The trained tiny run's folder (its training must have succeeded)."""
+  workdir, result = trained_tiny
+  assert result.returncode == 0, result.stderr[-3000:]
+  return str(workdir)

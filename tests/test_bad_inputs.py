@@ -78,7 +78,8 @@ CASES = [
     ("config-not-dict", "a config file whose get_config returns no config",
      lambda tmp: [f"{{config}}={_config_file(tmp, 'def get_config():' + chr(10) + '  return 3')}"],
      "AttributeError: 'int' object has no attribute 'keys'"),
-    ("no-config", "no --config at all", ["{config}"], "Flag --config must have a value"),
+    ("no-config", "no --config, and a workdir with no stored config", ["{config}"],
+     "--config: not given, and"),
     ("workdir-file", "a workdir that is a file", "workdir-file", "is a file; expected a folder"),
     ("workdir-unwritable", "a workdir that cannot be created", "workdir-unwritable",
      "--workdir: cannot write to /proc/colarec-test"),
@@ -250,7 +251,23 @@ CASES = [
      "trained:--mode=evaluate --checkpoint=9", "--checkpoint: no latest checkpoint for epoch 9"),
     ("evaluate-other-config", "evaluate with a key that differs from training",
      "trained:--mode=evaluate --config.gid.n_init=3",
-     "config.gid.n_init: got 3, but the GIDs in"),
+     "config.gid.n_init: got 3, but the model in"),
+    # export and serve
+    ("export-no-output", "export without a file to write", ["--mode=export"],
+     "--output: give the file to write"),
+    ("export-suffix", "export to a format there is no writer for",
+     ["--mode=export", "--output=top.csv"], "--output: 'top.csv' ends in '.csv'; expected one of"),
+    ("export-folder", "export into a folder that does not exist",
+     ["--mode=export", "--output=/nonexistent/top.jsonl"], "--output: /nonexistent is not a folder"),
+    ("export-top-n", "export a top-N of 0", ["--mode=export", "--output=top.jsonl", "--top_n=0"],
+     "--top_n: got 0, expected 1 to eval.beam_size = 20"),
+    ("export-users-file", "export for a users file with an unknown id",
+     "trained:--mode=export --output={tmp}/top.jsonl --users_file=tests/fixtures/users.txt",
+     "tests/fixtures/users.txt:3: 'nobody' is not a user of tiny"),
+    ("serve-port", "serve on port 0", ["--mode=serve", "--port=0"],
+     "--port: got 0, expected 1 to 65535"),
+    ("serve-max-batch", "serve with a negative batch", ["--mode=serve", "--max_batch=-1"],
+     "--max_batch: got -1, expected >= 1"),
 ]
 
 
@@ -309,7 +326,7 @@ def test_bad_input_gets_one_line(case, what, args, expected, tmp_path, request):
     os.remove(os.path.join(str(tmp_path), "src", "tiny.item"))
   elif isinstance(args, str) and args.startswith("trained:"):
     workdir = request.getfixturevalue("trained")
-    args = args.split(":", 1)[1].split() + TRAIN_TINY
+    args = args.split(":", 1)[1].replace("{tmp}", str(tmp_path)).split() + TRAIN_TINY
   for arg in list(args):
     if arg.startswith("{config}"):
       args.remove(arg)

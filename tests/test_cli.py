@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_TRAINED
 
 
 def cli(*args, env=None, cwd=REPO):
@@ -103,16 +103,10 @@ def test_train_mode_runs_the_named_baseline(tmp_path):
   assert "lightgcn" not in result.stdout
 
 
-TINY = ("--config=configs/tiny.py", "--config.cf.epochs=2")  # what the checkpoints are tied to
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """ColaRec trained for 2 short epochs on the tiny config through the CLI."""
-  workdir = tmp_path_factory.mktemp("colarec")
-  result = cli(*TINY, f"--workdir={workdir}", "--mode=train", "--config.train.epochs=2",
-               "--config.train.steps_per_epoch=4")
-  return workdir, result
+def trained(trained_tiny):
+  """ColaRec trained for 2 short epochs on the tiny config through the CLI (conftest)."""
+  return trained_tiny
 
 
 def test_train_mode_trains_colarec_and_writes_outputs(trained):
@@ -130,14 +124,26 @@ def test_train_mode_trains_colarec_and_writes_outputs(trained):
   assert os.listdir(run / "checkpoints" / "best") == [str(metrics["best_epoch"])]
 
 
-@pytest.mark.parametrize("cpu_devices,used", [(0, "4 cpu devices"), (3, "3 cpu devices")])
-def test_evaluate_mode_reproduces_the_test_metrics(trained, cpu_devices, used):
+def test_training_stores_its_config_in_the_workdir(trained):
+  from colarec_jax.settings import Settings
+  from configs import tiny
+  workdir, _ = trained
+  config = tiny.get_config()
+  config.cf.epochs, config.train.epochs, config.train.steps_per_epoch = 2, 2, 4
+  with open(workdir / "config.json") as f:
+    assert json.load(f) == Settings.parse(config).full
+
+
+@pytest.mark.parametrize("config,cpu_devices,used", [
+    (TINY_TRAINED, 0, "4 cpu devices"), ((), 3, "3 cpu devices"), ((), 0, "4 cpu devices")])
+def test_evaluate_mode_reproduces_the_test_metrics(trained, config, cpu_devices, used):
   """Trained on conftest's 4 fake CPU devices; ranked on 3 (`config.cpu_devices`), the same.
+  Without --config, the workdir's stored config is used; with it, it must be training's.
 
   3 does not divide the training batch (16): ranking pads its own batches, so only training
   asks for a multiple (see the bad-value test)."""
   workdir, _ = trained
-  result = cli(*TINY, f"--workdir={workdir}", "--mode=evaluate",
+  result = cli(*config, f"--workdir={workdir}", "--mode=evaluate",
                f"--config.cpu_devices={cpu_devices}")
   assert result.returncode == 0, result.stderr
   assert re.search(rf"^using the best checkpoint \(epoch \d\) in .*, on {used}$", result.stdout,
@@ -154,11 +160,20 @@ def test_evaluate_mode_reproduces_the_test_metrics(trained, cpu_devices, used):
                                                                                abs=tolerance)
 
 
+def test_train_mode_resumes_from_the_stored_config(trained, tmp_path):
+  """Only --workdir: the stored config's run is finished, so it is tested, not trained again."""
+  workdir = tmp_path / "copy"
+  shutil.copytree(trained[0], workdir)
+  result = cli(f"--workdir={workdir}", "--mode=train")
+  assert result.returncode == 0, result.stderr
+  assert "colarec epoch" not in result.stdout and "test metrics" in result.stdout
+
+
 @pytest.mark.parametrize("flag", ["--user=u03", "--items=i04,i29"])
 def test_recommend_prints_top_n(trained, flag):
   workdir, _ = trained
-  result = cli(*TINY, f"--workdir={workdir}", "--mode=recommend", flag,
-               "--top_n=5", "--checkpoint=latest")
+  result = cli(f"--workdir={workdir}", "--mode=recommend", flag, "--top_n=5",
+               "--checkpoint=latest")
   assert result.returncode == 0, result.stderr
   lines = [line for line in result.stdout.splitlines() if line[:4].strip().rstrip(".").isdigit()]
   assert [int(line.split(".")[0]) for line in lines] == [1, 2, 3, 4, 5]
@@ -178,7 +193,7 @@ def test_recommend_prints_top_n(trained, flag):
 ])
 def test_recommend_errors_are_one_line(trained, flags, message):
   workdir, _ = trained
-  result = cli(*TINY, f"--workdir={workdir}", "--mode=recommend", *flags)
+  result = cli(f"--workdir={workdir}", "--mode=recommend", *flags)
   assert result.returncode == 2
   assert result.stderr.strip().startswith(message), result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
@@ -200,6 +215,6 @@ def test_recommend_for_a_user_leaves_out_everything_the_user_has(trained):
   for raw in ("u00", "u01", "u02", "u04", "u05"):
     user = list(ds.user_ids).index(raw)
     known = {str(ds.item_ids[i]) for i in ds.items[ds.users == user]}
-    got = {item for item, _ in pipeline.recommend(settings, str(workdir), user=raw, top_n=20,
-                                                   log=lambda *_: None)}
+    got = set(pipeline.recommend(settings, str(workdir), user=raw, top_n=20,
+                                 log=lambda *_: None).items)
     assert got and not got & known, (raw, got & known)

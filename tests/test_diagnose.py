@@ -77,7 +77,7 @@ def test_ranker_excluding_inside_the_search_fills_every_list(run):
     ws = Workspace.build(Settings.parse(_config(inside)), workdir, log=lambda *_: None)
     split, inputs = ws.eval_data(VALID)
     exclude = [split.exclude.row(u) for u in split.users]
-    lists[inside] = ws.ranker(params).ranked(inputs, exclude, 20)
+    lists[inside], _ = ws.ranker(params).ranked(inputs, exclude, 20)
   for row, (official, inside) in enumerate(zip(lists[False], lists[True])):
     assert (inside > 0).sum() >= (official > 0).sum()
     assert not np.isin(inside, [split.exclude.row(u) for u in split.users][row]).any()

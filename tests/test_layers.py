@@ -1,5 +1,6 @@
 """The package's imports point down the pipeline: data -> cf -> gid -> model/inputs ->
-decode/ranking -> settings -> stages -> workspace -> train -> pipeline -> main."""
+decode/ranking -> settings -> stages -> workspace -> train/recommender -> export/serve/pipeline
+-> main."""
 
 import ast
 import os
@@ -11,8 +12,9 @@ PACKAGE = os.path.join(REPO, "colarec_jax")
 RANKS = {
     "errors": 0, "interrupts": 0, "allocator": 0, "sharding": 0, "checkpoint": 0, "config": 0, "progress": 0,
     "reporting": 1, "data": 2, "evaluate": 3, "cf": 4, "gid": 5, "model": 6, "inputs": 7,
-    "decode": 8, "recommend": 9, "losses": 6, "settings": 10, "stages": 11, "workspace": 12, "train": 13,
-    "pipeline": 14, "report": 14, "experiments": 15, "main": 16,
+    "decode": 8, "recommend": 9, "losses": 6, "settings": 10, "runconfig": 10, "stages": 11,
+    "workspace": 12, "train": 13, "recommender": 13, "export": 14, "serve": 14, "pipeline": 14,
+    "report": 14, "experiments": 15, "main": 16,
 }
 
 
@@ -66,7 +68,8 @@ def test_the_rule_catches_an_upward_import(tmp_path):
 def test_stages_are_handed_their_inputs():
   """The GID stage gets LightGCN's embeddings from its caller, and ranking uses no trainer."""
   apart = {"gid": ("cf",), "recommend": ("cf", "train"), "decode": ("cf", "train"),
-           "evaluate": ("cf", "train")}
+           "evaluate": ("cf", "train"), "recommender": ("cf", "train"),
+           "export": ("cf", "train"), "serve": ("cf", "train")}
   crossing = [f"{module} imports {imported}" for module, path in modules()
               for imported in internal_imports(path)
               if imported.split(".")[0] in apart.get(module.split(".")[0], ())]
