@@ -15,10 +15,13 @@ Writes bench/results/quality/<name>.json and <name>.png and prints a table.
 
 import json
 import os
+import sys
 
 import common
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+sys.path.insert(0, common.REPO)
 
 from colarec_jax import checkpoint, diagnose, evaluate, pipeline, reporting
 from colarec_jax.data.dataset import VALID
