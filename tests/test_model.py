@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from colarec_jax.model.colarec import ColaRec, ColaRecConfig
+from colarec_jax.model.colarec import UNKNOWN_ITEM, ColaRec, ColaRecConfig
 from colarec_jax.model import t5
 from colarec_jax.model.t5 import TransformerConfig, relative_position_bucket
 
@@ -204,3 +204,13 @@ def test_matmul_gradients_match_numpy(shape):
       jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
   np.testing.assert_allclose(np.asarray(dx), cot @ w.T, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(dw), x.T @ cot, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_item_slots_read_row_zero_of_the_item_table(params):
+  inputs, _ = example_inputs()
+  items = inputs["items"].at[:, 1].set(jnp.array([UNKNOWN_ITEM, 5, UNKNOWN_ITEM]))
+  x = ColaRec(CFG).apply({"params": params}, dict(inputs, items=items),
+                         method=ColaRec.embed_inputs)
+  table = params["item_embed"]["embedding"]
+  np.testing.assert_allclose(x[:, 1], table[np.array([0, 5, 0])])
+  assert not np.allclose(table[0], table[5])
