@@ -9,8 +9,10 @@ Flags only; the work is done by library functions (`colarec_jax.pipeline`). Mode
   evaluate a ColaRec checkpoint (--checkpoint=best|latest|<epoch>) on --split=valid|test
   recommend top --top_n items for --user=<user id>, or for --items=<id,id,...> (a new user's
            history, most recent first), from a ColaRec checkpoint
+  add_items index the items of --items_file (the dataset's item format) from their text with a
+           ColaRec checkpoint and add them to the workdir; evaluate and recommend then rank them
   all      everything (default): prepare, stats, GIDs, then MostPop, LightGCN and ColaRec in one
-           table
+           table (with data.cold_item_fraction > 0, also the held-out items' table)
 """
 
 import os
@@ -24,7 +26,7 @@ from ml_collections import config_flags
 from colarec_jax import allocator, interrupts, pipeline, sharding
 from colarec_jax.settings import Settings
 
-MODES = ("all", "prepare", "stats", "gid", "train", "evaluate", "recommend")
+MODES = ("all", "prepare", "stats", "gid", "train", "evaluate", "recommend", "add_items")
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                 lock_config=True)
@@ -35,6 +37,7 @@ flags.DEFINE_enum("split", "test", ("valid", "test"), "evaluate: the split to ra
 flags.DEFINE_string("user", "", "recommend: a user id of the dataset.")
 flags.DEFINE_string("items", "", "recommend: comma-separated item ids, most recent first.")
 flags.DEFINE_integer("top_n", 10, "recommend: how many items to list.")
+flags.DEFINE_string("items_file", "", "add_items: the new items, in the dataset's item format.")
 flags.DEFINE_bool("distributed", os.environ.get("COLAREC_DISTRIBUTED", "") in ("1", "true"),
                   "Start JAX's multi-process runtime first (one process per host; default from "
                   "$COLAREC_DISTRIBUTED). See colarec_jax/sharding.py and launch/.")
@@ -60,7 +63,8 @@ def main(argv):
     if FLAGS.distributed:
       sharding.initialize_distributed()
     pipeline.run(FLAGS.mode, settings, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                 split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n)
+                 split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n,
+                 items_file=FLAGS.items_file)
 
 
 def _flag_error(error: BaseException, argv: list[str]) -> str:

@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 
-from colarec_jax import checkpoint, evaluate, sharding, stages
+from colarec_jax import checkpoint, coldstart, evaluate, newitems, sharding, stages
 from colarec_jax import train as train_lib
 from colarec_jax.cf import train as cf_train
 from colarec_jax.data import fileio
@@ -64,9 +64,9 @@ def _checkpoint_epoch(which: str) -> tuple[str, int | None]:
   return checkpoint.LATEST, int(which)
 
 
-def _restored_ranker(settings: Settings, workdir: str, which: str, log, prepared=None):
-  """(workspace, ranker) with the parameters of checkpoint `which`; the cached stages are used
-  as training left them (nothing is written)."""
+def _restored(settings: Settings, workdir: str, which: str, log, prepared=None):
+  """(workspace as trained, parameters of checkpoint `which`); the cached stages are used as
+  training left them (nothing is written)."""
   ws = Workspace.build(settings, workdir, log=log, prepared=prepared, read_only=True)
   kind, epoch = _checkpoint_epoch(which)
   restored = ws.restore_params(kind, epoch)
@@ -76,7 +76,29 @@ def _restored_ranker(settings: Settings, workdir: str, which: str, log, prepared
   params, epoch = restored
   log(f"using the {kind} checkpoint (epoch {epoch}) in {ws.checkpoint_dir}, on "
       f"{sharding.describe(ws.mesh)}")
+  return ws, params
+
+
+def _restored_ranker(settings: Settings, workdir: str, which: str, log, prepared=None):
+  """(workspace, ranker) of checkpoint `which`, with the items added after training."""
+  ws, params = _restored(settings, workdir, which, log, prepared)
+  ws = ws.with_new_items(ws.new_items(workdir))
   return ws, ws.ranker(params)
+
+
+def add_items(settings: Settings, workdir: str, *, items_file: str, which: str = "best",
+              log=print, prepared=None):
+  """Indexes the items of `items_file` (the dataset's item format) with checkpoint `which` and
+  adds them to the workdir (see `newitems`); returns them."""
+  _check_items_file(items_file)
+  ws, params = _restored(settings, workdir, which, log, prepared)
+  return newitems.add_items(ws, params, workdir, items_file, log=log)
+
+
+def _check_items_file(items_file: str) -> None:
+  if not items_file:
+    raise UsageError("items_file", "give the new items' file: --items_file=FILE, in the "
+                     "dataset's item format (an atomic .item file)")
 
 
 def evaluate_checkpoint(settings: Settings, workdir: str, *, which: str = "best",
@@ -103,7 +125,9 @@ def recommend(settings: Settings, workdir: str, *, user: str = "", items: str = 
       raise UsageError("user", f"{user!r} is not a user of {ds.name} ({ds.num_users} users, "
                        f"e.g. {str(ds.user_ids[1])!r})")
     user_id = index[user]
-  else:
+  ws, ranker = _restored_ranker(settings, workdir, which, log, prepared)
+  ds = ws.prepared.dataset  # with the items added after training
+  if not user:
     index = {raw: n for n, raw in enumerate(ds.item_ids.tolist()) if n}
     history = []
     for raw in (x.strip() for x in items.split(",")):
@@ -113,7 +137,6 @@ def recommend(settings: Settings, workdir: str, *, user: str = "", items: str = 
       if index[raw] in history:
         raise UsageError("items", f"{raw!r} is listed twice; expected each item once")
       history.append(index[raw])
-  _, ranker = _restored_ranker(settings, workdir, which, log, prepared)
   if user:  # nothing the user already has: training, validation or test items
     ranked = ranker.for_user(user_id, prepared.csr(TRAIN, VALID, TEST), top_n)
   else:
@@ -137,14 +160,17 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> N
   trained = ALL_MODELS if mode == "all" else (settings.model.name,)
   if mode in ("train", "all") and "colarec" in trained:
     check_batch_size(settings)  # before any data is prepared or model trained
-  read_only = mode in ("evaluate", "recommend")
+  read_only = mode in ("evaluate", "recommend", "add_items")  # they build no stage
   if read_only:  # flag mistakes first, before any file is read
     _checkpoint_epoch(flags.get("checkpoint", "best"))
   if mode == "recommend":
     _check_recommend_flags(settings, flags.get("user", ""), flags.get("items", ""),
                            int(flags.get("top_n", 10)))
+  if mode == "add_items":
+    _check_items_file(flags.get("items_file", ""))
   # One writer per workdir (readers share it); the main process speaks for a multi-process run.
-  lock = (fileio.workdir_lock(workdir, exclusive=not read_only, log=log)
+  writes = mode not in ("evaluate", "recommend")
+  lock = (fileio.workdir_lock(workdir, exclusive=writes, log=log)
           if sharding.is_main_process() else contextlib.nullcontext())
   with lock:
     _run(mode, settings, workdir, trained, read_only, log, flags)
@@ -164,11 +190,16 @@ def _run(mode, settings, workdir, trained, read_only, log, flags) -> None:
   if mode in ("train", "all"):
     results = train_models(settings, workdir, trained, log=log, prepared=prepared, gids=gids)
     log(report(results, workdir, ks))
+    if mode == "all" and settings.data.cold_item_fraction:
+      log(coldstart.cold_start_report(settings, workdir, prepared=prepared, gids=gids, log=log))
   elif mode == "evaluate":
     part = flags.get("split", "test")
     result = evaluate_checkpoint(settings, workdir, which=flags.get("checkpoint", "best"),
                                  part=part, log=log, prepared=prepared)
     log(f"{part} metrics\n" + evaluate.format_table({"colarec": result}, ks))
+  elif mode == "add_items":
+    add_items(settings, workdir, items_file=flags.get("items_file", ""),
+              which=flags.get("checkpoint", "best"), log=log, prepared=prepared)
   elif mode == "recommend":
     rows = recommend(settings, workdir, user=flags.get("user", ""), items=flags.get("items", ""),
                      top_n=int(flags.get("top_n", 10)), which=flags.get("checkpoint", "best"),
