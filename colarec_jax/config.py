@@ -150,6 +150,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Validate on a fixed sample of this many users (0 = all): on large datasets full validation
   # can cost more than an epoch at a CPU budget. Testing always ranks every test user.
   evaluation.valid_sample = 0
+  # Items added after training (--mode=add_items, the cold-start protocol) hold a last GID code
+  # the decoder never learned for them. 'model': beam search scores it like any code (plain
+  # constrained decoding); 'sibling_mean': their last step scores the mean probability of their
+  # leaf parent's trained items (an average sibling). Trained items are scored alike either way.
+  evaluation.new_item_score = "model"
   return config
 
 

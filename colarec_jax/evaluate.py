@@ -21,6 +21,8 @@ from colarec_jax.data.prepare import Prepared
 from colarec_jax.data.sampling import padded_batches
 from colarec_jax.errors import ConfigError
 
+NEW_ITEM_SCORES = ("model", "sibling_mean")
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
@@ -35,13 +37,18 @@ class EvalConfig:
   renormalize: bool = False  # official: mask after the log-softmax
   decode_batch_size: int = 32  # users per beam-search call
   valid_sample: int = 0  # validate on this many users (a fixed sample); 0 = all. Tests use all.
+  new_item_score: str = "model"  # an added item's last step: model | sibling_mean (decode.py)
 
   @classmethod
   def from_config(cls, section) -> "EvalConfig":
     out = cls(tuple(int(k) for k in section.ks), str(section.metric),
               float(section.long_tail_fraction), bool(section.exclude_valid_at_test),
               int(section.batch_size), int(section.beam_size), bool(section.renormalize),
-              int(section.decode_batch_size), int(section.valid_sample))
+              int(section.decode_batch_size), int(section.valid_sample),
+              str(section.new_item_score))
+    if out.new_item_score not in NEW_ITEM_SCORES:
+      raise ConfigError("eval.new_item_score", f"got {out.new_item_score!r}, expected one of "
+                        f"{', '.join(map(repr, NEW_ITEM_SCORES))}")
     names = [f"{m}@{k}" for m in ("recall", "ndcg") for k in out.ks]
     if out.metric not in names:
       raise ConfigError("eval.metric", f"got {out.metric!r}, expected one of {', '.join(names)}")

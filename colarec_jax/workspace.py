@@ -133,7 +133,12 @@ class Workspace:
 
   @functools.cached_property
   def trie(self) -> decode.Trie:
-    return decode.Trie.build(self.gids, self.settings.eval.beam_size, self.mesh)
+    """The GID trie; with eval.new_item_score='sibling_mean', items added after training score
+    their last step as their trained siblings' mean."""
+    trained = self.model.config.num_items
+    known = (trained if self.settings.eval.new_item_score == "sibling_mean"
+             and self.gids.num_items > trained else 0)
+    return decode.Trie.build(self.gids, self.settings.eval.beam_size, self.mesh, known)
 
   def eval_data(self, part: int) -> tuple[EvalSplit, dict]:
     """An evaluation split and its encoder inputs, built once per run and part."""

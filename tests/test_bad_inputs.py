@@ -238,6 +238,9 @@ CASES = [
      "config.eval.beam_size: got 0, expected at least the longest list evaluated"),
     ("eval-decode-batch", "a beam-search batch of 0", ["--config.eval.decode_batch_size=0"],
      "config.eval.decode_batch_size: got 0, expected >= 1"),
+    ("eval-new-item-score", "an unknown score for added items",
+     ["--config.eval.new_item_score=best"],
+     "config.eval.new_item_score: got 'best', expected one of 'model', 'sibling_mean'"),
     # evaluate and recommend
     ("evaluate-untrained", "evaluate before training", ["--mode=evaluate"],
      "--mode: there are no prepared data in"),
