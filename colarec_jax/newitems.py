@@ -10,8 +10,11 @@ columns) and adds them to the workdir's overlay, after which `evaluate` and `rec
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from colarec_jax import sharding
 from colarec_jax.data import atomic
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.dataset import content_string
@@ -147,7 +150,9 @@ def add_items(ws: Workspace, params, workdir: str, items_file: str, *,
   codes = index_items(current, params, tokens, where=items_file)
   added = overlay.NewItems(ids, text, tokens, lengths, codes)
   everything = added if before is None else before + added
-  path = everything.save(workdir, ws.fingerprint)
+  path = os.path.join(workdir, overlay.FILE)
+  if sharding.is_main_process():  # every process indexed the same items; one writes them
+    everything.save(workdir, ws.fingerprint)
   log(f"added {len(added)} items to {path} ({len(everything)} added in all); their GIDs:")
   for item, gid in zip(ids.tolist(), added.codes.tolist()):
     log(f"  {item}  {'-'.join(map(str, gid))}")
