@@ -60,6 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
   # embedded by the decoder's output codebook (so the decoder can learn "more of the clusters the
   # user already likes" directly). Never on indexing inputs, whose item's GID is the target.
   inputs.history_codes = False
+  # Training: the chance that an item's atomic-ID slot (in a history or on an item input) reads
+  # the shared "unknown item" token instead, so the model learns to place an item from its text.
+  # Items added after training (--mode=add_items) always read that token. 0 = never (official).
+  inputs.item_id_dropout = 0.0
 
   # Optimisation (official: AdamW, lr 5e-4, weight decay 0.01, constant, clip 1.0, batch 128).
   optim = config.optim = ml_collections.ConfigDict()
@@ -115,6 +119,11 @@ def base_config() -> ml_collections.ConfigDict:
   data.seed = 2024  # seed of the random split
   data.cold_users = "error"  # valid/test rows of users absent from train: error | drop
   data.cold_items = "keep"  # ... of items absent from train: keep (they have text) | drop | error
+  # The cold-start protocol: hold out this share of the items (chosen with data.seed) before
+  # anything trains and move all their interactions to the test split; they are in no training
+  # input, LightGCN graph, GID clustering or validation. After training, --mode=all indexes them
+  # from their text (as --mode=add_items does) and prints a "cold items" table. 0 = off.
+  data.cold_item_fraction = 0.0
   data.tokenizer = ""  # a tokenizer.json to use; '' = train a BPE tokenizer on item text
   data.vocab_size = 4000  # size of the trained tokenizer's vocabulary
   data.max_item_tokens = 30  # content tokens kept per item and read by ColaRec (official 30)
@@ -161,6 +170,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Validate on a fixed sample of this many users (0 = all): on large datasets full validation
   # can cost more than an epoch at a CPU budget. Testing always ranks every test user.
   evaluation.valid_sample = 0
+  # Items added after training (--mode=add_items, the cold-start protocol) hold a last GID code
+  # the decoder never learned for them. 'model': beam search scores it like any code (plain
+  # constrained decoding); 'sibling_mean': their last step scores the mean probability of their
+  # leaf parent's trained items (an average sibling). Trained items are scored alike either way.
+  evaluation.new_item_score = "model"
   return config
 
 

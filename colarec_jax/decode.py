@@ -6,6 +6,11 @@ exactly l cached steps. At each step the codes that extend no real item's GID ge
 log-softmax (official; `renormalize=True` masks before the softmax instead). Beams carry their node
 in the GID trie (`GidTable.children`), so the validity mask of a step is one dense row gather.
 
+Items added after training (`gid.overlay`) hold a last code the decoder never learned for them.
+With `new_item_score='sibling_mean'` (the trie's `known_items` > 0), the last step scores such an
+item by the mean probability of its trained siblings' codes (an average item of its leaf parent)
+instead of the decoder's probability of its own code; 'model' (the default) keeps the latter.
+
 Beam widths grow with the tree: step t can only hold as many distinct prefixes as the trie has
 nodes at depth t, at most K^t, so widths are 1, min(beam, K), ... and the first steps are cheap.
 Steps of equal width run in a `lax.fori_loop` over a `BeamState`; a step that widens the beam
@@ -63,16 +68,21 @@ class Trie:
     leaf_item: [num_nodes + 1] item at a leaf, else 0.
     widths: beam width before each step and after the last, (1, ..., w_l), given the beam size.
     beam_size: beams kept per input (official 100): the searches over this trie return as many.
+    known_items: 0, or the items the model was trained on: leaves of later items then score as
+      their trained siblings' mean (see the module docstring).
   """
 
   children: jax.Array
   leaf_item: jax.Array
   widths: tuple[int, ...]
   beam_size: int
+  known_items: int = 0
 
   @classmethod
-  def build(cls, gids: GidTable, beam_size: int, mesh: jax.sharding.Mesh | None = None) -> "Trie":
-    """The arrays go on every device of `mesh` once, not to the devices on every search."""
+  def build(cls, gids: GidTable, beam_size: int, mesh: jax.sharding.Mesh | None = None,
+            known_items: int = 0) -> "Trie":
+    """The arrays go on every device of `mesh` once, not to the devices on every search.
+    `known_items` > 0 scores the leaves of items after them as their siblings' mean."""
     dead = np.full((1, gids.branching + 1), -1, np.int32)
     per_depth = np.bincount(gids.node_depth, minlength=gids.depth + 1)
     widths = [1]
@@ -81,7 +91,8 @@ class Trie:
     children, leaf_item = sharding_lib.replicate(
         (np.concatenate([gids.children, dead]), np.append(gids.leaf_item, 0).astype(np.int32)),
         mesh)
-    return cls(jnp.asarray(children), jnp.asarray(leaf_item), tuple(widths), int(beam_size))
+    return cls(jnp.asarray(children), jnp.asarray(leaf_item), tuple(widths), int(beam_size),
+               int(known_items))
 
   @property
   def dead(self) -> int:
@@ -181,6 +192,9 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
     logp = jax.nn.log_softmax(jnp.where(valid, logits, -jnp.inf), axis=-1)
   else:
     logp = jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), -jnp.inf)
+  if trie.known_items:
+    logp = _sibling_mean(logp, trie.leaf_item[trie.children[state.nodes]], valid,
+                         trie.known_items)
   candidates = (state.scores[..., None] + logp).reshape(b, width * k1)
   scores, flat = jax.lax.top_k(candidates, new_width)
   parent, code = flat // k1, flat % k1
@@ -191,11 +205,31 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
   return BeamState(scores, nodes, codes, _reorder_cache(mutated["cache"], parent))
 
 
+def _sibling_mean(logp: jax.Array, leaf: jax.Array, valid: jax.Array,
+                  known_items: int) -> jax.Array:
+  """Log-probabilities [b, w, K + 1] where each code leading to an item after `known_items` takes
+  the log of the mean probability of the codes leading to trained items of the same node.
+
+  Args:
+    logp: the step's masked log-probabilities.
+    leaf: [b, w, K + 1] item at the node each code leads to (0: none, or not a leaf).
+    valid: [b, w, K + 1] codes that lead somewhere.
+    known_items: items with trained last codes.
+  """
+  new = valid & (leaf > known_items)
+  trained = valid & ~new
+  count = jnp.sum(trained, axis=-1, keepdims=True)
+  mean = (jax.nn.logsumexp(jnp.where(trained, logp, -jnp.inf), axis=-1, keepdims=True)
+          - jnp.log(jnp.maximum(count, 1)))
+  return jnp.where(new & (count > 0), mean, logp)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize",
-                                             "chunks", "steps"))
+                                             "chunks", "steps", "known_items"))
 def _search(params, inputs, children, leaf_item, blocked=None, *, model: ColaRec,
-            widths: tuple[int, ...], beam_size: int, renormalize: bool, chunks: int, steps: int):
-  trie = Trie(children, leaf_item, widths, beam_size)
+            widths: tuple[int, ...], beam_size: int, renormalize: bool, chunks: int, steps: int,
+            known_items: int = 0):
+  trie = Trie(children, leaf_item, widths, beam_size, known_items)
   depth = steps
   encoded = _encode(model, params, inputs, chunks)
   mask = inputs["mask"]
@@ -256,4 +290,5 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
                           platform=platform)
   return _search(params, inputs, trie.children, trie.leaf_item, blocked, model=model,
                  widths=trie.widths, beam_size=trie.beam_size, renormalize=renormalize,
-                 chunks=chunks, steps=len(trie.widths) - 1 if steps is None else int(steps))
+                 chunks=chunks, steps=len(trie.widths) - 1 if steps is None else int(steps),
+                 known_items=trie.known_items)

@@ -21,6 +21,8 @@ from colarec_jax.data.prepare import Prepared
 from colarec_jax.data.sampling import padded_batches
 from colarec_jax.errors import ConfigError
 
+NEW_ITEM_SCORES = ("model", "sibling_mean")
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
@@ -36,6 +38,7 @@ class EvalConfig:
   decode_batch_size: int = 32  # users per beam-search call
   valid_sample: int = 0  # validate on this many users (a fixed sample); 0 = all. Tests use all.
   exclude_in_search: bool = False  # beam search skips excluded items (official: drops them after)
+  new_item_score: str = "model"  # an added item's last step: model | sibling_mean (decode.py)
 
   @classmethod
   def from_config(cls, section) -> "EvalConfig":
@@ -43,7 +46,10 @@ class EvalConfig:
               float(section.long_tail_fraction), bool(section.exclude_valid_at_test),
               int(section.batch_size), int(section.beam_size), bool(section.renormalize),
               int(section.decode_batch_size), int(section.valid_sample),
-              bool(section.exclude_in_search))
+              bool(section.exclude_in_search), str(section.new_item_score))
+    if out.new_item_score not in NEW_ITEM_SCORES:
+      raise ConfigError("eval.new_item_score", f"got {out.new_item_score!r}, expected one of "
+                        f"{', '.join(map(repr, NEW_ITEM_SCORES))}")
     names = [f"{m}@{k}" for m in ("recall", "ndcg") for k in out.ks]
     if out.metric not in names:
       raise ConfigError("eval.metric", f"got {out.metric!r}, expected one of {', '.join(names)}")
@@ -93,21 +99,24 @@ def ranking_metrics(ranked: np.ndarray, heldout: Sequence[np.ndarray],
   return out
 
 
-def long_tail_users(train_counts: np.ndarray, users: np.ndarray,
-                    fraction: float = 0.2) -> tuple[np.ndarray, int]:
+def long_tail_users(train_counts: np.ndarray, users: np.ndarray, fraction: float = 0.2,
+                    threshold: int | None = None) -> tuple[np.ndarray, int]:
   """The users with the fewest training interactions.
 
   Args:
     train_counts: [num_users + 1] training interactions per user.
     users: the evaluated users.
     fraction: share of evaluated users to call long-tail.
+    threshold: a threshold to use instead (a subgroup split as its whole group was).
 
   Returns:
     (mask over `users`, threshold): a user is long-tail when its count is <= threshold, the count
     of the user at the `fraction` quantile (ties included, so the group can exceed the fraction).
   """
-  counts = np.sort(train_counts[users])
-  threshold = int(counts[max(0, int(np.ceil(fraction * len(counts))) - 1)]) if len(counts) else 0
+  if threshold is None:
+    counts = np.sort(train_counts[users])
+    threshold = (int(counts[max(0, int(np.ceil(fraction * len(counts))) - 1)]) if len(counts)
+                 else 0)
   return train_counts[users] <= threshold, threshold
 
 
@@ -170,28 +179,37 @@ class Report:
 
 def evaluate_ranking(ranked: np.ndarray, users: np.ndarray, heldout: Csr,
                      train_counts: np.ndarray, ks: Sequence[int] = (5, 10, 20),
-                     long_tail_fraction: float = 0.2) -> Report:
-  """Metrics of ranked lists for `users` (all must have held-out items)."""
+                     long_tail_fraction: float = 0.2,
+                     long_tail_threshold: int | None = None) -> Report:
+  """Metrics of ranked lists for `users` (all must have held-out items); the long-tail users are
+  the `long_tail_fraction` with the fewest training interactions, or those with at most
+  `long_tail_threshold` when it is given."""
   per_user = ranking_metrics(ranked, [heldout.row(u) for u in users], ks)
-  tail, threshold = long_tail_users(train_counts, users, long_tail_fraction)
+  tail, threshold = long_tail_users(train_counts, users, long_tail_fraction, long_tail_threshold)
   mean = lambda mask: {k: float(v[mask].mean()) if mask.any() else 0.0
                        for k, v in per_user.items()}
   return Report(mean(np.ones(len(users), bool)), mean(tail), len(users), int(tail.sum()),
                 threshold, users=np.asarray(users), per_user=per_user)
 
 
-def format_table(rows: dict[str, Report], ks: Sequence[int] = (5, 10, 20)) -> str:
-  """One table: a row per model, Recall/NDCG@N overall and on long-tail users."""
+def format_table(rows: dict[str, Report | str], ks: Sequence[int] = (5, 10, 20)) -> str:
+  """One table: a row per model, Recall/NDCG@N overall and on long-tail users; a row given as a
+  string (a model that cannot be scored there) prints that string instead of numbers."""
   names = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
-  header = f"{'model':<20} {'users':>6} " + " ".join(f"{n:>9}" for n in names)
+  width = max([20] + [len(model) + len(" long-tail") for model in rows])
+  header = f"{'model':<{width}} {'users':>6} " + " ".join(f"{n:>9}" for n in names)
   lines = [header, "-" * len(header)]
   for model, report in rows.items():
+    if isinstance(report, str):
+      lines.append(f"{model:<{width}} {'':>6} {report}")
+      continue
     for label, values, count in (("", report.overall, report.num_users),
                                  (" long-tail", report.long_tail, report.num_long_tail)):
-      lines.append(f"{(model + label):<20} {count:>6} " +
+      lines.append(f"{(model + label):<{width}} {count:>6} " +
                    " ".join(f"{values[n]:>9.4f}" for n in names))
-  if rows:
-    first = next(iter(rows.values()))
+  scored = [r for r in rows.values() if not isinstance(r, str)]
+  if scored:
+    first = scored[0]
     lines.append(f"long-tail: users with <= {first.long_tail_threshold} training interactions "
                  f"({first.num_long_tail} of {first.num_users})")
   return "\n".join(lines)

@@ -6,10 +6,15 @@ Layout of one encoder input (length fixed by the config, padded with 0 and maske
 Position 0 carries the task embedding, an iad slot the item's atomic embedding, a uad slot the
 user's. Histories that do not fit the length budget lose their last items. All randomness comes
 from the `numpy.random.Generator` passed in, seeded per epoch by the trainer.
+
+Items the model has no trained ID for (ids above `known_items`, added after training) fill their
+ID slot with the shared unknown-item token (`UNKNOWN_ITEM`); with `item_id_dropout` > 0 training
+inputs do the same to each item slot with that probability, so the model learns to read content.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -19,7 +24,7 @@ from colarec_jax.data.prepare import Prepared
 from colarec_jax.data.sampling import NegativeSampler, shuffled_batches
 from colarec_jax.errors import ConfigError
 from colarec_jax.gid.table import GidTable
-from colarec_jax.model.colarec import TASK_INDEX, TASK_REC
+from colarec_jax.model.colarec import TASK_INDEX, TASK_REC, UNKNOWN_ITEM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +40,16 @@ class InputConfig:
   uad_on_item_inputs: bool = True  # paper; False = official code (uad only on the i+ input)
   use_content: bool = True  # False: items are their ID slot alone (the w/o-content ablation)
   history_codes: bool = False  # history items also carry their GID codes (see the config)
+  item_id_dropout: float = 0.0  # training: chance an item slot reads the unknown-item token
 
   @classmethod
   def from_config(cls, cfg, max_item_tokens: int) -> "InputConfig":
     out = cls(int(cfg.max_history), int(cfg.eval_history), int(max_item_tokens),
               int(cfg.max_length), int(cfg.index_users), bool(cfg.uad_on_item_inputs),
-              bool(cfg.use_content), bool(cfg.history_codes))
+              bool(cfg.use_content), bool(cfg.history_codes), float(cfg.item_id_dropout))
+    if not 0 <= out.item_id_dropout <= 1:
+      raise ConfigError("inputs.item_id_dropout", f"got {out.item_id_dropout}, expected a "
+                        "probability in [0, 1]")
     for key in ("max_history", "index_users"):
       if getattr(out, key) < 0:
         raise ConfigError(f"inputs.{key}", f"got {getattr(out, key)}, expected >= 0")
@@ -64,6 +73,7 @@ class InputBuilder:
     self.gids = gids
     ds = prepared.dataset
     self.num_items = ds.num_items
+    self.known_items = ds.num_items  # items with a trained ID embedding; later ones are unknown
     self.eos = prepared.eos_id
     self.train = prepared.csr(TRAIN)  # each user's training items in time order
     users, items = prepared.rows(TRAIN)
@@ -85,7 +95,7 @@ class InputBuilder:
       content = self.content[item]
       if pos + 1 + len(content) + 1 > length:
         break  # keep room for EOS
-      item_slots[pos] = item
+      item_slots[pos] = item if item <= self.known_items else UNKNOWN_ITEM
       tokens[pos + 1:pos + 1 + len(content)] = content
       pos += 1 + len(content)
     for user in users:
@@ -103,6 +113,18 @@ class InputBuilder:
       known = (item_slots > 0) & (item_slots <= self.gids.num_items)
       row["codes"] = np.where(known[:, None], self.gids.codes[np.where(known, item_slots, 0)], 0)
     return row
+
+  def with_items(self, tokens: np.ndarray, pad_id: int, gids: GidTable | None = None
+                 ) -> InputBuilder:
+    """A copy that also writes items num_items + 1, ... (added after training) from their content
+    tokens [m, T] (`pad_id` padded), with the unknown-item token in their ID slot; `gids`, when
+    given, is the GID table that covers them. Training inputs stay those of the known items."""
+    out = copy.copy(self)
+    out.content = self.content + [row[row != pad_id] if self.cfg.use_content else row[:0]
+                                  for row in tokens[:, :self.cfg.max_item_tokens]]
+    out.num_items = self.num_items + len(tokens)
+    out.gids = gids if gids is not None else self.gids
+    return out
 
   def rec_input(self, history: list[int]) -> dict:
     """X_u for a history (item ids, in the order they are written)."""
@@ -181,6 +203,12 @@ class InputBuilder:
         for key, item, slot_users in zip(("item", "neg", "pos"), (i, n, p), sampled):
           batch[key].append(self.index_input(item, slot_users))
     out = {k: stack(v) for k, v in batch.items()}
+    if self.cfg.item_id_dropout > 0:
+      # Drawn for the whole batch (every process alike), applied to this process's rows.
+      for key in ("user", "item", "neg", "pos"):
+        hidden = rng.random((len(users), out[key]["items"].shape[1])) < self.cfg.item_id_dropout
+        slots = out[key]["items"]
+        out[key]["items"] = np.where(hidden[share] & (slots != 0), UNKNOWN_ITEM, slots)
     out["item_codes"] = self.gids.codes[items[share]]
     out["neg_codes"] = self.gids.codes[neg[share]]
     out["mask"] = mask[share].astype(np.float32)

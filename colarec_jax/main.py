@@ -14,8 +14,10 @@ the config is the one training stored in the workdir (`colarec_jax/runconfig.py`
   export   top --top_n items of every user (or of the ids in --users_file) to --output=FILE
            (.jsonl or .parquet)
   serve    an HTTP endpoint on --host:--port: POST /recommend, GET /health
+  add_items index the items of --items_file (the dataset's item format) from their text with a
+           ColaRec checkpoint and add them to the workdir; evaluate and recommend then rank them
   all      everything (default): prepare, stats, GIDs, then MostPop, LightGCN and ColaRec in one
-           table
+           table (with data.cold_item_fraction > 0, also the held-out items' table)
 """
 
 import os
@@ -30,7 +32,8 @@ from colarec_jax import allocator, interrupts, pipeline, runconfig, sharding
 from colarec_jax.errors import ColarecError
 from colarec_jax.settings import Settings
 
-MODES = ("all", "prepare", "stats", "gid", "train", "evaluate", "recommend", "export", "serve")
+MODES = ("all", "prepare", "stats", "gid", "train", "evaluate", "recommend", "export", "serve",
+         "add_items")
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/ (default: "
                                 "the one training stored in --workdir).", lock_config=True)
@@ -50,6 +53,7 @@ flags.DEFINE_integer("max_batch", 0, "serve: requests per beam-search call at mo
                      "eval.decode_batch_size; 1: one request at a time).")
 flags.DEFINE_float("batch_window_ms", 5.0, "serve: how long a request waits for others to join "
                    "its batch.")
+flags.DEFINE_string("items_file", "", "add_items: the new items, in the dataset's item format.")
 flags.DEFINE_bool("distributed", os.environ.get("COLAREC_DISTRIBUTED", "") in ("1", "true"),
                   "Start JAX's multi-process runtime first (one process per host; default from "
                   "$COLAREC_DISTRIBUTED). See colarec_jax/sharding.py and launch/.")
@@ -78,7 +82,7 @@ def main(argv):
                  split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n,
                  output=FLAGS.output, users_file=FLAGS.users_file, host=FLAGS.host,
                  port=FLAGS.port, max_batch=FLAGS.max_batch,
-                 batch_window_ms=FLAGS.batch_window_ms)
+                 batch_window_ms=FLAGS.batch_window_ms, items_file=FLAGS.items_file)
 
 
 def _flag_error(error: BaseException, argv: list[str]) -> str:

@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 
-from colarec_jax import evaluate, export, runconfig, serve, sharding, stages
+from colarec_jax import coldstart, evaluate, export, newitems, runconfig, serve, sharding, stages
 from colarec_jax import train as train_lib
 from colarec_jax.cf import train as cf_train
 from colarec_jax.data import fileio
@@ -61,6 +61,22 @@ def report(results: dict[str, dict], workdir: str, ks, part: str = "test") -> st
       {name: parts[part] for name, parts in results.items()}, ks)
 
 
+def add_items(settings: Settings, workdir: str, *, items_file: str, which: str = "best",
+              log=print, prepared=None):
+  """Indexes the items of `items_file` (the dataset's item format) with checkpoint `which` and
+  adds them to the workdir (see `newitems`); returns them."""
+  _check_items_file(items_file)
+  rec = Recommender.from_settings(settings, workdir, which, prepared=prepared, log=log,
+                                  new_items=False)
+  return newitems.add_items(rec.workspace, rec.ranker.params, workdir, items_file, log=log)
+
+
+def _check_items_file(items_file: str) -> None:
+  if not items_file:
+    raise UsageError("items_file", "give the new items' file: --items_file=FILE, in the "
+                     "dataset's item format (an atomic .item file)")
+
+
 def evaluate_checkpoint(settings: Settings, workdir: str, *, which: str = "best",
                         part: str = "test", log=print, prepared=None) -> evaluate.Report:
   """Recall/NDCG of a ColaRec checkpoint on the valid or test split (`prepared`: the workdir's
@@ -82,11 +98,19 @@ def recommend(settings: Settings, workdir: str, *, user: str = "", items: str = 
   _check_recommend_flags(settings, user, items, top_n)
   prepared = prepared or stages.prepared_data(settings, workdir, log=log, read_only=True)
   history = [x.strip() for x in items.split(",")] if items else None
-  try:  # the request is checked before the model is loaded
+  query = None
+  try:  # the request is checked before the model is loaded...
     query = Catalog(prepared, settings).query(user or None, history, top_n)
   except RequestError as e:
-    raise UsageError(REQUEST_FLAGS[e.field], e.message) from None
+    # ...except history items unknown to the training data: they may have been added since
+    if not (e.field == "history" and e.not_found):
+      raise UsageError(REQUEST_FLAGS[e.field], e.message) from None
   rec = Recommender.from_settings(settings, workdir, which, prepared=prepared, log=log)
+  if query is None:
+    try:
+      query = rec.catalog.query(None, history, top_n)
+    except RequestError as e:
+      raise UsageError(REQUEST_FLAGS[e.field], e.message) from None
   return rec.answer([query])[0]
 
 
@@ -102,7 +126,8 @@ def _check_top_n(settings: Settings, top_n: int) -> None:
                      f"{settings.eval.beam_size}")
 
 
-READERS = ("evaluate", "recommend", "export", "serve")  # modes that use a trained model
+# Modes that use a trained model: they build no stage, and may change only eval.* keys.
+READERS = ("evaluate", "recommend", "export", "serve", "add_items")
 
 
 def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> None:
@@ -120,6 +145,8 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> N
   if mode == "recommend":
     _check_recommend_flags(settings, flags.get("user", ""), flags.get("items", ""),
                            int(flags.get("top_n", 10)))
+  if mode == "add_items":
+    _check_items_file(flags.get("items_file", ""))
   if mode == "export":
     export.check_output(flags.get("output", ""))
     _check_top_n(settings, int(flags.get("top_n", 10)))
@@ -131,7 +158,8 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> N
     serve.check_serve_flags(int(flags.get("port", 8000)), int(flags.get("max_batch", 0)),
                             float(flags.get("batch_window_ms", 5.0)))
   # One writer per workdir (readers share it); the main process speaks for a multi-process run.
-  lock = (fileio.workdir_lock(workdir, exclusive=not read_only, log=log)
+  writes = mode not in ("evaluate", "recommend")
+  lock = (fileio.workdir_lock(workdir, exclusive=writes, log=log)
           if sharding.is_main_process() else contextlib.nullcontext())
   with lock:
     _run(mode, settings, workdir, trained, read_only, log, flags)
@@ -152,11 +180,16 @@ def _run(mode, settings, workdir, trained, read_only, log, flags) -> None:
   if mode in ("train", "all"):
     results = train_models(settings, workdir, trained, log=log, prepared=prepared, gids=gids)
     log(report(results, workdir, ks))
+    if mode == "all" and settings.data.cold_item_fraction:
+      log(coldstart.cold_start_report(settings, workdir, prepared=prepared, gids=gids, log=log))
   elif mode == "evaluate":
     part = flags.get("split", "test")
     result = evaluate_checkpoint(settings, workdir, which=which, part=part, log=log,
                                  prepared=prepared)
     log(f"{part} metrics\n" + evaluate.format_table({"colarec": result}, ks))
+  elif mode == "add_items":
+    add_items(settings, workdir, items_file=flags.get("items_file", ""),
+              which=flags.get("checkpoint", "best"), log=log, prepared=prepared)
   elif mode == "recommend":
     answer = recommend(settings, workdir, user=flags.get("user", ""), items=flags.get("items", ""),
                        top_n=int(flags.get("top_n", 10)), which=which, log=log,

@@ -82,7 +82,7 @@ class Ranker:
     pending = None
     for rows, real in padded_batches(np.arange(n), self.batch_size):
       batch = {name: jnp.asarray(v[rows]) for name, v in inputs.items()}
-      if self.eval_cfg.exclude_in_search:
+      if self.eval_cfg.exclude_in_search and any(len(exclude[r]) for r in rows[:real]):
         batch["blocked"] = jnp.asarray(decode.blocked_nodes(
             self.builder.gids, [exclude[r] for r in rows[:real]] + [[]] * (len(rows) - real)))
       batch = sharding.shard_rows(batch, self.mesh)

@@ -170,9 +170,10 @@ class Recommender:
   @classmethod
   def from_settings(cls, settings: Settings, workdir: str, checkpoint: str = "best", *,
                     prepared: Prepared | None = None, batch_size: int = 0,
-                    log=print) -> Recommender:
+                    log=print, new_items: bool = True) -> Recommender:
     """As `load`, from settings already parsed (the command line); the workdir's cached stages
-    are used as training left them, and nothing is written."""
+    are used as training left them, and nothing is written. With `new_items`, the items added
+    after training (`--mode=add_items`) are ranked too."""
     kind, epoch = checkpoint_epoch(checkpoint)
     ws = Workspace.build(settings, workdir, log=log, prepared=prepared, read_only=True)
     restored = ws.restore_params(kind, epoch)
@@ -182,6 +183,8 @@ class Recommender:
     params, epoch = restored
     log(f"using the {kind} checkpoint (epoch {epoch}) in {ws.checkpoint_dir}, on "
         f"{sharding.describe(ws.mesh)}")
+    if new_items:
+      ws = ws.with_new_items(ws.new_items(workdir))
     return cls(ws, params, epoch, batch_size)
 
   @property

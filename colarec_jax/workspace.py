@@ -3,7 +3,7 @@ checkpoints: what training, evaluation, recommendation and the decode benchmark 
 
 `Workspace.build` brings the cached stages (data, GIDs), the input builder, the model (K and l
 from the GID table), the mesh, and, on demand, the GID trie, the evaluation splits and a
-`Ranker`. Checkpoints live in `<workdir>/colarec/checkpoints/` and are tied to the config
+`Ranker`. `with_new_items` adds items indexed after training (`gid.overlay`) to what it ranks. Checkpoints live in `<workdir>/colarec/checkpoints/` and are tied to the config
 sections in `settings.FIXED_SECTIONS`: a checkpoint trained with other values is refused.
 """
 
@@ -26,6 +26,7 @@ from colarec_jax.data.fileio import first_difference
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.errors import ConfigError, UsageError
 from colarec_jax.evaluate import EvalSplit
+from colarec_jax.gid import overlay
 from colarec_jax.gid.table import GidTable
 from colarec_jax.inputs import InputBuilder
 from colarec_jax.model import pretrained
@@ -182,7 +183,12 @@ class Workspace:
 
   @functools.cached_property
   def trie(self) -> decode.Trie:
-    return decode.Trie.build(self.gids, self.settings.eval.beam_size, self.mesh)
+    """The GID trie; with eval.new_item_score='sibling_mean', items added after training score
+    their last step as their trained siblings' mean."""
+    trained = self.model.config.num_items
+    known = (trained if self.settings.eval.new_item_score == "sibling_mean"
+             and self.gids.num_items > trained else 0)
+    return decode.Trie.build(self.gids, self.settings.eval.beam_size, self.mesh, known)
 
   def eval_data(self, part: int) -> tuple[EvalSplit, dict]:
     """An evaluation split and its encoder inputs, built once per run and part."""
@@ -201,9 +207,32 @@ class Workspace:
 
   @functools.cached_property
   def fingerprint(self) -> dict:
-    """What a checkpoint was trained on beyond its config: the prepared arrays and the GIDs."""
+    """What a checkpoint was trained on beyond its config: the prepared arrays and the GIDs (of
+    the items the model was built for, so items added later leave it as it is)."""
+    trained = self.gids.codes[:self.model.config.num_items + 1]
     return {"data": self.prepared.manifest["files"]["arrays.npz"],
-            "gids": hashlib.sha256(np.ascontiguousarray(self.gids.codes)).hexdigest()}
+            "gids": hashlib.sha256(np.ascontiguousarray(trained)).hexdigest()}
+
+  def new_items(self, workdir: str) -> overlay.NewItems | None:
+    """The items added to this workdir after training (`--mode=add_items`), or None."""
+    return overlay.NewItems.load(workdir, self.fingerprint)
+
+  def with_new_items(self, new: overlay.NewItems | None) -> Workspace:
+    """A workspace that also ranks `new` (items num_items + 1, ...): they join the dataset's
+    item table, the GID table and trie, and the inputs (with the unknown-item token in their ID
+    slot). The model and its checkpoints are unchanged; interactions do not involve them."""
+    if not new:
+      return self
+    ds = self.prepared.dataset
+    dataset = dataclasses.replace(ds, item_ids=np.concatenate([ds.item_ids, new.item_ids]),
+                                  item_text=np.concatenate([ds.item_text, new.item_text]))
+    prepared = dataclasses.replace(
+        self.prepared, dataset=dataset,
+        item_tokens=np.concatenate([self.prepared.item_tokens, new.tokens]),
+        item_token_len=np.concatenate([self.prepared.item_token_len, new.token_len]))
+    gids = overlay.extend(self.gids, new.codes)
+    return dataclasses.replace(self, prepared=prepared, gids=gids, _eval_data={},
+                               builder=self.builder.with_items(new.tokens, prepared.pad_id, gids))
 
   def meta(self, run: Progress, **extra) -> dict:
     """A checkpoint's JSON part: the run's progress, the config and the fingerprint."""

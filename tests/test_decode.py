@@ -297,3 +297,24 @@ def test_a_trie_built_on_the_mesh_is_not_copied_on_each_search(setup):
     items, scores, _ = decode.beam_search(MODEL, replicated, sharded, trie)
   np.testing.assert_array_equal(np.asarray(items), np.asarray(whole[0]))
   np.testing.assert_allclose(np.asarray(scores), np.asarray(whole[1]), rtol=1e-5)
+
+
+def test_sibling_mean_scores_new_items_as_their_trained_siblings_mean(setup):
+  """Items 17..20 play items added after training (known_items=16): each new item's score is the
+  log of the mean probability of its trained siblings' GIDs; every trained item keeps its score."""
+  gids, inputs, params = setup
+  exact = exhaustive_scores(params, inputs, gids, renormalize=False)
+  items, scores, _ = map(np.asarray, decode.beam_search(
+      MODEL, params, inputs, decode.Trie.build(gids, 32, known_items=16)))
+  for b in range(len(items)):
+    got = dict(zip(items[b].tolist(), scores[b].tolist()))
+    for item in range(1, NUM_ITEMS + 1):
+      siblings = [s for s in range(1, 17)
+                  if (gids.codes[s][:-1] == gids.codes[item][:-1]).all()]
+      if item <= 16:
+        expected = exact[b, item]
+      elif siblings:
+        expected = np.log(np.mean(np.exp(exact[b, siblings])))
+      else:  # a parent with only new items keeps the decoder's own score
+        expected = exact[b, item]
+      np.testing.assert_allclose(got[item], expected, rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ from colarec_jax.data.dataset import TRAIN
 from colarec_jax.gid import builder
 from colarec_jax.gid.table import GidTable
 from colarec_jax.inputs import InputBuilder, InputConfig, epoch_order
-from colarec_jax.model.colarec import TASK_INDEX, TASK_REC
+from colarec_jax.model.colarec import TASK_INDEX, TASK_REC, UNKNOWN_ITEM
 from configs import tiny
 
 
@@ -133,3 +133,41 @@ def test_history_codes_ride_on_recommendation_inputs_only(prepared, gids):
   batch = b.training_batch(np.asarray([1, 2]), np.asarray([3, 4]), np.ones(2),
                            np.random.default_rng(0))
   assert batch["user"]["codes"].shape == (2, 64, 3) and "codes" not in batch["item"]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3, 1.0])
+def test_item_id_dropout_hides_slots_and_nothing_else(prepared, gids, rate):
+  users, items = prepared.rows(TRAIN)
+  bu, bi, bm = next(epoch_order(users, items, 16, np.random.default_rng(0)))
+  plain = make(prepared, gids).training_batch(bu, bi, bm, np.random.default_rng(2))
+  dropped = make(prepared, gids, item_id_dropout=rate).training_batch(
+      bu, bi, bm, np.random.default_rng(2))
+  slots = hidden = 0
+  for key in ("user", "item", "neg", "pos"):
+    for field in ("tokens", "users", "mask"):  # sampling before the dropout is unchanged
+      np.testing.assert_array_equal(dropped[key][field], plain[key][field])
+    was, now = plain[key]["items"], dropped[key]["items"]
+    changed = was != now
+    assert (now[changed] == UNKNOWN_ITEM).all() and (was[changed] > 0).all()
+    slots, hidden = slots + (was > 0).sum(), hidden + changed.sum()
+  if rate == 0.0:
+    assert hidden == 0
+  elif rate == 1.0:
+    assert hidden == slots
+  else:  # a binomial draw over a few hundred slots: within 5 standard deviations of the rate
+    assert abs(hidden - rate * slots) < 5 * np.sqrt(slots * rate * (1 - rate))
+
+
+def test_items_after_the_known_ones_read_the_unknown_token(prepared, gids):
+  b = make(prepared, gids)
+  n = prepared.dataset.num_items
+  tokens = np.full((2, 12), prepared.pad_id, np.int32)
+  tokens[0, :3] = [5, 6, 7]
+  tokens[1, :1] = [9]
+  extended = b.with_items(tokens, prepared.pad_id)
+  row = extended.rec_input([n + 2, 4, n + 1])
+  c4 = b.content[4]
+  assert row["items"][1] == UNKNOWN_ITEM and row["tokens"][2] == 9
+  assert row["items"][3] == 4 and row["items"][4 + len(c4)] == UNKNOWN_ITEM
+  assert row["tokens"][5 + len(c4):8 + len(c4)].tolist() == [5, 6, 7]
+  assert len(b.content) == n + 1 and b.rec_input([4])["items"][1] == 4  # the original unchanged

@@ -13,8 +13,9 @@ RANKS = {
     "errors": 0, "interrupts": 0, "allocator": 0, "sharding": 0, "checkpoint": 0, "config": 0, "progress": 0,
     "reporting": 1, "data": 2, "evaluate": 3, "cf": 4, "gid": 5, "model": 6, "inputs": 7,
     "decode": 8, "recommend": 9, "losses": 6, "settings": 10, "runconfig": 10, "stages": 11,
-    "workspace": 12, "train": 13, "recommender": 13, "diagnose": 13, "export": 14, "serve": 14, "pipeline": 14,
-    "report": 14, "experiments": 15, "main": 16,
+    "workspace": 12, "train": 13, "recommender": 13, "diagnose": 13, "newitems": 13,
+    "coldstart": 13, "export": 14, "serve": 14, "pipeline": 14, "report": 14, "experiments": 15,
+    "main": 16,
 }
 
 

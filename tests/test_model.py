@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from colarec_jax.model.colarec import ColaRec, ColaRecConfig
+from colarec_jax.model.colarec import UNKNOWN_ITEM, ColaRec, ColaRecConfig
 from colarec_jax.model import t5
 from colarec_jax.model.t5 import TransformerConfig, relative_position_bucket
 
@@ -224,3 +224,13 @@ def test_history_codes_add_their_codebook_rows_at_item_slots(params):
         expected[r, p] += sum(book[t, codes[r, p, t]] for t in range(CFG.depth))
   np.testing.assert_allclose(coded, expected, rtol=1e-5, atol=1e-5)
   assert not np.allclose(coded, plain)
+
+
+def test_unknown_item_slots_read_row_zero_of_the_item_table(params):
+  inputs, _ = example_inputs()
+  items = inputs["items"].at[:, 1].set(jnp.array([UNKNOWN_ITEM, 5, UNKNOWN_ITEM]))
+  x = ColaRec(CFG).apply({"params": params}, dict(inputs, items=items),
+                         method=ColaRec.embed_inputs)
+  table = params["item_embed"]["embedding"]
+  np.testing.assert_allclose(x[:, 1], table[np.array([0, 5, 0])])
+  assert not np.allclose(table[0], table[5])

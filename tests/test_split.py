@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from colarec_jax.data.dataset import TEST, TRAIN, VALID
-from colarec_jax.data.split import ratio_split, split_counts
+from colarec_jax.data.dataset import TEST, TRAIN, VALID, Dataset
+from colarec_jax.data.split import hold_out_items, ratio_split, split_counts
+from colarec_jax.errors import ConfigError
 
 
 @pytest.mark.parametrize("n,expected", [
@@ -45,3 +46,42 @@ def test_temporal_split_keeps_newest_for_test():
   split = ratio_split(users, order="temporal")
   assert split[:5].tolist() == [TRAIN, TRAIN, TRAIN, VALID, TEST]
   assert split[5:].tolist() == [TRAIN] * 21 + [VALID] * 2 + [TEST] * 2
+
+
+def toy_dataset():
+  """6 items, 4 users; item i has text 't<i>'."""
+  users = np.array([1, 1, 1, 2, 2, 3, 3, 3, 4, 4], np.int32)
+  items = np.array([1, 2, 3, 2, 4, 5, 6, 1, 3, 6], np.int32)
+  return Dataset(name="toy", user_ids=np.array(["[PAD]", "a", "b", "c", "d"]),
+                 item_ids=np.array(["[PAD]"] + [f"x{i}" for i in range(1, 7)]), users=users,
+                 items=items, timestamps=None, split=None, text_fields=("title",),
+                 item_text=np.array([[""]] + [[f"t{i}"] for i in range(1, 7)]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hold_out_items_moves_all_their_rows_out(seed):
+  ds = toy_dataset()
+  split = np.array([TRAIN, VALID, TEST] * 3 + [TRAIN], np.int8)
+  warm, warm_split, held = hold_out_items(ds, split, 0.34, seed)  # round(0.34 * 6) = 2 items
+  assert len(held) == 2 and warm.num_items == 4
+  # Every row survives exactly once: kept rows keep user, item (by raw id) and split label.
+  raw = ds.item_ids[ds.items]
+  kept = ~np.isin(raw, held.item_ids)
+  np.testing.assert_array_equal(warm.item_ids[warm.items], raw[kept])
+  np.testing.assert_array_equal(warm.users, ds.users[kept])
+  np.testing.assert_array_equal(warm_split, split[kept])
+  np.testing.assert_array_equal(held.item_ids[held.items], raw[~kept])
+  np.testing.assert_array_equal(held.users, ds.users[~kept])
+  # Text follows its item; the user table is unchanged.
+  for table, ids in ((warm.item_text[1:], warm.item_ids[1:]), (held.item_text, held.item_ids)):
+    assert [t[0] for t in table.tolist()] == [f"t{i[1:]}" for i in ids.tolist()]
+  np.testing.assert_array_equal(warm.user_ids, ds.user_ids)
+  assert warm.report["held_out_items"] == 2 and warm.report["held_out_rows"] == (~kept).sum()
+  again = hold_out_items(ds, split, 0.34, seed)[2]
+  np.testing.assert_array_equal(again.item_ids, held.item_ids)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.95])
+def test_hold_out_needs_one_item_out_and_one_in(fraction):
+  with pytest.raises(ConfigError, match="config.data.cold_item_fraction: got"):
+    hold_out_items(toy_dataset(), np.zeros(10, np.int8), fraction, 0)

@@ -36,11 +36,15 @@ def _dot_scores(user_emb, item_emb, users):
   return user_emb[users] @ item_emb.T
 
 
+def embedding_scores(user_emb, item_emb):
+  """LightGCN's score function: [batch] users -> [batch, num_items + 1] dot products."""
+  return functools.partial(_dot_scores, jnp.asarray(user_emb), jnp.asarray(item_emb))
+
+
 def embedding_report(prepared: Prepared, result: "CFResult", part: int,
                      eval_cfg: EvalConfig) -> evaluate.Report:
   """LightGCN's metrics on one part, ranked from its saved embeddings (with per-user values)."""
-  score_fn = functools.partial(_dot_scores, jnp.asarray(result.user_embeddings),
-                               jnp.asarray(result.item_embeddings))
+  score_fn = embedding_scores(result.user_embeddings, result.item_embeddings)
   return evaluate_scores(score_fn, EvalSplit.build(prepared, part, eval_cfg),
                          prepared.dataset.num_items, eval_cfg)
 
@@ -50,10 +54,17 @@ def _popularity_scores(counts, users):
   return jnp.broadcast_to(counts, (users.shape[0], counts.shape[0]))
 
 
+def popularity_scores(prepared: Prepared, num_items: int = 0):
+  """MostPop's score function: [batch] users -> [batch, num_items + 1] training interaction
+  counts (`num_items` beyond the dataset's: items added later, with none)."""
+  num_items = max(num_items, prepared.dataset.num_items)
+  counts = np.bincount(prepared.rows(TRAIN)[1], minlength=num_items + 1)
+  return functools.partial(_popularity_scores, jnp.asarray(counts, jnp.float32))
+
+
 def mostpop(prepared: Prepared, eval_cfg: EvalConfig) -> dict[str, evaluate.Report]:
   """MostPop: every user gets the items with the most training interactions."""
-  counts = np.bincount(prepared.rows(TRAIN)[1], minlength=prepared.dataset.num_items + 1)
-  score_fn = functools.partial(_popularity_scores, jnp.asarray(counts, jnp.float32))
+  score_fn = popularity_scores(prepared)
   num_items = prepared.dataset.num_items
   return {part_name: evaluate_scores(score_fn, EvalSplit.build(prepared, part, eval_cfg), num_items, eval_cfg)
           for part_name, part in (("valid", VALID), ("test", TEST))}
@@ -138,7 +149,7 @@ def _train(prepared: Prepared, workdir: str, cfg: lightgcn.LightGCNConfig, eval_
   def score_fn_of(p):
     user_emb, item_emb = lightgcn.final_embeddings(p, graph, num_layers=cfg.num_layers,
                                                    num_users=ds.num_users)
-    return functools.partial(_dot_scores, user_emb, item_emb)
+    return embedding_scores(user_emb, item_emb)
 
   run = Progress()
   best_params, best_report, epoch_seconds = None, None, []

@@ -62,6 +62,7 @@ class DataConfig:
   seed: int
   cold_users: str
   cold_items: str
+  cold_item_fraction: float
   tokenizer: str
   vocab_size: int
   max_item_tokens: int
@@ -82,6 +83,9 @@ class DataConfig:
                         "numbers (train, valid, test) summing to 1")
     if int(data.kcore) < -1:
       raise ConfigError("data.kcore", f"got {data.kcore}, expected -1 (auto) or >= 0")
+    if not 0 <= float(data.cold_item_fraction) < 1:
+      raise ConfigError("data.cold_item_fraction", f"got {data.cold_item_fraction}, expected a "
+                        "share of the items in [0, 1) (0 = no held-out items)")
     if int(data.max_item_tokens) < 1:
       raise ConfigError("data.max_item_tokens", f"got {data.max_item_tokens}, expected >= 1")
     source = _choice("data.source", data.source, SOURCES)
@@ -103,5 +107,6 @@ class DataConfig:
         split_ratios=ratios, seed=int(data.seed),
         cold_users=_choice("data.cold_users", data.cold_users, COLD_USERS),
         cold_items=_choice("data.cold_items", data.cold_items, COLD_ITEMS),
+        cold_item_fraction=float(data.cold_item_fraction),
         tokenizer=str(data.tokenizer), vocab_size=int(data.vocab_size),
         max_item_tokens=int(data.max_item_tokens), lowercase=bool(data.lowercase))

@@ -19,7 +19,7 @@ from colarec_jax.data.config import DataConfig
 from colarec_jax.data.fileio import cached_stage, sha256_file
 from colarec_jax.data.dataset import TEST, TRAIN, VALID, Csr, Dataset
 from colarec_jax.data.sources import load_dataset, source_files
-from colarec_jax.data.split import ratio_split
+from colarec_jax.data.split import HeldOutItems, hold_out_items, ratio_split
 from colarec_jax.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -40,6 +40,8 @@ class Prepared:
     vocab_size: the tokenizer's vocabulary size.
     directory: the `<workdir>/data` folder.
     manifest: the saved manifest (key, counts, report, statistics).
+    held_out: the items `data.cold_item_fraction` held out (not in `dataset`), with their
+      interactions; empty when the protocol is off.
   """
 
   dataset: Dataset
@@ -51,6 +53,7 @@ class Prepared:
   vocab_size: int
   directory: str
   manifest: dict
+  held_out: HeldOutItems
 
   def rows(self, part: int) -> tuple[np.ndarray, np.ndarray]:
     """(users [m], items [m]) of one split part, each user's rows in time order."""
@@ -111,17 +114,22 @@ def _build(cfg: DataConfig, out: str, log) -> dict:
   else:
     split = ratio_split(dataset.users, ratios=cfg.split_ratios, order=cfg.split_order,
                         seed=cfg.seed)
+  # The cold-start protocol takes its items out before the tokenizer or anything else sees them.
+  held_out = HeldOutItems.none(len(dataset.text_fields))
+  if cfg.cold_item_fraction:
+    dataset, split, held_out = hold_out_items(dataset, split, cfg.cold_item_fraction, cfg.seed)
+    log(f"held out {len(held_out)} of {dataset.num_items + len(held_out)} items with their "
+        f"{len(held_out.users)} interactions (data.cold_item_fraction={cfg.cold_item_fraction})")
 
   corpus = [dataset.content(i) for i in range(dataset.num_items + 1)]
   if cfg.tokenizer:
     tok = tokenizer_lib.load_tokenizer(cfg.tokenizer)
-    lowercase = cfg.lowercase
   else:
     log(f"training a {cfg.vocab_size}-piece tokenizer on {dataset.num_items} item texts")
     tok = tokenizer_lib.train_tokenizer(corpus[1:], vocab_size=cfg.vocab_size,
                                         lowercase=cfg.lowercase)
-    lowercase = False  # the trained tokenizer's normaliser lowercases
-  tokens, lengths = tokenizer_lib.encode_texts(tok, corpus, cfg.max_item_tokens, lowercase)
+  tokens, lengths = tokenizer_lib.encode_texts(tok, corpus, cfg.max_item_tokens,
+                                               _lowercase_first(cfg))
   textless = int((lengths[1:] == 0).sum())
   if textless:
     log(f"warning: {textless} of {dataset.num_items} items have no text in data.text_fields "
@@ -135,7 +143,9 @@ def _build(cfg: DataConfig, out: str, log) -> dict:
       has_timestamps=np.array(dataset.timestamps is not None),
       given_split=np.array(dataset.split is not None), user_ids=dataset.user_ids,
       item_ids=dataset.item_ids, item_text=dataset.item_text, item_tokens=tokens,
-      item_token_len=lengths)
+      item_token_len=lengths, held_out_item_ids=held_out.item_ids,
+      held_out_item_text=held_out.item_text, held_out_users=held_out.users,
+      held_out_items=held_out.items)
   special = tokenizer_lib.special_ids(tok)
   return {
       "name": dataset.name, "text_fields": list(dataset.text_fields),
@@ -143,6 +153,19 @@ def _build(cfg: DataConfig, out: str, log) -> dict:
       "report": dict(dataset.report),
       "stats": statistics(dataset, split, lengths, cfg.max_item_tokens),
   }
+
+
+def _lowercase_first(cfg: DataConfig) -> bool:
+  """A loaded tokenizer gets lowercased text when asked; a trained one's normaliser lowercases."""
+  return cfg.lowercase if cfg.tokenizer else False
+
+
+def encode_new_texts(prepared: Prepared, cfg: DataConfig,
+                     texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Content strings of items that arrive after preparation, tokenised as `prepare` tokenised
+  the dataset's own (the saved tokenizer, `cfg.max_item_tokens`): (tokens [n, T], lengths [n])."""
+  tok = tokenizer_lib.load_tokenizer(os.path.join(prepared.directory, "tokenizer.json"))
+  return tokenizer_lib.encode_texts(tok, texts, cfg.max_item_tokens, _lowercase_first(cfg))
 
 
 def load_prepared(directory: str) -> Prepared:
@@ -161,7 +184,9 @@ def load_prepared(directory: str) -> Prepared:
   return Prepared(dataset=dataset, split=arrays["split"], item_tokens=arrays["item_tokens"],
                   item_token_len=arrays["item_token_len"], pad_id=manifest["pad_id"],
                   eos_id=manifest["eos_id"], vocab_size=manifest["vocab_size"],
-                  directory=directory, manifest=manifest)
+                  directory=directory, manifest=manifest, held_out=HeldOutItems(
+                      arrays["held_out_item_ids"], arrays["held_out_item_text"],
+                      arrays["held_out_users"], arrays["held_out_items"]))
 
 
 def statistics(dataset: Dataset, split: np.ndarray, lengths: np.ndarray,

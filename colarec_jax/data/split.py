@@ -1,10 +1,14 @@
-"""Per-user train/valid/test split with RecBole's ratio rule (SPEC section 2)."""
+"""Per-user train/valid/test split with RecBole's ratio rule (SPEC section 2), and the cold-start
+protocol's held-out items."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from colarec_jax.data.dataset import TEST, TRAIN, VALID
+from colarec_jax.data.dataset import TEST, TRAIN, VALID, Dataset
+from colarec_jax.errors import ConfigError
 
 
 def split_counts(n: int, ratios=(0.8, 0.1, 0.1)) -> tuple[int, ...]:
@@ -51,3 +55,66 @@ def ratio_split(users: np.ndarray, *, ratios=(0.8, 0.1, 0.1), order: str = "rand
       part = part[rng.permutation(n)]
     split[start:end] = part
   return split
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutItems:
+  """Items the cold-start protocol held out before training, with all their interactions (which
+  are test interactions).
+
+  Attributes:
+    item_ids: [m] raw item ids.
+    item_text: [m, len(text_fields)] str, the items' text fields.
+    users: [r] int32 user ids of their interactions.
+    items: [r] int32 row of each interaction's item in this table (0..m-1).
+  """
+
+  item_ids: np.ndarray
+  item_text: np.ndarray
+  users: np.ndarray
+  items: np.ndarray
+
+  @classmethod
+  def none(cls, num_fields: int) -> HeldOutItems:
+    return cls(np.zeros(0, str), np.zeros((0, num_fields), str), np.zeros(0, np.int32),
+               np.zeros(0, np.int32))
+
+  def __len__(self) -> int:
+    return len(self.item_ids)
+
+
+def hold_out_items(dataset: Dataset, split: np.ndarray, fraction: float,
+                   seed: int) -> tuple[Dataset, np.ndarray, HeldOutItems]:
+  """Holds out `fraction` of the items, chosen with `seed`, with all their interactions.
+
+  The rest keeps its split labels and its users (user ids are unchanged, so a user whose every
+  interaction was held out stays a user without rows); items are renumbered 1..n' in their order.
+
+  Returns:
+    (the dataset without the held-out items, its [n'] split labels, the held-out items).
+
+  Raises:
+    ConfigError: the share holds no item, or every item.
+  """
+  count = round(fraction * dataset.num_items)
+  if not 1 <= count < dataset.num_items:
+    raise ConfigError("data.cold_item_fraction", f"got {fraction}, which holds out {count} of "
+                      f"the {dataset.num_items} items of {dataset.name}; expected at least one "
+                      "item held out and one kept")
+  rng = np.random.default_rng([seed, 25])  # a stream apart from the split's
+  held = np.zeros(dataset.num_items + 1, bool)
+  held[rng.choice(np.arange(1, dataset.num_items + 1), count, replace=False)] = True
+  held_rows = held[dataset.items]
+  renumber = np.cumsum(~held) - 1  # kept items -> 1..n' (item 0 stays 0)
+  table_row = np.cumsum(held) - 1  # held-out items -> 0..m-1
+  kept_items = np.flatnonzero(~held)
+  take = lambda a: None if a is None else a[~held_rows]
+  report = dict(dataset.report, held_out_items=count, held_out_rows=int(held_rows.sum()))
+  warm = dataclasses.replace(
+      dataset, item_ids=dataset.item_ids[kept_items], item_text=dataset.item_text[kept_items],
+      users=dataset.users[~held_rows], items=renumber[dataset.items[~held_rows]].astype(np.int32),
+      timestamps=take(dataset.timestamps), split=take(dataset.split), report=report)
+  cold = HeldOutItems(item_ids=dataset.item_ids[held], item_text=dataset.item_text[held],
+                      users=dataset.users[held_rows].astype(np.int32),
+                      items=table_row[dataset.items[held_rows]].astype(np.int32))
+  return warm, split[~held_rows], cold

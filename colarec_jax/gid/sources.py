@@ -19,6 +19,7 @@ import numpy as np
 from colarec_jax.data import atomic
 from colarec_jax.data.fileio import cached_stage
 from colarec_jax.data.prepare import Prepared
+from colarec_jax.data.tfidf import Tfidf
 from colarec_jax.errors import ConfigError, DataError
 from colarec_jax.gid import builder
 from colarec_jax.gid.table import GidTable
@@ -55,7 +56,7 @@ class GidConfig:
 
 
 def content_embeddings(texts: list[str], dim: int, seed: int = 0) -> np.ndarray:
-  """TF-IDF over lowercased whitespace words, reduced by a randomized truncated SVD (Halko et
+  """TF-IDF over lowercased whitespace words (`Tfidf`), reduced by a randomized truncated SVD (Halko et
   al.: an oversampled random range, power iterations, then an exact SVD of the small projection).
 
   Args:
@@ -66,21 +67,10 @@ def content_embeddings(texts: list[str], dim: int, seed: int = 0) -> np.ndarray:
   Returns:
     [n, dim'] float32 embeddings (rows scaled by the singular values, as in LSA).
   """
-  vocab: dict[str, int] = {}
-  rows, cols = [], []
-  for n, text in enumerate(texts):
-    for word in text.lower().split():
-      rows.append(n)
-      cols.append(vocab.setdefault(word, len(vocab)))
-  rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-  # Term counts per (row, word), then tf-idf with smoothed idf and l2-normalised rows.
-  pair, counts = np.unique(rows * max(1, len(vocab)) + cols, return_counts=True)
-  r, c = pair // max(1, len(vocab)), pair % max(1, len(vocab))
-  df = np.bincount(c, minlength=len(vocab))
-  values = counts * (np.log((1 + len(texts)) / (1 + df[c])) + 1)
-  norms = np.sqrt(np.bincount(r, weights=values ** 2, minlength=len(texts)))
-  values = values / np.maximum(norms[r], 1e-12)
-  dim = max(1, min(dim, len(vocab), len(texts)))
+  tfidf = Tfidf.fit(texts)
+  r, c, values = tfidf.rows, tfidf.cols, tfidf.values
+  words = tfidf.shape[1]
+  dim = max(1, min(dim, words, len(texts)))
 
   by_col = np.argsort(c, kind="stable")
 
@@ -95,11 +85,11 @@ def content_embeddings(texts: list[str], dim: int, seed: int = 0) -> np.ndarray:
     return segment_sum(r, values[:, None] * dense[c], len(texts))
 
   def rmatmul(dense):  # X.T @ dense
-    return segment_sum(c[by_col], (values[:, None] * dense[r])[by_col], len(vocab))
+    return segment_sum(c[by_col], (values[:, None] * dense[r])[by_col], words)
 
   rng = np.random.default_rng(seed)
-  width = min(2 * dim + 16, len(vocab), len(texts))  # oversampled range finder
-  q = np.linalg.qr(matmul(rng.normal(size=(len(vocab), width))))[0]
+  width = min(2 * dim + 16, words, len(texts))  # oversampled range finder
+  q = np.linalg.qr(matmul(rng.normal(size=(words, width))))[0]
   for _ in range(4):  # power iterations sharpen the spectrum
     q = np.linalg.qr(matmul(rmatmul(q)))[0]
   # X ~ Q B with B = Q^T X = (X^T Q)^T; the SVD of the small B gives X's leading factors.

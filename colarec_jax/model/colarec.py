@@ -6,7 +6,10 @@ Encoder inputs are dicts of [b, L] arrays: 'tokens' (content token ids, EOS, pad
 (item id at each item-ID slot, else 0), 'users' (user id at each user-ID slot, else 0), 'mask'
 (True at real positions), and 'task' [b] (0 = recommendation, 1 = indexing) whose embedding is
 written at position 0; optionally 'codes' [b, L, l], the GID of the item at each item slot
-(`inputs.history_codes`), added to the slot through the output codebook.
+(`inputs.history_codes`), added to the slot through the output codebook. An item slot holding
+`UNKNOWN_ITEM` reads the shared "unknown item" token (row 0 of the item table, which no real item
+uses): items the model has no trained ID for (added after training) and, with
+`inputs.item_id_dropout`, randomly chosen training slots.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from colarec_jax.errors import ConfigError
 from colarec_jax.model.t5 import Decoder, Encoder, TransformerConfig
 
 TASK_REC, TASK_INDEX = 0, 1
+UNKNOWN_ITEM = -1  # an item slot whose item has no (trained) ID embedding
 MODEL_NAMES = ("colarec", "lightgcn", "mostpop")  # what config.model.name may train
 ID_INITS = ("random", "lightgcn")  # where config.model.id_init starts the ID embeddings
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -102,7 +106,7 @@ class ColaRec(nn.Module):
     embed = lambda n, name: nn.Embed(n, transformer.d_model, embedding_init=nn.initializers.normal(1.0),
                                      name=name)
     self.shared = embed(transformer.vocab_size, "shared")
-    self.item_embed = embed(cfg.num_items + 1, "item_embed")
+    self.item_embed = embed(cfg.num_items + 1, "item_embed")  # row 0: the unknown-item token
     self.user_embed = embed(cfg.num_users + 1, "user_embed")
     self.task_embed = embed(2, "task_embed")
     # Decoder input table per position (position 0 holds the start code 0) and codebook per level.
@@ -116,7 +120,9 @@ class ColaRec(nn.Module):
   def embed_inputs(self, inputs: dict) -> jax.Array:
     """[b, L, d]: content tokens, with item/user ID embeddings in their slots, task at 0."""
     x = self.shared(inputs["tokens"])
-    x = jnp.where((inputs["items"] > 0)[..., None], self.item_embed(inputs["items"]), x)
+    items = inputs["items"]
+    # Slots (items != 0) read their item's row; UNKNOWN_ITEM reads row 0, the unknown-item token.
+    x = jnp.where((items != 0)[..., None], self.item_embed(jnp.maximum(items, 0)), x)
     x = jnp.where((inputs["users"] > 0)[..., None], self.user_embed(inputs["users"]), x)
     if "codes" in inputs:  # inputs.history_codes: add each history item's GID codes, read
       # through the decoder's output codebook, so "what the user's items are" and "what to

@@ -1,0 +1,163 @@
+"""Items added after training: their GIDs, the overlay, ranking them, and every refusal."""
+
+import hashlib
+import os
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import FIXTURES
+
+from colarec_jax import decode, pipeline
+from colarec_jax import train as train_lib
+from colarec_jax.errors import DataError
+from colarec_jax.gid import overlay
+from colarec_jax.model.colarec import UNKNOWN_ITEM
+from colarec_jax.settings import Settings
+from colarec_jax.workspace import Workspace
+from configs import tiny
+
+QUIET = lambda *_: None
+NEW = os.path.join(FIXTURES, "new_items")
+
+
+def settings():
+  c = tiny.get_config()
+  c.cf.epochs = 2
+  c.inputs.item_id_dropout = 0.2
+  c.train.update(epochs=2, steps_per_epoch=6)
+  return Settings.parse(c)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  train_lib.train_and_evaluate(settings(), workdir, log=QUIET, progress_bar=False)
+  return workdir
+
+
+@pytest.fixture
+def workdir(trained, tmp_path):
+  """A copy of the trained workdir, so that each test adds to its own overlay."""
+  path = str(tmp_path / "w")
+  shutil.copytree(trained, path)
+  return path
+
+
+def add(workdir, name):
+  return pipeline.add_items(settings(), workdir, items_file=os.path.join(NEW, name), log=QUIET)
+
+
+def workspace(workdir):
+  ws = Workspace.build(settings(), workdir, log=QUIET, read_only=True)
+  return ws, ws.with_new_items(ws.new_items(workdir))
+
+
+def sha(path):
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_new_items_get_unique_gids_under_existing_prefixes(workdir):
+  gid_file = os.path.join(workdir, "gid", "gids.npz")
+  trained_gids = sha(gid_file)
+  added = add(workdir, "new.item")
+  base, ws = workspace(workdir)
+  n = base.gids.num_items
+  assert added.item_ids.tolist() == ["n01", "n02", "n03"]
+  assert sha(gid_file) == trained_gids  # the trained GIDs are never rewritten
+  np.testing.assert_array_equal(ws.gids.codes[:n + 1], base.gids.codes)
+  # Unique, and each under a leaf parent the trained tree already has.
+  assert len(np.unique(ws.gids.codes[1:], axis=0)) == n + 3
+  trained_prefixes = {tuple(c) for c in base.gids.codes[1:, :-1].tolist()}
+  for k, gid in enumerate(added.codes.tolist()):
+    assert tuple(gid[:-1]) in trained_prefixes
+    # The lowest last code no earlier item (trained, or added before it) holds.
+    earlier = ws.gids.codes[1:n + 1 + k]
+    taken = {c[-1] for c in earlier.tolist() if c[:-1] == gid[:-1]}
+    assert gid[-1] == min(set(range(1, 5)) - taken)
+    assert ws.gids.item_of(gid) == n + 1 + k
+  assert ws.prepared.dataset.item_ids[n + 1:].tolist() == ["n01", "n02", "n03"]
+
+
+def test_the_trie_returns_new_items(workdir):
+  add(workdir, "new.item")
+  base, ws = workspace(workdir)
+  params, _ = base.restore_params("best")
+  n = base.gids.num_items
+  # A beam as wide as the catalogue returns every item's GID, the new ones included.
+  trie = decode.Trie.build(ws.gids, n + 3)
+  inputs = {k: jnp.asarray(v) for k, v in ws.builder.eval_inputs(np.array([1, 2])).items()}
+  items, scores, codes = decode.beam_search(ws.model, params, inputs, trie)
+  for row in np.asarray(items):
+    assert sorted(row.tolist()) == list(range(1, n + 4))
+  assert np.isfinite(np.asarray(scores)).all()
+  found = np.asarray(codes)[0][np.asarray(items)[0] == n + 2][0]
+  assert found.tolist() == ws.gids.codes[n + 2].tolist()
+
+
+def test_new_items_read_the_unknown_item_token(workdir):
+  add(workdir, "new.item")
+  base, ws = workspace(workdir)
+  n = base.gids.num_items
+  row = ws.builder.rec_input([n + 1, 1])
+  content = ws.builder.content[n + 1]
+  assert row["items"][1] == UNKNOWN_ITEM and row["items"][2 + len(content)] == 1
+  assert row["tokens"][2:2 + len(content)].tolist() == content.tolist() and len(content) > 0
+  assert ws.builder.index_input(n + 2, [])["items"][1] == UNKNOWN_ITEM
+
+
+def test_recommend_and_evaluate_use_the_new_items(workdir):
+  add(workdir, "new.item")
+  answer = pipeline.recommend(settings(), workdir, items="n01,i00", top_n=5, log=QUIET)
+  assert len(answer.items) == 5 and not {"n01", "i00"} & set(answer.items)
+  # The Python API of the same workdir knows the added items too.
+  from colarec_jax import Recommender
+  api = Recommender.load(workdir).recommend(history=["n01", "i00"], top_n=5)
+  assert api.items == answer.items
+  report = pipeline.evaluate_checkpoint(settings(), workdir, log=QUIET)
+  assert report.num_users > 0
+  base, ws = workspace(workdir)
+  ranked, _ = ws.ranker(base.restore_params("best")[0]).ranked(
+      ws.builder.eval_inputs(np.arange(1, 49)), [np.zeros(0)] * 48, 20)
+  assert ranked.max() <= base.gids.num_items + 3
+
+
+def test_a_second_call_adds_to_the_overlay(workdir):
+  first = add(workdir, "new.item")
+  second = add(workdir, "more.item")
+  _, ws = workspace(workdir)
+  n = ws.gids.num_items - 4
+  np.testing.assert_array_equal(ws.gids.codes[n + 1:n + 4], first.codes)
+  np.testing.assert_array_equal(ws.gids.codes[n + 4:], second.codes)
+  assert len(np.unique(ws.gids.codes[1:], axis=0)) == n + 4
+
+
+@pytest.mark.parametrize("name,message", [
+    ("known.item", "known.item:3: item 'i01' is already an item of this workdir"),
+    ("new.item", "new.item:2: item 'n01' is already an item of this workdir"),
+    ("twice.item", "twice.item:3: item 'n08' has a second row"),
+    ("no_text.item", ("no_text.item:3: item 'n07' has no text in data.text_fields (title, "
+                      "brand, categories)")),
+    ("many.item", "many.item: 70 new items, but the GID tree (K=4, l=3) has only"),
+    ("missing.item", "missing.item: file not found"),
+])
+def test_refusals_are_one_error_and_write_nothing(workdir, name, message):
+  add(workdir, "new.item")
+  before = sha(os.path.join(workdir, overlay.FILE))
+  with pytest.raises(DataError) as e:
+    add(workdir, name)
+  assert message in str(e.value)
+  assert sha(os.path.join(workdir, overlay.FILE)) == before
+  assert not [f for f in os.listdir(workdir) if "tmp" in f]
+
+
+def test_a_full_tree_is_refused_before_the_model_runs(workdir):
+  base, _ = workspace(workdir)
+  _, free = overlay.leaf_parents(base.gids)
+  # The free leaves counted by hand: K per leaf parent, less the items under it.
+  assert free.sum() == 4 * len(np.unique(base.gids.codes[1:, :2], axis=0)) - base.gids.num_items
+  with pytest.raises(DataError, match=f"has only {free.sum()} free leaves"):
+    add(workdir, "many.item")
+  assert not os.path.exists(os.path.join(workdir, overlay.FILE))
