@@ -8,6 +8,8 @@ with the best checkpoint (the test split is never looked at):
   - the curves: each loss term and valid NDCG@10 against training examples seen, per epoch
     (more, shorter epochs give finer curves at the same budget);
   - how often the held-out item's GID prefix survives each beam step (`diagnose.prefix_survival`);
+  - each GID level's NLL of the held-out item from the user's input, from another user's input,
+    and from code popularity (`diagnose.level_nll`): which levels use the user at all;
   - Recall/NDCG of beam search, of greedy decoding (beam 1), and of the encoder's ranking signal
     h(X_u) . h(X_i) over all items (`diagnose.encoder_report`).
 Writes bench/results/quality/<name>.json and <name>.png and prints a table.
@@ -95,6 +97,10 @@ def main(_):
       "metric": metric, "best_epoch": best_epoch, "beam_size": settings.eval.beam_size,
       "curves": curves(history, settings.optim.batch_size, metric),
       "prefix_survival": diagnose.prefix_survival(ws, params, split, inputs),
+      "level_nll": {"own input": diagnose.level_nll(ws, params, split, inputs),
+                    "another user's input": diagnose.level_nll(ws, params, split, inputs,
+                                                               shuffle_seed=0),
+                    "code popularity": diagnose.popularity_level_nll(ws, split)},
       "valid": {name: r.to_json() for name, r in rankings.items()},
   }
   os.makedirs(FLAGS.out, exist_ok=True)
@@ -106,6 +112,8 @@ def main(_):
       for r in result["curves"]))
   print("prefix survival per beam step: " + ", ".join(f"{v:.3f}"
                                                       for v in result["prefix_survival"]))
+  for name, values in result["level_nll"].items():
+    print(f"NLL per GID level, {name}: " + ", ".join(f"{v:.3f}" for v in values))
   print("valid metrics (best checkpoint)\n" + evaluate.format_table(rankings, ks))
 
 

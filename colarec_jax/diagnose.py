@@ -5,6 +5,9 @@ the generation head reaches against the encoder's own ranking signal (bench/qual
   GID prefix of length t is still among the beams. A drop at step t means the decoder's level-t
   codes, not the later ones, lose the item.
 - `greedy_report`: the generation head at beam 1 (one item per user).
+- `level_nll` / `popularity_level_nll`: how well each GID level of the held-out item is
+  predicted, from the user's own input, from another user's (does the level use the user?), and
+  by code popularity alone.
 - `encoder_report`: the ranking signal L_bpr trains, h(X_u) . h(X_i) over every item (X_i the
   item's indexing input, one training user sampled with a fixed seed), ranked in full like the
   collaborative baselines. When it ranks far better than beam search, the encoder has learned the
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from colarec_jax import decode, evaluate, sharding
+from colarec_jax.data.dataset import TRAIN
 from colarec_jax.data.sampling import padded_batches
 from colarec_jax.evaluate import EvalSplit
 from colarec_jax.inputs import stack
@@ -85,3 +89,53 @@ def encoder_report(ws: Workspace, params, split: EvalSplit, inputs: dict,
   table_u, table_i = jnp.asarray(h_users), jnp.asarray(h_items)
   score = jax.jit(lambda users: table_u[users] @ table_i.T)
   return evaluate.evaluate_scores(score, split, num_items, ws.settings.eval)
+
+
+def level_nll(ws: Workspace, params, split: EvalSplit, inputs: dict,
+              shuffle_seed: int | None = None) -> list[float]:
+  """[l] mean negative log-likelihood of each GID level of every user's first held-out item, by
+  teacher forcing (no beam). With `shuffle_seed`, each user reads another user's input (a fixed
+  permutation): a level whose NLL does not rise then does not use the user at all."""
+  targets = np.asarray([split.heldout.row(u)[0] for u in split.users])
+  codes = jnp.asarray(ws.gids.codes[targets])
+  if shuffle_seed is not None:
+    order = np.random.default_rng(shuffle_seed).permutation(len(targets))
+    inputs = {k: v[order] for k, v in inputs.items()}
+
+  @jax.jit
+  def nll(batch, target):
+    encoded = ws.model.apply({"params": params}, batch, method=ColaRec.encode)
+    logits = ws.model.apply({"params": params}, encoded, batch["mask"], target,
+                            method=ColaRec.decode_codes)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+
+  total = np.zeros(codes.shape[1])
+  for rows, real in padded_batches(np.arange(len(targets)), 256):
+    out = nll({k: jnp.asarray(v[rows]) for k, v in inputs.items()}, codes[rows])
+    total += np.asarray(out)[:real].sum(0)
+  return (total / len(targets)).tolist()
+
+
+def popularity_level_nll(ws: Workspace, split: EvalSplit) -> list[float]:
+  """[l] the same NLL for a model of code popularity: level t's code given the prefix before it,
+  with the frequencies of the training interactions' GIDs (the item-popularity baseline of the
+  generation task; a prefix never trained counts once)."""
+  codes = ws.gids.codes
+  train = codes[ws.prepared.rows(TRAIN)[1]]
+  targets = codes[[split.heldout.row(u)[0] for u in split.users]]
+  out = []
+  for t in range(codes.shape[1]):
+    prefix, joint = _counts(train[:, :t]), _counts(train[:, :t + 1])
+    out.append(float(np.mean([-np.log(max(joint.get(tuple(g[:t + 1]), 0), 1)
+                                      / max(prefix.get(tuple(g[:t]), 0), 1))
+                              for g in targets])))
+  return out
+
+
+def _counts(rows: np.ndarray) -> dict[tuple, int]:
+  """{row as a tuple: how many times it occurs}."""
+  if rows.shape[1] == 0:
+    return {(): len(rows)}
+  unique, counts = np.unique(rows, axis=0, return_counts=True)
+  return {tuple(u.tolist()): int(c) for u, c in zip(unique, counts)}

@@ -90,3 +90,39 @@ def _config(exclude_in_search):
   c.train.update(epochs=1, steps_per_epoch=4)
   c.eval.exclude_in_search = exclude_in_search
   return c
+
+
+def test_level_nll_by_teacher_forcing_and_the_popularity_reference(run):
+  from collections import Counter
+
+  import jax
+  import jax.numpy as jnp
+
+  from colarec_jax.model.colarec import ColaRec
+  workdir, params = run
+  ws = workspace(workdir, 20)
+  split, inputs = ws.eval_data(VALID)
+  first = np.asarray([split.heldout.row(u)[0] for u in split.users])
+  codes = ws.gids.codes[first]
+  # Reference: one user at a time, no batching.
+  expected = np.zeros(codes.shape[1])
+  for r in range(len(first)):
+    one = {k: jnp.asarray(v[r:r + 1]) for k, v in inputs.items()}
+    encoded = ws.model.apply({"params": params}, one, method=ColaRec.encode)
+    logits = ws.model.apply({"params": params}, encoded, one["mask"],
+                            jnp.asarray(codes[r:r + 1]), method=ColaRec.decode_codes)
+    logp = np.asarray(jax.nn.log_softmax(logits[0], axis=-1))
+    expected -= logp[np.arange(codes.shape[1]), codes[r]]
+  np.testing.assert_allclose(diagnose.level_nll(ws, params, split, inputs),
+                             expected / len(first), rtol=1e-4)
+  shuffled = diagnose.level_nll(ws, params, split, inputs, shuffle_seed=0)
+  assert not np.allclose(shuffled, expected / len(first))
+  # Code popularity: counts of the training interactions' GID prefixes.
+  train = ws.gids.codes[ws.prepared.rows(0)[1]]
+  reference = []
+  for t in range(codes.shape[1]):
+    joint = Counter(map(tuple, train[:, :t + 1].tolist()))
+    prefix = Counter(map(tuple, train[:, :t].tolist()))
+    reference.append(np.mean([-np.log(max(joint[tuple(g[:t + 1])], 1)
+                                      / max(prefix[tuple(g[:t])], 1)) for g in codes.tolist()]))
+  np.testing.assert_allclose(diagnose.popularity_level_nll(ws, split), reference, rtol=1e-9)

@@ -175,3 +175,18 @@ def test_items_without_text_get_one_warning(tmp_path):
   assert warnings == ["warning: 1 of 36 items have no text in data.text_fields (title, brand, "
                       "categories); ColaRec knows them by their ID alone"]
   assert prepared.manifest["stats"]["items_without_text"] == 1
+
+
+def test_without_held_out_items_the_folder_is_the_one_prepared_before_the_protocol(tmp_path):
+  """data.cold_item_fraction = 0 keeps the stage key and the arrays file of code that had no such
+  key, so workdirs trained before it keep their data, LightGCN, GIDs and checkpoints."""
+  off = prepare_lib.prepare(Settings.parse(tiny.get_config()).data, str(tmp_path / "off"),
+                            log=lambda *_: 0)
+  assert "cold_item_fraction" not in off.manifest["key"]["data"]
+  with np.load(os.path.join(off.directory, "arrays.npz")) as z:
+    assert not [k for k in z.files if k.startswith("held_out")]
+  assert len(off.held_out) == 0
+  c = tiny.get_config()
+  c.data.cold_item_fraction = 0.2
+  on = prepare_lib.prepare(Settings.parse(c).data, str(tmp_path / "on"), log=lambda *_: 0)
+  assert on.manifest["key"]["data"]["cold_item_fraction"] == 0.2 and len(on.held_out) > 0

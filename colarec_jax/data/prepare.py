@@ -75,6 +75,9 @@ def manifest_key(cfg: DataConfig, files: list[str]) -> dict:
   """What a prepared folder depends on: format, data config, input checksums."""
   config = dataclasses.asdict(cfg)
   config.pop("cache_dir")  # where the inputs live does not change them; their checksums do
+  if not config["cold_item_fraction"]:
+    # Off, a key added later leaves the key (and the folder prepared before it) as they were.
+    config.pop("cold_item_fraction")
   inputs = {os.path.basename(f): sha256_file(f) for f in files}
   if cfg.tokenizer:
     inputs["tokenizer:" + os.path.basename(cfg.tokenizer)] = sha256_file(cfg.tokenizer)
@@ -143,9 +146,11 @@ def _build(cfg: DataConfig, out: str, log) -> dict:
       has_timestamps=np.array(dataset.timestamps is not None),
       given_split=np.array(dataset.split is not None), user_ids=dataset.user_ids,
       item_ids=dataset.item_ids, item_text=dataset.item_text, item_tokens=tokens,
-      item_token_len=lengths, held_out_item_ids=held_out.item_ids,
-      held_out_item_text=held_out.item_text, held_out_users=held_out.users,
-      held_out_items=held_out.items)
+      item_token_len=lengths,
+      # Only with the cold-start protocol on: off, the arrays are those prepared before it existed.
+      **({"held_out_item_ids": held_out.item_ids, "held_out_item_text": held_out.item_text,
+          "held_out_users": held_out.users, "held_out_items": held_out.items}
+         if len(held_out) else {}))
   special = tokenizer_lib.special_ids(tok)
   return {
       "name": dataset.name, "text_fields": list(dataset.text_fields),
@@ -186,7 +191,8 @@ def load_prepared(directory: str) -> Prepared:
                   eos_id=manifest["eos_id"], vocab_size=manifest["vocab_size"],
                   directory=directory, manifest=manifest, held_out=HeldOutItems(
                       arrays["held_out_item_ids"], arrays["held_out_item_text"],
-                      arrays["held_out_users"], arrays["held_out_items"]))
+                      arrays["held_out_users"], arrays["held_out_items"])
+                  if "held_out_item_ids" in arrays else HeldOutItems.none(len(dataset.text_fields)))
 
 
 def statistics(dataset: Dataset, split: np.ndarray, lengths: np.ndarray,
