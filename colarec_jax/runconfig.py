@@ -81,10 +81,16 @@ def load(workdir: str) -> ml_collections.ConfigDict:
   if saved is None:
     raise UsageError("config", f"not given, and {workdir} holds no {FILE} from a training run; "
                      "give --config=<file>, e.g. configs/default.py")
-  return _on_base(saved, workdir)
+  return on_base(saved, workdir)
 
 
-def _on_base(saved: dict, workdir: str) -> ml_collections.ConfigDict:
+def on_base(saved: dict, workdir: str) -> ml_collections.ConfigDict:
+  """`saved` (a stored config, whole or some of its sections) on top of the base config: keys
+  added to the code since it was saved take their defaults.
+
+  Raises:
+    UsageError: a key the base config does not have.
+  """
   config = base_config()
   known = _flat(json.loads(config.to_json()))
   values = _flat(saved)
@@ -115,7 +121,7 @@ def check_reader(full: dict, workdir: str) -> None:
   saved = stored(workdir)
   if saved is None:
     return  # not trained yet, or an older run: the checkpoint's own check still applies
-  saved = json.loads(_on_base(saved, workdir).to_json())  # keys added since: their defaults
+  saved = json.loads(on_base(saved, workdir).to_json())  # keys added since: their defaults
   keep = lambda tree: {k: v for k, v in tree.items() if k not in READER_KEYS}
   found = first_difference(keep(full), keep(saved))
   if found:

@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training import train_state
 
-from colarec_jax import checkpoint, decode, sharding, stages
-from colarec_jax import config as config_lib
+from colarec_jax import checkpoint, decode, runconfig, sharding, stages
 from colarec_jax.data.fileio import first_difference
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.errors import ConfigError, UsageError
@@ -33,7 +32,7 @@ from colarec_jax.model import pretrained
 from colarec_jax.model.colarec import ColaRec, create_model
 from colarec_jax.progress import Progress
 from colarec_jax.recommend import Ranker
-from colarec_jax.settings import FIXED_SECTIONS, Settings
+from colarec_jax.settings import Settings
 
 PARAMS_STREAM, DROPOUT_STREAM = 0, 1  # jax.random.fold_in(key(seed), stream)
 
@@ -95,25 +94,12 @@ def check_compatible(settings: Settings, saved: dict, where: str) -> None:
   A key the checkpoint's config lacks (added to the code after it was trained) counts as its
   default value then: a newer version keeps reading older checkpoints.
   """
-  found = first_difference(settings.fixed, with_defaults(saved, default_fixed()))
+  full = json.loads(runconfig.on_base(saved, where).to_json())
+  found = first_difference(settings.fixed, {k: full[k] for k in settings.fixed})
   if found:
     key, now, then = found
     raise ConfigError(key, f"got {now!r}, but the checkpoints in {where} were trained with "
                       f"{then!r}; use that value or a new --workdir")
-
-
-def with_defaults(saved, defaults):
-  """`saved` with the keys only `defaults` has added (recursively)."""
-  if not (isinstance(saved, dict) and isinstance(defaults, dict)):
-    return saved
-  return {**defaults, **{k: with_defaults(v, defaults.get(k)) for k, v in saved.items()}}
-
-
-@functools.lru_cache(maxsize=1)
-def default_fixed() -> dict:
-  """The checkpoint-tied sections of the base config, as JSON values."""
-  full = json.loads(config_lib.base_config().to_json())
-  return {k: full[k] for k in FIXED_SECTIONS}
 
 
 def state_arrays(state: train_state.TrainState) -> dict:
