@@ -37,7 +37,7 @@ def prefix_survival(ws: Workspace, params, split: EvalSplit, inputs: dict) -> li
   depth = codes.shape[1]
   kept = np.zeros(depth)
   pairs = 0
-  batch_size = Ranker(ws.model, params, trie, ws.builder, ws.settings.eval, ws.mesh).batch_size
+  batch_size = ws.ranker(params).batch_size
   for rows, real in padded_batches(np.arange(len(split.users)), batch_size):
     batch = sharding.shard_rows({k: jnp.asarray(v[rows]) for k, v in inputs.items()}, ws.mesh)
     for t in range(1, depth + 1):
