@@ -11,7 +11,9 @@ instead: one variant per value (several --sweep flags give their product).
 Each run (variant x seed) trains in its own workdir, `<root>/<suite>/<variant>/seed<N>`, and
 starts from any stage (prepared data, LightGCN, GIDs) another run under the root already built
 with the same key (hard-linked; the stage checks it as it would its own). A finished run writes
-`row.json` and is skipped next time; an interrupted one resumes from its checkpoints. Rows
+`row.json` and is skipped next time; an interrupted one resumes from its checkpoints; a ColaRec
+run whose whole config (seed included) a finished run anywhere under the root already trained
+takes that run's row (`reused_from` says which), so a suite's reference arm trains once. Rows
 record the config overrides, seed, commit, budget, wall time, examples seen and the metrics
 overall and on long-tail users; `<root>/<suite>/report.md` and its figures are rebuilt from all
 rows after every run (`report.py`).
@@ -30,7 +32,7 @@ import time
 
 import numpy as np
 
-from colarec_jax import pipeline, stages
+from colarec_jax import pipeline, runconfig, stages
 from colarec_jax.data import fileio
 from colarec_jax.data.dataset import TEST, TRAIN
 from colarec_jax.errors import ConfigError, UsageError
@@ -213,6 +215,9 @@ def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, sui
   cfg = variant_config(config, variant, seed)
   settings = Settings.parse(cfg)
   os.makedirs(workdir, exist_ok=True)
+  twin = _finished_twin(root, workdir, settings)
+  if twin is not None:
+    return _reuse(twin, workdir, root, suite=suite, variant=variant, order=order, log=log)
   start = time.perf_counter()
   with fileio.workdir_lock(workdir, log=log):
     _share_stages(root, workdir, settings, log)
@@ -233,6 +238,56 @@ def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, sui
          "long_tail_rule": f"the {settings.eval.long_tail_fraction:.0%} of test users with the "
                            f"fewest training interactions (<= {test.long_tail_threshold})",
          "curve": _curve(workdir, settings)}
+  return _write_row(row, workdir)
+
+
+def _finished_twin(root: str, workdir: str, settings: Settings) -> str | None:
+  """A finished ColaRec run under `root` whose stored config is this run's, whole (seed and
+  evaluation included; keys added since it ran count as their defaults), or None.
+
+  The same config trains the same model, so a suite's reference arm (the full model in
+  `ablation`, LightGCN GIDs in `gid`) or a study's adopted arm is trained once, not per study.
+  """
+  if settings.model.name != "colarec":
+    return None
+  for row_path in _rows(root):
+    source = os.path.dirname(row_path)
+    if os.path.samefile(source, workdir) or not os.path.isfile(runconfig.path(source)):
+      continue
+    saved = json.loads(runconfig.on_base(runconfig.stored(source), source).to_json())
+    if saved == settings.full:
+      return source
+  return None
+
+
+def _rows(root: str):
+  for directory, subdirs, files in os.walk(root):
+    if "row.json" in files:
+      yield os.path.join(directory, "row.json")
+    subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d not in _STAGE_DIRS)
+
+
+_STAGE_DIRS = ("colarec", "data", "gid", "lightgcn", "tensorboard")
+
+
+def _reuse(source: str, workdir: str, root: str, *, suite: str, variant: Variant, order: int,
+           log) -> dict:
+  """This run's row from its finished twin `source`: the twin's metrics, curve, commit and wall
+  time, this study's names, and `reused_from` saying where it ran."""
+  with open(os.path.join(source, "row.json")) as f:
+    row = json.load(f)
+  row.update(suite=suite, variant=variant.name, order=order,
+             overrides={k: v for k, v in variant.overrides},
+             reused_from=os.path.relpath(source, root))
+  per_user = os.path.join(workdir, "per_user_test.npz")
+  if not os.path.exists(per_user):
+    os.link(os.path.join(source, "per_user_test.npz"), per_user)
+  log(f"same config as {row['reused_from']}, which finished: its row is this run's")
+  return _write_row(row, workdir)
+
+
+def _write_row(row: dict, workdir: str) -> dict:
+  row_path = os.path.join(workdir, "row.json")
   staged = row_path + ".tmp"
   with open(staged, "w") as f:
     json.dump(row, f, indent=1)

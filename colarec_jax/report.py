@@ -126,8 +126,12 @@ def write_report(folder: str, reference: str | None = None) -> str | None:
     walls.setdefault(row["variant"], []).append(row["wall_seconds"])
   text += ["Wall time per run (s): " + "; ".join(f"{v} {np.mean(s):.0f}" for v, s in
                                                   walls.items()), "",
-           f"Commits: {', '.join(sorted({r['commit'] for r in rows}))}. Rows: rows.jsonl.",
-           "", "![valid curves](curves.png) ![overall vs long-tail](long_tail.png)", ""]
+           f"Commits: {', '.join(sorted({r['commit'] for r in rows}))}. Rows: rows.jsonl.", ""]
+  reused = [r for r in rows if r.get("reused_from")]
+  if reused:
+    text += ["Trained once for two studies (the same config): " + "; ".join(
+        f"{r['variant']} seed {r['seed']} is {r['reused_from']}" for r in reused) + ".", ""]
+  text += ["![valid curves](curves.png) ![overall vs long-tail](long_tail.png)", ""]
   report = "\n".join(text)
   with open(os.path.join(folder, "report.md"), "w") as f:
     f.write(report)

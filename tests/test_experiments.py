@@ -95,6 +95,30 @@ def test_runner_shares_stages_skips_finished_runs_and_resumes(tmp_path):
   assert resumed[1]["test"] == rows[1]["test"]
 
 
+def test_a_run_with_a_finished_twin_anywhere_under_the_root_reuses_its_row(tmp_path):
+  root, logs = str(tmp_path), []
+  first = experiments.run_suite(small_config(), "", root, [0], arms=["as configured"],
+                                study="levers", log=logs.append)[0]
+  logs.clear()
+  rows = experiments.run_suite(small_config(), "", root, [0, 1],
+                               arms=["ColaRec", "no L_c:loss.contrastive_weight=0.0"],
+                               study="main", log=logs.append)
+  same, other_seed = rows[0], rows[1]
+  # Seed 0 of the config as it is already finished in another study: nothing trains for it.
+  assert same["reused_from"] == os.path.join("levers", "as_configured", "seed0")
+  assert (same["variant"], same["suite"]) == ("ColaRec", "main")
+  assert same["test"] == first["test"] and same["curve"] == first["curve"]
+  assert same["wall_seconds"] == first["wall_seconds"]
+  assert os.stat(os.path.join(root, "main", "ColaRec", "seed0", "per_user_test.npz")).st_ino == \
+      os.stat(os.path.join(root, "levers", "as_configured", "seed0", "per_user_test.npz")).st_ino
+  # Another seed or another loss weight is another model: those train.
+  assert "reused_from" not in other_seed and "reused_from" not in rows[2]
+  assert sum(line.startswith("== main") for line in logs) == 4
+  assert sum("its row is this run's" in line for line in logs) == 1
+  with open(os.path.join(root, "main", "report.md")) as f:
+    assert "ColaRec seed 0 is levers/as_configured/seed0." in f.read()
+
+
 def make_row(folder, variant, order, seed, overall, long_tail, per_user):
   run = os.path.join(folder, experiments.Variant(variant).slug, f"seed{seed}")
   os.makedirs(run)
