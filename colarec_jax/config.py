@@ -85,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Also checkpoint every this many steps inside an epoch, so a preempted run loses at most that
   # many (0 = at epoch ends only). SIGTERM / SIGINT always save at the next step boundary.
   train.checkpoint_every_steps = 0
+  # A wall-clock budget for this invocation's training, in seconds (0 = none): no epoch starts
+  # that would end past it at the pace so far (compilation and validation included); the last
+  # epoch trained is validated, and the best checkpoint is tested as always. For fixed windows
+  # (a device lease, a queue's time limit); a rerun on the workdir continues with a fresh budget.
+  train.max_seconds = 0.0
 
   # One weight per loss term (official: lambda_gen = 0.08 on L_rec and L_index, 1 on L_bpr,
   # lambda_c = 0.1 on L_c). A weight of 0 removes the term and the passes only it needs, e.g.

@@ -69,14 +69,15 @@ class TrainConfig:
   log_every: int = 10
   keep_checkpoints: int = 2
   checkpoint_every_steps: int = 0  # 0 = checkpoints at epoch ends only
+  max_seconds: float = 0.0  # 0 = no wall-clock budget
 
   @classmethod
   def from_config(cls, train) -> "TrainConfig":
     out = cls(int(train.epochs), int(train.steps_per_epoch), int(train.eval_every),
               int(train.patience), int(train.log_every), int(train.keep_checkpoints),
-              int(train.checkpoint_every_steps))
+              int(train.checkpoint_every_steps), float(train.max_seconds))
     _at_least("train", out, 1, "epochs", "eval_every", "patience", "log_every", "keep_checkpoints")
-    _at_least("train", out, 0, "steps_per_epoch", "checkpoint_every_steps")
+    _at_least("train", out, 0, "steps_per_epoch", "checkpoint_every_steps", "max_seconds")
     return out
 
 

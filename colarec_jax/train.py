@@ -249,8 +249,9 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
   batch_size = settings.optim.batch_size
   every = train_cfg.checkpoint_every_steps
 
+  began, first_epoch, out_of_time = time.perf_counter(), run.epoch, False
   with interrupts.deferred(), contextlib.closing(writer):
-    while run.epoch < train_cfg.epochs and not run.stopped:
+    while run.epoch < train_cfg.epochs and not run.stopped and not out_of_time:
       epoch = run.epoch
       done = within["epoch_step"] if within else 0  # steps of this epoch already trained
       sums, seen = (dict(within["sums"]), within["seen"]) if within else ({}, 0)
@@ -300,8 +301,14 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
                 "examples_per_second": seen * batch_size / seconds,
                 "seconds_per_step": seconds / max(seen, 1),
                 **{k: v / max(seen, 1) for k, v in sums.items()}}
+      # train.max_seconds: stop when another epoch, at this invocation's pace so far, would end
+      # past the budget.
+      elapsed = time.perf_counter() - began
+      out_of_time = bool(train_cfg.max_seconds) and epoch + 1 < train_cfg.epochs and (
+          elapsed + elapsed / (epoch + 1 - first_epoch) > train_cfg.max_seconds)
       # Validate by beam search every eval_every epochs and at the last; count towards stopping.
-      evaluated = (epoch + 1) % train_cfg.eval_every == 0 or epoch + 1 == train_cfg.epochs
+      evaluated = ((epoch + 1) % train_cfg.eval_every == 0 or epoch + 1 == train_cfg.epochs
+                   or out_of_time)
       if evaluated:
         report = ws.ranker(state.params).evaluate(valid, valid_inputs)
         value = report.overall[ev.metric]
@@ -325,6 +332,9 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
       interrupts.stop_if_requested(f"after epoch {epoch + 1}; its checkpoint is saved")
   if run.stopped:
     log(f"early stopping: no better valid {ev.metric} for {train_cfg.patience} validations")
+  elif out_of_time:
+    log(f"stopping after epoch {run.epoch}: another would pass train.max_seconds="
+        f"{train_cfg.max_seconds:g} ({time.perf_counter() - began:.0f} s so far)")
   return test_best(ws, run)
 
 

@@ -115,6 +115,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
 @pytest.mark.parametrize("key,value,message", [
     ("train.epochs", 0, "expected >= 1"),
     ("train.steps_per_epoch", -1, "expected >= 0"),
+    ("train.max_seconds", -1.0, "expected >= 0"),
     ("eval.beam_size", 5, "expected at least the longest list evaluated"),
 ])
 def test_bad_train_keys(tmp_path, key, value, message):
@@ -123,6 +124,21 @@ def test_bad_train_keys(tmp_path, key, value, message):
   c[section][name] = value
   with pytest.raises(ConfigError, match=f"config.{key}: got {value}, {message}"):
     train(c, str(tmp_path), **QUIET)
+
+
+def test_a_wall_clock_budget_stops_at_an_epoch_end_validated_and_tested(tmp_path):
+  # A budget shorter than one epoch: the first epoch still ends, is validated although
+  # eval_every=2 would skip it, and its checkpoint is tested; no second epoch starts.
+  c, logs = config(epochs=4, steps_per_epoch=3, eval_every=2, max_seconds=1e-6), []
+  reports = train(c, str(tmp_path), log=logs.append, progress_bar=False)
+  rows = history(str(tmp_path))
+  assert [r["epoch"] for r in rows] == [1] and "valid/ndcg@10" in rows[0]
+  assert any(line.startswith("stopping after epoch 1: another would pass train.max_seconds=1e-06")
+             for line in logs)
+  assert reports["test"].overall["ndcg@10"] >= 0
+  # A rerun continues from the checkpoint with a fresh budget: one more epoch.
+  train(c, str(tmp_path), **QUIET)
+  assert [r["epoch"] for r in history(str(tmp_path))] == [1, 2]
 
 
 def test_prefetch_keeps_order_and_reraises():
