@@ -99,15 +99,28 @@ def use_malloc(malloc: str) -> bool:
 
 def speedups(rows: list[dict], peers: dict[str, str], rate: str, digits: int) -> tuple[str, list]:
   """A results table's speed-up columns, one per peer that ran (`peers`: malloc -> its library
-  name): the header's part, and each row's part, its `rate` over that peer's at the same size."""
+  name): the header's part, and each row's part, its `rate` over that peer's at the same size
+  (and batch, where rows have one)."""
   present = [(MALLOCS[malloc], name) for malloc, name in peers.items()
              if any(row["library"] == name for row in rows)]
   cells = []
   for row in rows:
-    peer_rates = [next(r[rate] for r in rows if r["size"] == row["size"] and r["library"] == name)
-                  for _, name in present]
+    peer_rates = [next(r[rate] for r in rows if r["size"] == row["size"] and r["library"] == name
+                       and r.get("batch") == row.get("batch")) for _, name in present]
     cells.append("".join(f" {row[rate] / peer:>13.{digits}f}x" for peer in peer_rates))
   return "".join(f" {title:>14}" for title, _ in present), cells
+
+
+def parse_counts(parser, flag: str, text: str) -> list[int]:
+  """'16' or '256,1024' (a flag's comma-separated positive counts) -> [16] or [256, 1024]; anything
+  else is the parser's error naming `flag`."""
+  try:
+    counts = [int(part) for part in text.split(",")]
+  except ValueError:
+    counts = []
+  if not counts or min(counts) < 1:
+    parser.error(f"{flag}: got {text!r}, expected positive counts like 256,1024")
+  return counts
 
 
 def write_json(path: str, results: dict) -> None:

@@ -20,14 +20,15 @@ bench/results/decode.json).
 """
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import time
 
 import numpy as np
-from common import (REPO, add_peer_malloc_flag, call_seconds, peer_mallocs, speedups, take_turns,
-                    use_malloc, write_json)
+from common import (REPO, add_peer_malloc_flag, call_seconds, parse_counts, peer_mallocs,
+                    speedups, take_turns, use_malloc, write_json)
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 VOCAB, NUM_ITEMS, K, DEPTH, LENGTH = 8000, 12101, 32, 3, 256
@@ -55,12 +56,15 @@ def random_tokens(batch: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).integers(3, VOCAB, (batch, LENGTH)).astype(np.int32)
 
 
-def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int) -> dict:
+def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int,
+         dtype: str = "float32") -> dict:
   """Runs in a subprocess: compiles our beam search and times `count` batches (seeds 1..), the
-  batch split over `cpu_devices` CPU devices."""
+  batch split over `cpu_devices` CPU devices (on an accelerator: its devices), computing in
+  `dtype`."""
   import jax
   import jax.numpy as jnp
 
+  sys.path.insert(0, REPO)  # the checkout, installed or not (as on a device machine)
   from colarec_jax import allocator, decode, sharding
   from colarec_jax.gid.table import GidTable
   from colarec_jax.model.colarec import ModelConfig, create_model
@@ -71,7 +75,7 @@ def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int) -> dict
 
   d_model, d_ff, heads, layers = SIZES[size]
   model_cfg = ModelConfig(d_model=d_model, d_ff=d_ff, num_heads=heads, num_encoder_layers=layers,
-                          num_decoder_layers=layers, dropout_rate=0.0)
+                          num_decoder_layers=layers, dropout_rate=0.0, dtype=dtype)
   gids = GidTable.from_codes(random_gids(), K)
   model = create_model(model_cfg, vocab_size=VOCAB, num_items=NUM_ITEMS, num_users=100,
                        branching=gids.branching, depth=gids.depth)
@@ -96,8 +100,12 @@ def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int) -> dict
   times = call_seconds(lambda r: items.append(jax.block_until_ready(
       decode.beam_search(model, params, batches[r], trie)[0])), count)
   assert all(np.all(np.asarray(i) > 0) for i in items)  # every beam is a real item
+  stats = jax.devices()[0].memory_stats() or {}
   return {"step_seconds": times, "compile_seconds": compile_s, "widths": list(trie.widths),
-          "malloc_tuned": tuned, "devices": sharding.describe(mesh)}
+          "malloc_tuned": tuned, "devices": sharding.describe(mesh), "dtype": dtype,
+          "device_kind": jax.devices()[0].device_kind,
+          **({"peak_mb": stats["peak_bytes_in_use"] / 2 ** 20}
+             if "peak_bytes_in_use" in stats else {})}
 
 
 def peer(size: str, batch: int, beam: int, count: int, *, malloc: str) -> dict:
@@ -142,7 +150,10 @@ def peer(size: str, batch: int, beam: int, count: int, *, malloc: str) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="default,t5-small")
-  parser.add_argument("--batch", type=int, default=20)
+  parser.add_argument("--batch", default="20",
+                      help="users per call; several, comma-separated, make one row each")
+  parser.add_argument("--dtype", default="float32", help="ours: float32 or bfloat16 compute")
+  parser.add_argument("--no-peer", action="store_true")
   parser.add_argument("--beam", type=int, default=100)
   parser.add_argument("--rounds", type=int, default=5,
                       help="timed batches (ours); the median batch time is reported")
@@ -159,43 +170,50 @@ def main():
   args = parser.parse_args()
   if args.child:
     side, size, *numbers = args.child
-    numbers = [int(n) for n in numbers]  # a peer's side is "peer-<malloc>"
-    print(json.dumps(ours(size, *numbers) if side == "ours" else
-                     peer(size, *numbers, malloc=side.removeprefix("peer-"))))
+    if side == "ours":  # ... cpu_devices, dtype, count (take_turns appends the count)
+      batch, beam, cpu_devices, dtype, count = numbers
+      print(json.dumps(ours(size, int(batch), int(beam), int(cpu_devices), int(count), dtype)))
+    else:  # a peer's side is "peer-<malloc>"
+      print(json.dumps(peer(size, *[int(n) for n in numbers],
+                            malloc=side.removeprefix("peer-"))))
     return
-  try:
-    asked = [int(n) for n in args.cpu_devices.split(",")] if args.cpu_devices else [
-        1, per_core(args.batch)]
-  except ValueError:
-    parser.error(f"--cpu-devices: got {args.cpu_devices!r}, expected counts like 1,2")
-  for n in asked:
-    if n < 1 or args.batch % n:
-      parser.error(f"--cpu-devices: got {n}, expected a count >= 1 that divides --batch "
-                   f"{args.batch}")
-  ours_sides = {ours_name(n): n for n in asked}
+  batches = parse_counts(parser, "--batch", args.batch)
+  asked = {}  # batch -> CPU device counts
+  for batch in batches:
+    try:
+      asked[batch] = ([int(n) for n in args.cpu_devices.split(",")] if args.cpu_devices else
+                      sorted({1, per_core(batch)}))
+    except ValueError:
+      parser.error(f"--cpu-devices: got {args.cpu_devices!r}, expected counts like 1,2")
+    for n in asked[batch]:
+      if n < 1 or batch % n:
+        parser.error(f"--cpu-devices: got {n}, expected a count >= 1 that divides --batch "
+                     f"{batch}")
   rows = []
-  for size in args.sizes.split(","):
-    shape = [size, str(args.batch), str(args.beam)]  # take_turns appends the count of calls
-    sides = {name: [sys.executable, __file__, "--child", "ours", *shape, str(n)]
+  for size, batch in itertools.product(args.sizes.split(","), batches):
+    ours_sides = {ours_name(n): n for n in asked[batch]}
+    shape = [size, str(batch), str(args.beam)]  # take_turns appends the count of calls
+    sides = {name: [sys.executable, __file__, "--child", "ours", *shape, str(n), args.dtype]
              for name, n in ours_sides.items()}
-    for malloc in peer_mallocs(args.peer_malloc):
+    for malloc in () if args.no_peer else peer_mallocs(args.peer_malloc):
       sides[PEERS[malloc]] = [args.torch_python, __file__, "--child", f"peer-{malloc}", *shape]
     counts = {name: args.rounds if name in ours_sides else args.peer_rounds for name in sides}
     for library, row in take_turns(sides, counts, args.turns).items():
-      rows.append({"size": size, "library": library,
-                   "users_per_second": args.batch / row.pop("seconds_per_step"),
+      rows.append({"size": size, "batch": batch, "library": library,
+                   "users_per_second": batch / row.pop("seconds_per_step"),
                    "batch_seconds": row.pop("step_seconds"), **row})
       print(json.dumps(rows[-1]), flush=True)
   titles, ratios = speedups(rows, PEERS, "users_per_second", digits=1)
-  header = f"{'size':<9} {'library':<24} {'users/s':>9}{titles}"
+  header = f"{'size':<9} {'batch':>6} {'library':<24} {'users/s':>9}{titles}"
   lines = [header, "-" * len(header)]
-  lines += [f"{row['size']:<9} {row['library']:<24} {row['users_per_second']:>9.2f}{ratio}"
-            for row, ratio in zip(rows, ratios)]
-  print(f"batch {args.batch}, beam {args.beam}, {LENGTH} input tokens, {NUM_ITEMS} items, "
-        f"K={K}, l={DEPTH}; median of {args.rounds} (ours, each) and {args.peer_rounds} (peer) "
-        f"timed batches, the sides taking turns {args.turns} times")
+  lines += [f"{row['size']:<9} {row['batch']:>6} {row['library']:<24} "
+            f"{row['users_per_second']:>9.2f}{ratio}" for row, ratio in zip(rows, ratios)]
+  print(f"beam {args.beam}, {LENGTH} input tokens, {NUM_ITEMS} items, K={K}, l={DEPTH}, ours in "
+        f"{args.dtype}; median of {args.rounds} (ours, each) and {args.peer_rounds} (peer) timed "
+        f"batches, the sides taking turns {args.turns} times")
   print("\n".join(lines))
-  write_json(args.out, {"batch": args.batch, "beam": args.beam, "turns": args.turns,
+  write_json(args.out, {"batch": batches[0] if len(batches) == 1 else batches,
+                        "beam": args.beam, "dtype": args.dtype, "turns": args.turns,
                         "rows": rows})
 
 

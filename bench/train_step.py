@@ -20,13 +20,14 @@ table and writes JSON (default bench/results/train_step.json).
 """
 
 import argparse
+import itertools
 import json
 import os
 import resource
 import sys
 
-from common import (REPO, add_peer_malloc_flag, call_seconds, peer_mallocs, speedups, take_turns,
-                    write_json)
+from common import (REPO, add_peer_malloc_flag, call_seconds, parse_counts, peer_mallocs,
+                    speedups, take_turns, write_json)
 
 SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
 PEERS = {"default": "pytorch t5 (hf)", "ours": "pytorch t5 our malloc"}  # by the peer's malloc
@@ -100,7 +101,8 @@ def ours(size, batch, dtype, warmup, steps):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="default,t5-small")
-  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--batch", default="16",
+                      help="examples per step; several, comma-separated, make one row each")
   parser.add_argument("--steps", type=int, default=9,
                       help="timed steps per side; the median is reported")
   parser.add_argument("--warmup", type=int, default=2,
@@ -120,10 +122,11 @@ def main():
     size, batch, dtype, warmup, steps = args.child
     ours(size, int(batch), dtype, int(warmup), int(steps))
     return
+  batches = parse_counts(parser, "--batch", args.batch)
   rounds = max(1, min(args.rounds, args.steps))
   rows = []
-  for size in args.sizes.split(","):
-    sides = {f"colarec-jax {dtype}": [sys.executable, __file__, "--child", size, str(args.batch),
+  for size, batch in itertools.product(args.sizes.split(","), batches):
+    sides = {f"colarec-jax {dtype}": [sys.executable, __file__, "--child", size, str(batch),
                                       dtype, str(args.warmup)]
              for dtype in args.dtypes.split(",")}
     if not args.no_peer:
@@ -131,29 +134,32 @@ def main():
       for malloc in peer_mallocs(args.peer_malloc):
         sides[PEERS[malloc]] = [
             args.torch_python, os.path.join(REPO, "bench", "torch_t5_step.py"), str(d_model),
-            str(d_ff), str(heads), str(layers), str(args.batch), str(args.warmup), malloc]
+            str(d_ff), str(heads), str(layers), str(batch), str(args.warmup), malloc]
     results = take_turns(sides, dict.fromkeys(sides, args.steps), rounds)
     for library, row in results.items():
-      rows.append({"size": size, "library": library,
-                   "examples_per_second": args.batch / row["seconds_per_step"], **row})
+      rows.append({"size": size, "batch": batch, "library": library,
+                   "examples_per_second": batch / row["seconds_per_step"], **row})
       print(json.dumps(rows[-1]), flush=True)
   titles, ratios = speedups(rows, PEERS, "examples_per_second", digits=2)
-  header = f"{'size':<9} {'library':<22} {'ex/s':>8}{titles} {'s/step':>8} {'peak MB':>8}"
+  header = (f"{'size':<9} {'batch':>5} {'library':<22} {'ex/s':>8}{titles} {'s/step':>8} "
+            f"{'peak MB':>8}")
   if args.peak_tflops:
     header += f" {'TFLOP/s':>8} {'of peak':>8}"
   lines = [header, "-" * len(header)]
   for row, ratio in zip(rows, ratios):
-    line = (f"{row['size']:<9} {row['library']:<22} {row['examples_per_second']:>8.2f}{ratio} "
-            f"{row['seconds_per_step']:>8.3f} {row['peak_mb']:>8.0f}")
+    line = (f"{row['size']:<9} {row['batch']:>5} {row['library']:<22} "
+            f"{row['examples_per_second']:>8.2f}{ratio} {row['seconds_per_step']:>8.3f} "
+            f"{row['peak_mb']:>8.0f}")
     if args.peak_tflops and "flops_per_step" in row:
       achieved = row["flops_per_step"] / row["seconds_per_step"] / 1e12
       line += f" {achieved:>8.2f} {achieved / args.peak_tflops:>7.1%}"
     lines.append(line)
-  print(f"batch {args.batch}, median of {args.steps} timed steps per side, the sides taking "
-        f"turns in {rounds} rounds, each turn after {args.warmup} untimed steps")
+  print(f"median of {args.steps} timed steps per side, the sides taking turns in {rounds} "
+        f"rounds, each turn after {args.warmup} untimed steps")
   print("\n".join(lines))
-  write_json(args.out, {"batch": args.batch, "steps": args.steps, "rounds": rounds,
-                        "warmup": args.warmup, "rows": rows})
+  write_json(args.out, {"batch": batches[0] if len(batches) == 1 else batches,
+                        "steps": args.steps, "rounds": rounds, "warmup": args.warmup,
+                        "peak_tflops": args.peak_tflops or None, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -36,13 +36,14 @@ def test_ci_runs_readme_commands():
   assert 'COLAREC_SHARED_DATA="$(cd ../shared/data && pwd)"' in ci
 
 
-LAUNCH = sorted(os.path.join(REPO, "launch", n) for n in os.listdir(os.path.join(REPO, "launch")))
+LAUNCH = sorted(os.path.join(REPO, "launch", n) for n in os.listdir(os.path.join(REPO, "launch"))
+                if not n.endswith(".py"))
 
 
 def test_launch_scripts_parse_and_pass_shellcheck():
   assert {os.path.basename(p) for p in LAUNCH} >= {
       "run_local.sh", "run_gpu_host.sh", "run_slurm.sbatch", "setup_tpu_vm.sh", "run_tpu_pod.sh",
-      "gpu_check.sh"}
+      "device_bundle.sh"}
   for path in LAUNCH:
     subprocess.run(["bash", "-n", path], check=True)
     with open(path) as f:
