@@ -23,7 +23,7 @@ from colarec_jax.recommender import (
   checkpoint_epoch,
 )
 from colarec_jax.settings import Settings
-from colarec_jax.workspace import check_batch_size
+from colarec_jax.workspace import check_batch_size, check_compatible
 
 PARTS = {"valid": VALID, "test": TEST}
 ALL_MODELS = ("mostpop", "lightgcn", "colarec")  # --mode=all: the baselines first, then ColaRec
@@ -142,6 +142,11 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **flags) -> N
   if read_only:  # the workdir's config, then flag mistakes, before any other file is read
     runconfig.check_reader(settings.full, workdir)
     checkpoint_epoch(flags.get("checkpoint", "best"))
+  elif (saved := runconfig.stored(workdir)) is not None:
+    # A workdir that holds a trained model keeps the config it was trained with: a mode that
+    # writes (prepare, gid, train, all) with other model keys is refused here, before a stage is
+    # rebuilt under the trained checkpoints.
+    check_compatible(settings, saved, workdir)
   if mode == "recommend":
     _check_recommend_flags(settings, flags.get("user", ""), flags.get("items", ""),
                            int(flags.get("top_n", 10)))

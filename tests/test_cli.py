@@ -169,6 +169,23 @@ def test_train_mode_resumes_from_the_stored_config(trained, tmp_path):
   assert "colarec epoch" not in result.stdout and "test metrics" in result.stdout
 
 
+@pytest.mark.parametrize("mode", ["train", "gid"])
+def test_writing_modes_refuse_other_model_keys_before_rebuilding_a_stage(trained, tmp_path, mode):
+  """Other GIDs under a trained model would make its checkpoints decode the wrong tree: the
+  stored config refuses them before the GID stage is touched."""
+  workdir = tmp_path / "copy"
+  shutil.copytree(trained[0], workdir)
+  manifest = workdir / "gid" / "manifest.json"
+  before = (manifest.read_text(), os.stat(workdir / "gid" / "gids.npz").st_mtime_ns)
+  result = cli(*TINY_TRAINED, f"--workdir={workdir}", f"--mode={mode}",
+               "--config.gid.branching=5")
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert re.search(r"^error: config\.gid\.branching: got 5, but the checkpoints in .*copy were "
+                   r"trained with \d+; use that value or a new --workdir$", result.stderr, re.M)
+  assert "gid" not in result.stdout.lower()  # no stage was built or logged
+  assert (manifest.read_text(), os.stat(workdir / "gid" / "gids.npz").st_mtime_ns) == before
+
+
 @pytest.mark.parametrize("flag", ["--user=u03", "--items=i04,i29"])
 def test_recommend_prints_top_n(trained, flag):
   workdir, _ = trained
