@@ -47,6 +47,10 @@ def base_config() -> ml_collections.ConfigDict:
   # representation L_bpr trains), so the first code reads the user's summary directly.
   model.pooled_start = False
   model.freeze_ids = False  # True (with id_init='lightgcn'): the ID tables stay LightGCN's
+  # Not in the paper: the last GID level's logit of each code also scores the item that code
+  # leads to, by its ID embedding against the decoder state (output tied to the input ID table),
+  # so the last choice among siblings is item-level and collaborative, not only a code's.
+  model.tie_last_level = False
 
   # ColaRec inputs (SPEC section 4).
   inputs = config.inputs = ml_collections.ConfigDict()

@@ -179,11 +179,15 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
   k1 = trie.children.shape[1]
   previous = jnp.where(position > 0,
                        jnp.take(state.codes, jnp.maximum(position - 1, 0), axis=2), 0)
-  logits, mutated = model.apply({"params": params, "cache": state.cache}, encoded, mask,
-                                previous.reshape(-1), position, method=ColaRec.decode_step,
-                                mutable=["cache"])
-  logits = logits.reshape(b, width, k1)
   child = trie.children[state.nodes]  # [b, w, K + 1]
+  # model.tie_last_level: the item each code leads to (the dead node's 0 where none, and before
+  # the last level, where codes lead to inner nodes).
+  next_items = (trie.leaf_item[child].reshape(b * width, k1)
+                if model.config.tie_last_level else None)
+  logits, mutated = model.apply({"params": params, "cache": state.cache}, encoded, mask,
+                                previous.reshape(-1), position, next_items,
+                                method=ColaRec.decode_step, mutable=["cache"])
+  logits = logits.reshape(b, width, k1)
   valid = child >= 0
   if blocked is not None:
     closed = jnp.take_along_axis(blocked, jnp.maximum(child, 0).reshape(b, width * k1), axis=1)

@@ -98,21 +98,22 @@ def level_nll(ws: Workspace, params, split: EvalSplit, inputs: dict,
   permutation): a level whose NLL does not rise then does not use the user at all."""
   targets = np.asarray([split.heldout.row(u)[0] for u in split.users])
   codes = jnp.asarray(ws.gids.codes[targets])
+  last = jnp.asarray(ws.gids.last_level_items(targets))  # read with model.tie_last_level only
   if shuffle_seed is not None:
     order = np.random.default_rng(shuffle_seed).permutation(len(targets))
     inputs = {k: v[order] for k, v in inputs.items()}
 
   @jax.jit
-  def nll(batch, target):
+  def nll(batch, target, last_items):
     encoded = ws.model.apply({"params": params}, batch, method=ColaRec.encode)
-    logits = ws.model.apply({"params": params}, encoded, batch["mask"], target,
+    logits = ws.model.apply({"params": params}, encoded, batch["mask"], target, last_items,
                             method=ColaRec.decode_codes)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
 
   total = np.zeros(codes.shape[1])
   for rows, real in padded_batches(np.arange(len(targets)), 256):
-    out = nll({k: jnp.asarray(v[rows]) for k, v in inputs.items()}, codes[rows])
+    out = nll({k: jnp.asarray(v[rows]) for k, v in inputs.items()}, codes[rows], last[rows])
     total += np.asarray(out)[:real].sum(0)
   return (total / len(targets)).tolist()
 

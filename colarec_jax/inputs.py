@@ -68,8 +68,12 @@ class InputConfig:
 class InputBuilder:
   """Builds fixed-shape encoder inputs and training batches from a prepared dataset and GIDs."""
 
-  def __init__(self, prepared: Prepared, gids: GidTable, cfg: InputConfig):
+  def __init__(self, prepared: Prepared, gids: GidTable, cfg: InputConfig, *,
+               last_level_items: bool = False):
+    """`last_level_items`: training batches also carry each target's last-level items (for
+    model.tie_last_level)."""
     self.cfg = cfg
+    self.last_level_items = last_level_items
     self.gids = gids
     ds = prepared.dataset
     self.num_items = ds.num_items
@@ -186,7 +190,9 @@ class InputBuilder:
 
     Returns:
       {'user': X_u, 'item': X_i, 'neg': X_i-, 'pos': X_i+ (each a dict of [b, L] arrays),
-       'item_codes': [b, l], 'neg_codes': [b, l], 'mask': [b] float32}.
+       'item_codes': [b, l], 'neg_codes': [b, l], 'mask': [b] float32}; with
+      `last_level_items` also 'item_last_items' and 'neg_last_items' ([b, K + 1], the item each
+      last code leads to under the target's leaf parent).
     """
     neg = self.sample_negatives(users, items, rng)
     pos = self.sample_positives(items, rng)
@@ -211,6 +217,9 @@ class InputBuilder:
         out[key]["items"] = np.where(hidden[share] & (slots != 0), UNKNOWN_ITEM, slots)
     out["item_codes"] = self.gids.codes[items[share]]
     out["neg_codes"] = self.gids.codes[neg[share]]
+    if self.last_level_items:
+      out["item_last_items"] = self.gids.last_level_items(items[share])
+      out["neg_last_items"] = self.gids.last_level_items(neg[share])
     out["mask"] = mask[share].astype(np.float32)
     return out
 

@@ -104,9 +104,10 @@ whose weight is 0 is not computed, nor are the encoder and decoder passes only i
       rngs = {"dropout": key}
       encode = lambda x: model.apply(variables, x, deterministic=False, rngs=rngs,
                                      method=ColaRec.encode)
-      decode = lambda enc, enc_mask, codes: model.apply(
-          variables, enc, enc_mask, codes, deterministic=False, rngs=rngs,
+      decode = lambda enc, enc_mask, codes, last_items: model.apply(
+          variables, enc, enc_mask, codes, last_items, deterministic=False, rngs=rngs,
           method=ColaRec.decode_codes)
+      tied = "item_last_items" in batch  # model.tie_last_level
       parts = {}
       # Only the passes some weighted term reads run: a zero weight removes its term's work.
       if weights.rec or weights.bpr:
@@ -118,12 +119,15 @@ whose weight is 0 is not computed, nor are the encoder and decoder passes only i
         h_i, h_n, *h_p = jnp.split(ColaRec.pool(enc_idx, index_in["mask"]),
                                    3 if weights.contrastive else 2)
       if weights.rec:
-        logits_u = decode(enc_u, batch["user"]["mask"], batch["item_codes"])
+        logits_u = decode(enc_u, batch["user"]["mask"], batch["item_codes"],
+                          batch["item_last_items"] if tied else None)
         parts["rec"] = losses.generation(logits=logits_u, codes=batch["item_codes"], mask=mask,
                                          total=total)
       if weights.index:
         index_codes = jnp.concatenate([batch["item_codes"], batch["neg_codes"]])
-        logits_idx = decode(enc_idx[:2 * b], index_in["mask"][:2 * b], index_codes)
+        index_items = (jnp.concatenate([batch["item_last_items"], batch["neg_last_items"]])
+                       if tied else None)
+        logits_idx = decode(enc_idx[:2 * b], index_in["mask"][:2 * b], index_codes, index_items)
         parts["index"] = losses.generation(logits=logits_idx, codes=index_codes,
                                            mask=jnp.concatenate([mask, mask]), total=total)
       if weights.bpr:

@@ -130,7 +130,8 @@ class Workspace:
     """
     prepared, gids = stages.data_and_gids(settings, workdir, log=log, prepared=prepared,
                                           gids=gids, read_only=read_only)
-    builder = InputBuilder(prepared, gids, settings.inputs)
+    builder = InputBuilder(prepared, gids, settings.inputs,
+                           last_level_items=settings.model.tie_last_level)
     ds = prepared.dataset
     model = create_model(settings.model, vocab_size=prepared.vocab_size, num_items=ds.num_items,
                          num_users=ds.num_users, branching=gids.branching, depth=gids.depth)

@@ -49,8 +49,9 @@ def exhaustive_scores(params, inputs, gids: GidTable, renormalize: bool,
   out = np.full((b, NUM_ITEMS + 1), -np.inf)
   for item in range(1, NUM_ITEMS + 1):
     codes = jnp.asarray(np.repeat(gids.codes[item][None], b, 0))
+    last_items = jnp.asarray(gids.last_level_items(np.full(b, item)))
     logits = np.asarray(model.apply({"params": params}, encoded, inputs["mask"], codes,
-                                    method=ColaRec.decode_codes), np.float64)
+                                    last_items, method=ColaRec.decode_codes), np.float64)
     total = np.zeros(b)
     for t, code in enumerate(gids.codes[item]):
       valid = gids.valid_next(gids.codes[item][:t])
@@ -162,6 +163,27 @@ def test_pooled_start_search_equals_exhaustive_ranking(setup):
                                                         decode.Trie.build(gids, 32)))
   reference = exhaustive_scores(params, inputs, gids, False, model=model)
   assert not np.allclose(reference, exhaustive_scores(params, inputs, gids, False))
+  for row in range(len(items)):
+    np.testing.assert_array_equal(items[row][:NUM_ITEMS],
+                                  np.argsort(-reference[row][1:], kind="stable") + 1)
+    np.testing.assert_allclose(scores[row][:NUM_ITEMS], np.sort(reference[row][1:])[::-1],
+                               atol=1e-4)
+
+
+def test_tied_last_level_search_equals_exhaustive_ranking(setup):
+  """model.tie_last_level: the search's last step scores each code's item (from the trie's
+  leaves, per beam) as teacher forcing with the target's last-level items does."""
+  gids, inputs, params = setup
+  model = ColaRec(dataclasses.replace(MODEL.config, tie_last_level=True))
+  # A term large enough to reorder items.
+  params = {**params, "item_embed": {"embedding": params["item_embed"]["embedding"] * 4}}
+  items, scores, _ = map(np.asarray, decode.beam_search(model, params, inputs,
+                                                        decode.Trie.build(gids, 32)))
+  reference = exhaustive_scores(params, inputs, gids, False, model=model)
+  plain = exhaustive_scores(params, inputs, gids, False)
+  assert not np.allclose(reference, plain)
+  assert any(not np.array_equal(np.argsort(-reference[r][1:]), np.argsort(-plain[r][1:]))
+             for r in range(len(items)))
   for row in range(len(items)):
     np.testing.assert_array_equal(items[row][:NUM_ITEMS],
                                   np.argsort(-reference[row][1:], kind="stable") + 1)

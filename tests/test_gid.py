@@ -86,6 +86,13 @@ def test_table_masks_lookup_and_siblings_match_brute_force(n, branching, depth):
   for item in range(1, n + 1):
     expected = [j + 1 for j in range(n) if (codes[j, :-1] == codes[item - 1, :-1]).all()]
     assert sorted(siblings.row(item).tolist()) == expected
+  last = table.last_level_items(np.arange(n + 1))
+  assert last.shape == (n + 1, branching + 1) and not last[0].any()
+  for item in range(1, n + 1):
+    for code in range(branching + 1):
+      under = [j + 1 for j in range(n) if (codes[j, :-1] == codes[item - 1, :-1]).all()
+               and codes[j, -1] == code]
+      assert last[item, code] == (under[0] if under else 0)
   assert table.item_of([0] * depth) == 0 and table.item_of([branching + 1] * depth) == 0
 
 

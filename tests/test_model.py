@@ -1,5 +1,6 @@
 """The T5 stack and the ColaRec model: shapes, bucketing, slots, pooling, cached decoding, bf16."""
 
+import dataclasses
 import math
 
 import jax
@@ -56,6 +57,27 @@ def example_inputs(b=3, length=12, seed=0):
 def params():
   inputs, codes = example_inputs()
   return ColaRec(CFG).init(jax.random.key(0), inputs, codes)["params"]
+
+
+def test_tied_last_level_adds_each_codes_item_against_the_decoder_state(params):
+  """model.tie_last_level: with item a's ID row set to the last level's codebook row of code c',
+  the tied term of a code leading to a equals code c''s untied logit less its bias; codes that
+  lead to no item, or to an item after the trained ones, and earlier levels are unchanged."""
+  inputs, codes = example_inputs()
+  plain, tied = ColaRec(CFG), ColaRec(dataclasses.replace(CFG, tie_last_level=True))
+  a, c_prime = 7, 3
+  table = params["item_embed"]["embedding"].at[a].set(params["codebook"][-1, c_prime])
+  p = {**params, "item_embed": {"embedding": table}}
+  last_items = jnp.asarray([[0, a, 0, CFG.num_items + 1, 0]] * 3, jnp.int32)  # codes 1 and 3
+  encoded = plain.apply({"params": p}, inputs, method=ColaRec.encode)
+  before = plain.apply({"params": p}, encoded, inputs["mask"], codes, method=ColaRec.decode_codes)
+  after = tied.apply({"params": p}, encoded, inputs["mask"], codes, last_items,
+                     method=ColaRec.decode_codes)
+  expected = before[:, -1, c_prime] - p["codebook_bias"][-1, c_prime]
+  np.testing.assert_allclose(after[:, -1, 1] - before[:, -1, 1], expected, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.delete(after[:, -1], 1, axis=1),
+                             np.delete(before[:, -1], 1, axis=1), atol=1e-6)
+  np.testing.assert_allclose(after[:, :-1], before[:, :-1], atol=1e-6)
 
 
 def test_shapes_and_parameter_tree(params):

@@ -141,6 +141,18 @@ def test_a_wall_clock_budget_stops_at_an_epoch_end_validated_and_tested(tmp_path
   assert [r["epoch"] for r in history(str(tmp_path))] == [1, 2]
 
 
+def test_tied_last_level_trains_validates_and_tests_end_to_end(tmp_path):
+  """model.tie_last_level through the whole loop: batches carry the targets' last-level items
+  (the tied decoder cannot run without them), beam search ranks with the item term."""
+  c = config(epochs=1, steps_per_epoch=3)
+  c.model.tie_last_level = True
+  reports = train(c, str(tmp_path), **QUIET)
+  assert "valid/ndcg@10" in history(str(tmp_path))[0]
+  assert 0 <= reports["test"].overall["ndcg@10"] <= 1
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["model"]["tie_last_level"] is True
+
+
 def test_prefetch_keeps_order_and_reraises():
   assert list(train_lib.prefetch(iter(range(50)), size=3)) == list(range(50))
 

@@ -3,12 +3,14 @@
 The module shares one model, batch and compiled step per mesh: compiling the step is the slow part.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from colarec_jax import sharding
+from colarec_jax import losses, sharding
 from colarec_jax import train as train_lib
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.dataset import TRAIN
@@ -126,6 +128,31 @@ def test_a_zero_weight_removes_the_term_and_its_work(setup, removed):
   assert step._cache_size() == compiled == 1
   flops = lambda fn: fn.lower(state(), batch, jax.random.key(1)).compile().cost_analysis()["flops"]
   assert flops(step) < flops(step_fns[None])
+
+
+def test_tied_last_level_step_reads_each_targets_last_level_items(setup):
+  """model.tie_last_level: the step's L_rec is the generation loss of the tied decoder given the
+  batch's last-level items (recomputed here from the GIDs), and differs from the untied one."""
+  settings, model, batch, _, step_fns = setup
+  gids = GidTable.from_codes(builder.random_codes(model.config.num_items, branching=4, depth=3,
+                                                  seed=0), 4)  # the setup's GIDs
+  last = lambda codes: gids.last_level_items([gids.item_of(c) for c in codes.tolist()])
+  tied_batch = {**batch, "item_last_items": last(batch["item_codes"]),
+                "neg_last_items": last(batch["neg_codes"])}
+  tied = ColaRec(dataclasses.replace(model.config, tie_last_level=True))
+  state = init_state(tied, train_lib.create_optimizer(settings.optim), batch, jax.random.key(0))
+  params = state.params  # the step donates the state: the reference first
+  encoded = tied.apply({"params": params}, batch["user"], method=ColaRec.encode)
+  logits = tied.apply({"params": params}, encoded, batch["user"]["mask"], batch["item_codes"],
+                      tied_batch["item_last_items"], method=ColaRec.decode_codes)
+  expected = losses.generation(logits=logits, codes=batch["item_codes"], mask=batch["mask"],
+                               total=batch["mask"].sum())
+  _, got = train_lib.make_train_step(tied, LossWeights(), None)(state, tied_batch,
+                                                                 jax.random.key(1))
+  assert float(got["rec"]) == pytest.approx(float(expected), rel=1e-5)
+  plain = init_state(model, train_lib.create_optimizer(settings.optim), batch, jax.random.key(0))
+  _, untied = step_fns[None](plain, batch, jax.random.key(1))
+  assert float(untied["rec"]) != pytest.approx(float(got["rec"]), rel=1e-3)
 
 
 def test_id_tables_from_lightgcn_keep_its_geometry():

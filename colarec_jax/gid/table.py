@@ -93,6 +93,12 @@ class GidTable:
       out[:, t] = node
     return out
 
+  def last_level_items(self, items: np.ndarray) -> np.ndarray:
+    """[n, K + 1] int32: under each item's leaf parent (its first l-1 codes), the item each last
+    code leads to (0: no item). Row i holds i itself at column codes[i, -1]; item 0: all 0."""
+    child = self.children[self.item_leaf_parent[np.asarray(items)]]
+    return np.where(child >= 0, self.leaf_item[np.maximum(child, 0)], 0).astype(np.int32)
+
   def item_of(self, gid) -> int:
     """The item with this GID, or 0 when it is no item's GID."""
     node = 0

@@ -46,13 +46,15 @@ class ModelConfig:
   id_init: str = "random"  # random | lightgcn: where the item/user-ID embeddings start
   pooled_start: bool = False  # the decoder's start input also holds the pooled encoding h(X)
   freeze_ids: bool = False  # keep the ID tables as they started (with id_init='lightgcn')
+  tie_last_level: bool = False  # the last level also scores each code's item by its ID embedding
 
   @classmethod
   def from_config(cls, model) -> "ModelConfig":
     out = cls(str(model.name), int(model.d_model), int(model.d_ff), int(model.num_heads),
               int(model.num_encoder_layers), int(model.num_decoder_layers),
               float(model.dropout_rate), str(model.dtype), str(model.init_from),
-              str(model.id_init), bool(model.pooled_start), bool(model.freeze_ids))
+              str(model.id_init), bool(model.pooled_start), bool(model.freeze_ids),
+              bool(model.tie_last_level))
     if out.name not in MODEL_NAMES:
       raise ConfigError("model.name", f"got {out.name!r}, expected one of {', '.join(MODEL_NAMES)}")
     if out.id_init not in ID_INITS:
@@ -93,6 +95,7 @@ class ColaRecConfig:
   branching: int  # K: codes 1..K, 0 = decoder start
   depth: int  # l: decoder steps
   pooled_start: bool = False  # the decoder's start input also holds h(X) (model.pooled_start)
+  tie_last_level: bool = False  # the last level also scores items by ID (model.tie_last_level)
 
 
 class ColaRec(nn.Module):
@@ -153,18 +156,37 @@ class ColaRec(nn.Module):
     return (jnp.einsum("btd,tkd->btk", scaled, self.codebook[levels])
             + self.codebook_bias[levels][None])
 
-  def decode_codes(self, encoded, mask, codes, *, deterministic: bool = True) -> jax.Array:
-    """Teacher-forced decoding: [b, l] target codes -> [b, l, K + 1] logits."""
+  def item_logits(self, hidden: jax.Array, items: jax.Array) -> jax.Array:
+    """model.tie_last_level's term: [n, d] decoder states and [n, K + 1] the item each code leads
+    to -> [n, K + 1] h . e_item (d scaled by d^-1/2), 0 where a code leads to no trained item
+    (0: none, or an item added after training, which has no ID row)."""
+    scaled = hidden.astype(jnp.float32) * self.config.transformer.d_model ** -0.5
+    known = (items > 0) & (items <= self.config.num_items)
+    rows = self.item_embed(jnp.where(known, items, 0)).astype(jnp.float32)
+    return jnp.where(known, jnp.einsum("nd,nkd->nk", scaled, rows), 0.0)
+
+  def decode_codes(self, encoded, mask, codes, last_items=None, *,
+                   deterministic: bool = True) -> jax.Array:
+    """Teacher-forced decoding: [b, l] target codes -> [b, l, K + 1] logits. With
+    model.tie_last_level, `last_items` [b, K + 1] (`GidTable.last_level_items` of the targets)
+    adds each last code's item term."""
     x = self.decoder_inputs(codes)
     if self.config.pooled_start:
       x = x.at[:, 0].add(self.pool(encoded, mask).astype(x.dtype))
     hidden = self.decoder(x, encoded, mask, deterministic=deterministic)
-    return self.code_logits(hidden, jnp.arange(self.config.depth))
+    logits = self.code_logits(hidden, jnp.arange(self.config.depth))
+    if self.config.tie_last_level:
+      logits = logits.at[:, -1].add(self.item_logits(hidden[:, -1], last_items))
+    return logits
 
-  def __call__(self, inputs: dict, codes: jax.Array, *, deterministic: bool = True):
+  def __call__(self, inputs: dict, codes: jax.Array, last_items=None, *,
+               deterministic: bool = True):
     """(logits [b, l, K + 1], pooled h(X) [b, d]) for encoder inputs and target GIDs."""
     encoded = self.encode(inputs, deterministic=deterministic)
-    logits = self.decode_codes(encoded, inputs["mask"], codes, deterministic=deterministic)
+    if self.config.tie_last_level and last_items is None:  # init: any items give the shapes
+      last_items = jnp.zeros((codes.shape[0], self.config.branching + 1), jnp.int32)
+    logits = self.decode_codes(encoded, inputs["mask"], codes, last_items,
+                               deterministic=deterministic)
     return logits, self.pool(encoded, inputs["mask"])
 
   def init_cache(self, encoded, mask):
@@ -172,8 +194,10 @@ class ColaRec(nn.Module):
     shape = (encoded.shape[0], self.config.depth, self.config.transformer.d_model)
     return self.decoder(jnp.zeros(shape, encoded.dtype), encoded, mask, deterministic=True)
 
-  def decode_step(self, encoded, mask, previous_code, position):
-    """One cached decoder step: [b] previous code at `position` -> [b, K + 1] logits."""
+  def decode_step(self, encoded, mask, previous_code, position, next_items=None):
+    """One cached decoder step: [b] previous code at `position` -> [b, K + 1] logits. With
+    model.tie_last_level, `next_items` [b, K + 1] is the item each code leads to (all 0 before
+    the last level, so only the last level gets the item term)."""
     level = jnp.asarray(position)
     x = self.code_embed[level, previous_code][:, None]
     if self.config.pooled_start:  # rows are [b, beams] flattened: each user's pool per beam
@@ -181,7 +205,10 @@ class ColaRec(nn.Module):
       start = jnp.repeat(pooled, x.shape[0] // pooled.shape[0], axis=0)[:, None]
       x = x + jnp.where(level == 0, start, jnp.zeros_like(start))
     hidden = self.decoder(x, encoded, mask, deterministic=True, position=level)
-    return self.code_logits(hidden, level[None])[:, 0]
+    logits = self.code_logits(hidden, level[None])[:, 0]
+    if self.config.tie_last_level:
+      logits = logits + self.item_logits(hidden[:, 0], next_items)
+    return logits
 
 
 def create_model(cfg: ModelConfig, *, vocab_size: int, num_items: int, num_users: int,
@@ -190,4 +217,5 @@ def create_model(cfg: ModelConfig, *, vocab_size: int, num_items: int, num_users
   `branching` codes per level and `depth` levels (take them from the GID table)."""
   return ColaRec(ColaRecConfig(cfg.transformer(vocab_size), num_items=num_items,
                                num_users=num_users, branching=branching, depth=depth,
-                               pooled_start=cfg.pooled_start))
+                               pooled_start=cfg.pooled_start,
+                               tie_last_level=cfg.tie_last_level))
