@@ -51,8 +51,8 @@ def stored(workdir: str) -> dict | None:
   try:
     with open(path(workdir)) as f:
       saved = json.load(f)
-  except FileNotFoundError:
-    return None
+  except (FileNotFoundError, NotADirectoryError):  # no such run (a bad --workdir is reported
+    return None                                     # where the workdir is opened)
   except (OSError, ValueError) as e:
     raise UsageError("workdir", f"{path(workdir)} is not readable JSON ({type(e).__name__}); "
                      "expected the config training stored, rerun --mode=train to store it") from None
