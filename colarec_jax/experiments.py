@@ -199,10 +199,17 @@ def _share_stages(root: str, workdir: str, settings: Settings, log) -> None:
 
 
 def _manifests(root: str, stage: str):
+  return (path for path in _files(root, fileio.MANIFEST, skip=("colarec",))
+          if os.path.basename(os.path.dirname(path)) == stage)
+
+
+def _files(root: str, name: str, skip: tuple[str, ...]):
+  """Paths of the files called `name` under `root`, in sorted order, not looking inside hidden
+  folders or those named in `skip`."""
   for directory, subdirs, files in os.walk(root):
-    if os.path.basename(directory) == stage and fileio.MANIFEST in files:
-      yield os.path.join(directory, fileio.MANIFEST)
-    subdirs[:] = [d for d in subdirs if not d.startswith(".") and d != "colarec"]
+    if name in files:
+      yield os.path.join(directory, name)
+    subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d not in skip)
 
 
 def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, suite: str,
@@ -250,7 +257,8 @@ def _finished_twin(root: str, workdir: str, settings: Settings) -> str | None:
   """
   if settings.model.name != "colarec":
     return None
-  for row_path in _rows(root):
+  for row_path in _files(root, "row.json", skip=("colarec", "data", "gid", "lightgcn",
+                                                  "tensorboard")):
     source = os.path.dirname(row_path)
     if os.path.samefile(source, workdir) or not os.path.isfile(runconfig.path(source)):
       continue
@@ -258,16 +266,6 @@ def _finished_twin(root: str, workdir: str, settings: Settings) -> str | None:
     if saved == settings.full:
       return source
   return None
-
-
-def _rows(root: str):
-  for directory, subdirs, files in os.walk(root):
-    if "row.json" in files:
-      yield os.path.join(directory, "row.json")
-    subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d not in _STAGE_DIRS)
-
-
-_STAGE_DIRS = ("colarec", "data", "gid", "lightgcn", "tensorboard")
 
 
 def _reuse(source: str, workdir: str, root: str, *, suite: str, variant: Variant, order: int,
