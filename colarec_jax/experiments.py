@@ -11,7 +11,8 @@ instead: one variant per value (several --sweep flags give their product).
 Each run (variant x seed) trains in its own workdir, `<root>/<suite>/<variant>/seed<N>`, and
 starts from any stage (prepared data, LightGCN, GIDs) another run under the root already built
 with the same key (hard-linked; the stage checks it as it would its own). A finished run writes
-`row.json` and is skipped next time; an interrupted one resumes from its checkpoints; a ColaRec
+`row.json` and is skipped next time (a clear error if it ran another config: its row would be
+stale); an interrupted one resumes from its checkpoints; a ColaRec
 run whose whole config (seed included) a finished run anywhere under the root already trained
 takes that run's row (`reused_from` says which), so a suite's reference arm trains once. Rows
 record the config overrides, seed, commit, budget, wall time, examples seen and the metrics
@@ -216,11 +217,13 @@ def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, sui
             budget: str, order: int = 0, log=print) -> dict:
   """Trains and tests one variant with one seed in `workdir`; returns (and writes) its row."""
   row_path = os.path.join(workdir, "row.json")
-  if os.path.isfile(row_path):
-    with open(row_path) as f:
-      return json.load(f)
   cfg = variant_config(config, variant, seed)
   settings = Settings.parse(cfg)
+  if os.path.isfile(row_path):
+    with open(row_path) as f:
+      row = json.load(f)
+    _check_finished(row, workdir, root, settings)
+    return row
   os.makedirs(workdir, exist_ok=True)
   twin = _finished_twin(root, workdir, settings)
   if twin is not None:
@@ -262,10 +265,41 @@ def _finished_twin(root: str, workdir: str, settings: Settings) -> str | None:
     source = os.path.dirname(row_path)
     if os.path.samefile(source, workdir) or not os.path.isfile(runconfig.path(source)):
       continue
-    saved = json.loads(runconfig.on_base(runconfig.stored(source), source).to_json())
-    if saved == settings.full:
+    if _stored_full(source) == settings.full:
       return source
   return None
+
+
+def _stored_full(workdir: str) -> dict:
+  """The whole config a finished ColaRec run in `workdir` stored (keys added since: defaults)."""
+  return json.loads(runconfig.on_base(runconfig.stored(workdir), workdir).to_json())
+
+
+def _check_finished(row: dict, workdir: str, root: str, settings: Settings) -> None:
+  """Raises UsageError when the finished run in `workdir` (or the twin its row was reused from)
+  was made with another config than `settings`: its row would be a stale number.
+
+  ColaRec runs compare their whole stored config; every run compares the keys of the stages it
+  built (data, LightGCN, GIDs), which is all MostPop and LightGCN depend on.
+  """
+  source = os.path.join(root, row["reused_from"]) if "reused_from" in row else workdir
+  differs = []
+  if settings.model.name == "colarec" and os.path.isfile(runconfig.path(source)):
+    then, now = runconfig.flat(_stored_full(source)), runconfig.flat(settings.full)
+    differs = [f"{k}: {then.get(k)!r} there, {now.get(k)!r} now"
+               for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+  if not differs:
+    keys = stages.stage_keys(settings, log=lambda *_: None)
+    for stage, key in keys.items():
+      manifest = fileio.read_manifest(os.path.join(source, stage))
+      if manifest is not None and manifest["key"] != key:
+        differs.append(f"its {stage} stage")
+  if differs:
+    shown = "; ".join(differs[:4]) + ("; ..." if len(differs) > 4 else "")
+    where = workdir if source == workdir else f"{workdir} (whose row is that of {source})"
+    raise UsageError("root", f"{where} finished with another config ({shown}); expected this "
+                     "run's config there: give another --root or --study, or remove that run's "
+                     "folder to run it again")
 
 
 def _reuse(source: str, workdir: str, root: str, *, suite: str, variant: Variant, order: int,

@@ -62,11 +62,12 @@ def stored(workdir: str) -> dict | None:
   return saved
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flat(tree: dict, prefix: str = "") -> dict:
+  """A nested config dict as {'section.key': value}."""
   out = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
-    out.update(_flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    out.update(flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
   return out
 
 
@@ -92,8 +93,8 @@ def on_base(saved: dict, workdir: str) -> ml_collections.ConfigDict:
     UsageError: a key the base config does not have.
   """
   config = base_config()
-  known = _flat(json.loads(config.to_json()))
-  values = _flat(saved)
+  known = flat(json.loads(config.to_json()))
+  values = flat(saved)
   for key in values:
     if key not in known:
       raise UsageError("workdir", f"{path(workdir)}: there is no config key {key!r}; expected "

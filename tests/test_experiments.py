@@ -190,3 +190,26 @@ def test_arms_study_writes_its_own_folder_with_the_first_arm_as_reference(tmp_pa
     experiments.run_suite(small_config(), "", root, [0], arms=arms, sweeps=["seed=1,2"])
   with pytest.raises(UsageError, match="--study: got 'a/b', expected a folder name"):
     experiments.run_suite(small_config(), "", root, [0], arms=arms, study="a/b")
+
+
+def test_a_finished_run_of_another_config_is_an_error_not_its_stale_row(tmp_path):
+  root = str(tmp_path)
+  experiments.run_suite(small_config(), "main", root, [0], log=lambda *_: None)
+  longer = small_config()
+  longer.train.epochs = 2
+  # MostPop and LightGCN do not depend on ColaRec's epochs: their rows stand; ColaRec's does not.
+  with pytest.raises(UsageError, match=r"--root: .*main/ColaRec/seed0 finished with another "
+                     r"config \(train\.epochs: 1 there, 2 now\)"):
+    experiments.run_suite(longer, "main", root, [0], log=lambda *_: None)
+  other_cf = small_config()
+  other_cf.cf.epochs = 3
+  with pytest.raises(UsageError, match=r"main/LightGCN/seed0 finished with another config \(its "
+                     r"lightgcn stage\)"):
+    experiments.run_suite(other_cf, "main", root, [0], log=lambda *_: None)
+  # A row reused from a twin is checked against the twin's config.
+  experiments.run_suite(small_config(), "", root, [0], arms=["ColaRec"], study="arms",
+                        log=lambda *_: None)
+  with pytest.raises(UsageError, match=r"arms/ColaRec/seed0 \(whose row is that of .*main/"
+                     r"ColaRec/seed0\) finished with another config \(train\.epochs"):
+    experiments.run_suite(longer, "", root, [0], arms=["ColaRec"], study="arms",
+                          log=lambda *_: None)
