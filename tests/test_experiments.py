@@ -168,7 +168,7 @@ def test_paper_datasets_have_a_cpu_budget_variant(name):
   paper, cpu = module.get_config(), module.get_config("cpu")
   assert paper.model.d_model == 512 and paper.eval.valid_sample == 0
   # phones and beauty: the adopted number (their levers studies)
-  epochs = 6 if name in ("phones", "beauty") else 3
+  epochs = 12 if name in ("phones", "beauty") else 3
   assert (cpu.model.d_model, cpu.model.num_encoder_layers, cpu.train.epochs,
           cpu.train.steps_per_epoch, cpu.cf.epochs, cpu.eval.valid_sample) == (64, 1, epochs, 300,
                                                                                 60, 2000)
