@@ -11,10 +11,10 @@ instead: one variant per value (several --sweep flags give their product).
 Each run (variant x seed) trains in its own workdir, `<root>/<suite>/<variant>/seed<N>`, and
 starts from any stage (prepared data, LightGCN, GIDs) another run under the root already built
 with the same key (hard-linked; the stage checks it as it would its own). A finished run writes
-`row.json` and is skipped next time (a clear error if it ran another config: its row would be
-stale); an interrupted one resumes from its checkpoints; a ColaRec
-run whose whole config (seed included) a finished run anywhere under the root already trained
-takes that run's row (`reused_from` says which), so a suite's reference arm trains once. Rows
+`row.json` and is skipped next time (an error naming the key if it ran another config: its row
+would be stale); an interrupted one resumes from its checkpoints; a ColaRec run whose whole
+config (seed included) a finished run anywhere under the root already trained takes that run's
+row (`reused_from` says which), so a suite's reference arm trains once. Rows
 record the config overrides, seed, commit, budget, wall time, examples seen and the metrics
 overall and on long-tail users; `<root>/<suite>/report.md` and its figures are rebuilt from all
 rows after every run (`report.py`).
@@ -283,23 +283,27 @@ def _check_finished(row: dict, workdir: str, root: str, settings: Settings) -> N
   built (data, LightGCN, GIDs), which is all MostPop and LightGCN depend on.
   """
   source = os.path.join(root, row["reused_from"]) if "reused_from" in row else workdir
-  differs = []
+  found = None
   if settings.model.name == "colarec" and os.path.isfile(runconfig.path(source)):
-    then, now = runconfig.flat(_stored_full(source)), runconfig.flat(settings.full)
-    differs = [f"{k}: {then.get(k)!r} there, {now.get(k)!r} now"
-               for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
-  if not differs:
-    keys = stages.stage_keys(settings, log=lambda *_: None)
-    for stage, key in keys.items():
-      manifest = fileio.read_manifest(os.path.join(source, stage))
-      if manifest is not None and manifest["key"] != key:
-        differs.append(f"its {stage} stage")
-  if differs:
-    shown = "; ".join(differs[:4]) + ("; ..." if len(differs) > 4 else "")
+    found = fileio.first_difference(settings.full, _stored_full(source))
+  found = found or _stage_difference(source, settings)
+  if found:
+    key, now, then = found
     where = workdir if source == workdir else f"{workdir} (whose row is that of {source})"
-    raise UsageError("root", f"{where} finished with another config ({shown}); expected this "
-                     "run's config there: give another --root or --study, or remove that run's "
-                     "folder to run it again")
+    raise UsageError("root", f"{where} finished with another config ({key}: {then!r} there, "
+                     f"{now!r} now); expected this run's config there: give another --root or "
+                     "--study, or remove that run's folder to run it again")
+
+
+def _stage_difference(source: str, settings: Settings) -> tuple | None:
+  """(config key and stage, value now, value then) of the first stage in `source` built with
+  another key than `settings` gives it, or None."""
+  for stage, key in stages.stage_keys(settings, log=lambda *_: None).items():
+    manifest = fileio.read_manifest(os.path.join(source, stage))
+    found = manifest and fileio.first_difference(key, manifest["key"])
+    if found:
+      return f"{fileio.config_key(found[0])}, in its {stage} stage", *found[1:]
+  return None
 
 
 def _reuse(source: str, workdir: str, root: str, *, suite: str, variant: Variant, order: int,

@@ -62,12 +62,11 @@ def stored(workdir: str) -> dict | None:
   return saved
 
 
-def flat(tree: dict, prefix: str = "") -> dict:
-  """A nested config dict as {'section.key': value}."""
+def _flat(tree: dict, prefix: str = "") -> dict:
   out = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
-    out.update(flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    out.update(_flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
   return out
 
 
@@ -93,8 +92,8 @@ def on_base(saved: dict, workdir: str) -> ml_collections.ConfigDict:
     UsageError: a key the base config does not have.
   """
   config = base_config()
-  known = flat(json.loads(config.to_json()))
-  values = flat(saved)
+  known = _flat(json.loads(config.to_json()))
+  values = _flat(saved)
   for key in values:
     if key not in known:
       raise UsageError("workdir", f"{path(workdir)}: there is no config key {key!r}; expected "

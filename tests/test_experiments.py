@@ -203,8 +203,8 @@ def test_a_finished_run_of_another_config_is_an_error_not_its_stale_row(tmp_path
     experiments.run_suite(longer, "main", root, [0], log=lambda *_: None)
   other_cf = small_config()
   other_cf.cf.epochs = 3
-  with pytest.raises(UsageError, match=r"main/LightGCN/seed0 finished with another config \(its "
-                     r"lightgcn stage\)"):
+  with pytest.raises(UsageError, match=r"main/LightGCN/seed0 finished with another config \(cf\."
+                     r"epochs, in its lightgcn stage: 2 there, 3 now\)"):
     experiments.run_suite(other_cf, "main", root, [0], log=lambda *_: None)
   # A row reused from a twin is checked against the twin's config.
   experiments.run_suite(small_config(), "", root, [0], arms=["ColaRec"], study="arms",

@@ -140,7 +140,7 @@ def cached_stage(directory: str, key: dict, build, load, *, what: str, log=print
       raise UsageError("mode", f"the {what} in {directory} are damaged ({problem}); rebuild them "
                        "with --mode=train")
     name, now, then = first_difference(key, manifest["key"])
-    raise ConfigError(_config_key(name), f"got {now!r}, but the {what} in {directory} were built "
+    raise ConfigError(config_key(name), f"got {now!r}, but the {what} in {directory} were built "
                       f"with {then!r}; evaluate and recommend use what training built: give the "
                       "training config")
   if problem and problem != "missing":
@@ -157,7 +157,7 @@ def cached_stage(directory: str, key: dict, build, load, *, what: str, log=print
 SECTIONS = ("data", "cf", "gid", "eval", "seed")
 
 
-def _config_key(path: str) -> str:
+def config_key(path: str) -> str:
   """A stage key's dotted path -> the config key it comes from (its last section.name part)."""
   parts = path.split(".")
   if "inputs" in parts:  # an input file's checksum: the files in data.dir changed
