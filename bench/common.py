@@ -66,7 +66,7 @@ def host(cpuinfo: str | None = None) -> dict:
 
 
 # A PyTorch peer runs with glibc's malloc as PyTorch comes ('default'), or with the settings our
-# CLI applies ('ours', colarec_jax/allocator.py), which spare PyTorch page faults as well; each has
+# CLI applies ('ours', colarec_jax/runtime/allocator.py), which spare PyTorch page faults as well; each has
 # its speed-up column in the tables.
 MALLOCS = {"default": "vs peer", "ours": "vs peer+malloc"}
 
@@ -83,7 +83,7 @@ def peer_mallocs(flag: str) -> tuple[str, ...]:
 
 
 def use_malloc(malloc: str) -> bool:
-  """In a peer's process, before it imports torch: 'ours' applies colarec_jax/allocator.py's
+  """In a peer's process, before it imports torch: 'ours' applies colarec_jax/runtime/allocator.py's
   settings (loaded by path, as a peer's own venv lacks our package), 'default' leaves glibc's.
   Returns whether ours were applied."""
   if malloc not in MALLOCS:
@@ -91,7 +91,7 @@ def use_malloc(malloc: str) -> bool:
   if malloc == "default":
     return False
   spec = importlib.util.spec_from_file_location(
-      "colarec_allocator", os.path.join(REPO, "colarec_jax", "allocator.py"))
+      "colarec_allocator", os.path.join(REPO, "colarec_jax", "runtime", "allocator.py"))
   allocator = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(allocator)
   return allocator.keep_freed_memory()

@@ -3,14 +3,14 @@
 The peer is Hugging Face `generate` (beam search, `prefix_allowed_tokens_fn` over a Python trie of
 the GIDs) on a PyTorch T5 of the same size, as the authors' code decodes. Both sides decode the same
 random inputs ([batch, 256] real tokens) against the same random balanced GIDs (12,101 items,
-K=32, l=3, beam 100, 100 sequences returned per user), on this machine's CPU, for the default size
+K=32, l=3, beam 100, 100 sequences returned per user), on this machine's CPU, for the base size
 (d_model 128, 2 + 2 layers) and t5-small (512, 6 + 6). Each side runs in its own subprocess, and
 the sides take turns (--turns), one process alive at a time, so that the machine's slow drifts in
 speed fall on all alike (ours reloads its compiled search from a persistent compilation cache).
 Ours runs once per --cpu-devices count (default: JAX's one CPU device, and one device per core,
 `config.cpu_devices`), the batch split over the devices; the peer uses every core (torch threads).
 The peer runs twice (--peer-malloc both): with glibc's malloc as PyTorch comes, and with the
-settings our CLI applies (colarec_jax/allocator.py); under glibc's, most of its time at t5-small
+settings our CLI applies (colarec_jax/runtime/allocator.py); under glibc's, most of its time at t5-small
 went to page faults.
 
   python bench/decode.py [--torch-python /path/to/venv/bin/python]
@@ -65,7 +65,8 @@ def ours(size: str, batch: int, beam: int, cpu_devices: int, count: int,
   import jax.numpy as jnp
 
   sys.path.insert(0, REPO)  # the checkout, installed or not (as on a device machine)
-  from colarec_jax import allocator, decode, sharding
+  from colarec_jax.ranking import decode
+  from colarec_jax.runtime import allocator, sharding
   from colarec_jax.gid.table import GidTable
   from colarec_jax.model.colarec import ModelConfig, create_model
 

@@ -54,14 +54,19 @@ def main():
   import jax
   import numpy as np
 
-  from colarec_jax import allocator, decode, export, sharding
+  from colarec_jax.ranking import decode
+  from colarec_jax.runtime import allocator, sharding
+  from colarec_jax.serving import export
   from colarec_jax.data.dataset import TEST
   from colarec_jax.data.sampling import padded_batches
-  from colarec_jax.recommender import Recommender
+  from colarec_jax.config import stored
+  from colarec_jax.config.settings import Settings
+  from colarec_jax.serving.recommender import Recommender
 
   allocator.keep_freed_memory()  # as the CLI does
   rec = Recommender.load(args.workdir)
-  ranker, ws = rec.ranker, rec.workspace
+  ranker, ws = rec.ranker, rec.parts
+  cfg = Settings.parse(stored.load(args.workdir))
   users = np.arange(1, ws.prepared.dataset.num_users + 1)
   inputs = ws.builder.eval_inputs(users)
   split, split_inputs = ws.eval_data(TEST)
@@ -106,10 +111,9 @@ def main():
     with open(decode_json) as f:
       stored = next((r["users_per_second"] for r in json.load(f)["rows"]
                      if r["size"] == "default" and r["library"] == "colarec-jax"), None)
-  cfg = ws.settings
   print(f"{ws.prepared.dataset.name}: {len(users)} users, {ws.prepared.dataset.num_items} items, "
         f"d_model {cfg.model.d_model}, {cfg.inputs.max_length} tokens, beam "
-        f"{cfg.eval.beam_size}, batches of {ranker.batch_size}, {sharding.describe(ws.mesh)}; "
+        f"{ranker.trie.beam_size}, batches of {ranker.batch_size}, {sharding.describe(ws.mesh)}; "
         f"median of {args.rounds} runs, the sides taking turns")
   header = f"{'side':<18} {'users/s':>9} {'vs beam search':>15}"
   print("\n".join([header, "-" * len(header)] + [

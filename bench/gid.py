@@ -30,7 +30,7 @@ sys.path.insert(0, REPO)
 
 from colarec_jax.cf import train as cf_train  # noqa: E402
 from colarec_jax.data import prepare as prepare_lib  # noqa: E402
-from colarec_jax.settings import Settings  # noqa: E402
+from colarec_jax.config.settings import Settings  # noqa: E402
 from colarec_jax.gid import builder  # noqa: E402
 
 

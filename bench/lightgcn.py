@@ -26,7 +26,7 @@ from common import REPO, write_json
 sys.path.insert(0, REPO)
 
 from colarec_jax.data import prepare as prepare_lib  # noqa: E402
-from colarec_jax.settings import Settings  # noqa: E402
+from colarec_jax.config.settings import Settings  # noqa: E402
 from colarec_jax.data.dataset import SPLIT_NAMES  # noqa: E402
 
 

@@ -25,10 +25,13 @@ from ml_collections import config_flags
 
 sys.path.insert(0, common.REPO)
 
-from colarec_jax import checkpoint, diagnose, evaluate, pipeline, reporting
+from colarec_jax import evaluate
+from colarec_jax.cli import modes
+from colarec_jax.runtime import checkpoint, reporting
+from colarec_jax.studies import diagnose
 from colarec_jax.data.dataset import VALID
-from colarec_jax.settings import Settings
-from colarec_jax.workspace import Workspace
+from colarec_jax.config.settings import Settings
+from colarec_jax.run import parts as parts_lib
 
 config_flags.DEFINE_config_file("config", None, "A config file in configs/.", lock_config=True)
 flags.DEFINE_string("workdir", None, "The run's workdir (trained here unless finished).")
@@ -82,25 +85,26 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   settings = Settings.parse(FLAGS.config)
   quiet = lambda *_: None
-  reports = pipeline.train_models(settings, FLAGS.workdir, ["colarec"], log=print)["colarec"]
-  ws = Workspace.build(settings, FLAGS.workdir, log=quiet, read_only=True)
-  params, best_epoch = ws.restore_params(checkpoint.BEST)
-  split, inputs = ws.eval_data(VALID)
-  with open(os.path.join(ws.run_dir, "metrics.json")) as f:
+  reports = modes.train_models(settings, FLAGS.workdir, ["colarec"], log=print)["colarec"]
+  parts = parts_lib.build(settings, FLAGS.workdir, log=quiet, read_only=True)
+  params, best_epoch = parts_lib.checkpoints(parts, settings, FLAGS.workdir).load_params(
+      checkpoint.BEST, parts.abstract_params())
+  split, inputs = parts.eval_data(VALID)
+  with open(os.path.join(parts_lib.run_dir(FLAGS.workdir), "metrics.json")) as f:
     history = json.load(f)["history"]
   metric, ks = settings.eval.metric, settings.eval.ks
   rankings = {"beam": reports["valid"],
-              "greedy": diagnose.greedy_report(ws, params, split, inputs),
-              "encoder": diagnose.encoder_report(ws, params, split, inputs)}
+              "greedy": diagnose.greedy_report(parts, params, split, inputs),
+              "encoder": diagnose.encoder_report(parts, params, split, inputs)}
   result = {
       "name": FLAGS.name, "config": FLAGS.config.to_dict(), "host": common.host(),
       "metric": metric, "best_epoch": best_epoch, "beam_size": settings.eval.beam_size,
       "curves": curves(history, settings.optim.batch_size, metric),
-      "prefix_survival": diagnose.prefix_survival(ws, params, split, inputs),
-      "level_nll": {"own input": diagnose.level_nll(ws, params, split, inputs),
-                    "another user's input": diagnose.level_nll(ws, params, split, inputs,
+      "prefix_survival": diagnose.prefix_survival(parts, params, split, inputs),
+      "level_nll": {"own input": diagnose.level_nll(parts, params, split, inputs),
+                    "another user's input": diagnose.level_nll(parts, params, split, inputs,
                                                                shuffle_seed=0),
-                    "code popularity": diagnose.popularity_level_nll(ws, split)},
+                    "code popularity": diagnose.popularity_level_nll(parts, split)},
       "valid": {name: r.to_json() for name, r in rankings.items()},
   }
   os.makedirs(FLAGS.out, exist_ok=True)

@@ -127,7 +127,7 @@ def main():
   args = parser.parse_args()
   ensure_trained(args.workdir)
   sys.path.insert(0, REPO)
-  from colarec_jax import runconfig
+  from colarec_jax.config import stored
   from colarec_jax.data.prepare import load_prepared
   users = [str(u) for u in load_prepared(os.path.join(args.workdir, "data")).dataset.user_ids[1:]]
   rows = []
@@ -139,7 +139,7 @@ def main():
       process.terminate()
       process.communicate(timeout=60)
     print(json.dumps(rows[-1]), flush=True)
-  config = runconfig.stored(args.workdir)
+  config = stored.stored(args.workdir)
   print(f"{args.clients} clients for {args.seconds:g} s each (after {args.warmup:g} s warm-up), "
         f"POST /recommend for random known users, top 10, beam {config['eval']['beam_size']}, "
         f"d_model {config['model']['d_model']}")

@@ -6,7 +6,7 @@ item/user ID embeddings written into their slots and the task embedding first, a
 passes (length 3) for X_u -> GID(i) and X_i, X_i- -> GIDs, per-level codebook heads, the four
 losses, backward, AdamW with clipping over every parameter once (the ID tables included). Random
 inputs of the same shapes as ours. MALLOC is `default` (glibc's, as PyTorch runs out of the box) or
-`ours` (colarec_jax/allocator.py's settings, applied before torch loads). Prints one JSON line.
+`ours` (colarec_jax/runtime/allocator.py's settings, applied before torch loads). Prints one JSON line.
 """
 
 import json

@@ -3,14 +3,15 @@
 Both run the same multi-task step (encoder over X_u [b, 256] and over X_i, X_i-, X_i+ [3b, 34]
 with item/user ID and task embeddings in their slots, three decoder passes of length 3, four
 losses, AdamW with clipping over every parameter, the ID tables included) on random inputs of the
-same shapes, on this machine's CPU, for the default size (d_model 128, 2 + 2 layers) and t5-small
+same shapes, on this machine's CPU, for the base size (the row named `default`: d_model 128, 2 + 2 layers, the model section's
+defaults in colarec_jax/config/base.py) and t5-small
 (512, 6 + 6). Each side runs in its own subprocess (for its peak memory), and the sides take turns
 in --rounds rounds, one process alive at a time, so that the machine's slow drifts in speed fall
 on all alike (ours reloads its compiled step from a persistent compilation cache each round).
 Every turn runs --warmup untimed steps first (2: PyTorch's second t5-small step still ran ~20%
 slower than its later ones; with glibc's malloc its first timed step of a turn stays slow). The peer
 runs twice (--peer-malloc both): with glibc's malloc as PyTorch comes, and with the settings our CLI
-applies (colarec_jax/allocator.py), which spared PyTorch's t5-small step page faults as well.
+applies (colarec_jax/runtime/allocator.py), which spared PyTorch's t5-small step page faults as well.
 On a GPU (ours only) it also reports bf16 and the achieved FLOP/s as a fraction of --peak-tflops.
 
   python bench/train_step.py --torch-python /path/to/venv/bin/python
@@ -41,11 +42,11 @@ def ours(size, batch, dtype, warmup, steps):
   import numpy as np
 
   sys.path.insert(0, REPO)
-  from colarec_jax import allocator
-  from colarec_jax import train as train_lib
+  from colarec_jax.runtime import allocator
+  from colarec_jax.training import step as step_lib
   from colarec_jax.model.colarec import ModelConfig, create_model
-  from colarec_jax.settings import LossWeights, OptimConfig
-  from colarec_jax.workspace import init_state
+  from colarec_jax.config.settings import LossWeights, OptimConfig
+  from colarec_jax.training.state import init_state
 
   tuned = allocator.keep_freed_memory()  # as the CLI does
 
@@ -75,8 +76,8 @@ def ours(size, batch, dtype, warmup, steps):
   model = create_model(model_cfg, vocab_size=VOCAB, num_items=num_items, num_users=num_users,
                        branching=K, depth=DEPTH)
   example = batch_of()
-  state = init_state(model, train_lib.create_optimizer(OptimConfig()), example, jax.random.key(0))
-  step = train_lib.make_train_step(model, LossWeights())
+  state = init_state(model, step_lib.create_optimizer(OptimConfig()), example, jax.random.key(0))
+  step = step_lib.make_train_step(model, LossWeights())
   compiled = step.lower(state, example, jax.random.key(1)).compile()
   flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
   batches = [batch_of() for _ in range(3)]

@@ -1,4 +1,4 @@
-"""Full-ranking evaluation shared by every model: Recall@N, NDCG@N, long-tail breakdown (SPEC §6).
+"""Full-ranking evaluation shared by every model: Recall@N, NDCG@N, long-tail breakdown.
 
 Models hand in either a score function (batched top-k on device, excluded items masked) or ranked
 item lists; metrics use binary relevance against each user's whole held-out set, with NDCG's ideal
@@ -19,7 +19,7 @@ import numpy as np
 from colarec_jax.data.dataset import TRAIN, VALID, Csr
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.data.sampling import padded_batches
-from colarec_jax.errors import ConfigError
+from colarec_jax.runtime.errors import ConfigError
 
 NEW_ITEM_SCORES = ("model", "sibling_mean")
 

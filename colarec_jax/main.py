@@ -1,7 +1,7 @@
 """Command line: `python -m colarec_jax.main --config=configs/default.py --workdir=DIR [--mode=M]`.
 
-Flags only; the work is done by library functions (`colarec_jax.pipeline`). Without --config,
-the config is the one training stored in the workdir (`colarec_jax/runconfig.py`), and
+Flags only; the work is done by library functions (`colarec_jax.cli.modes`). Without --config,
+the config is the one training stored in the workdir (`colarec_jax/config/stored.py`), and
 `--config.key=value` overrides apply on top of it. Modes:
   prepare  load, filter, split and tokenise the dataset into <workdir>/data (reused when unchanged)
   stats    print the statistics table of the prepared dataset (preparing it first if needed)
@@ -28,35 +28,39 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from colarec_jax import allocator, interrupts, pipeline, runconfig, sharding
-from colarec_jax.errors import ColarecError
-from colarec_jax.settings import Settings
-
-MODES = ("all", "prepare", "stats", "gid", "train", "evaluate", "recommend", "export", "serve",
-         "add_items")
+from colarec_jax.cli import flags as mode_flags
+from colarec_jax.cli import modes
+from colarec_jax.config import stored
+from colarec_jax.config.settings import Settings
+from colarec_jax.runtime import allocator, interrupts, sharding
+from colarec_jax.runtime.errors import ColarecError
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/ (default: "
                                 "the one training stored in --workdir).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints and results.")
-flags.DEFINE_enum("mode", "all", MODES, "What to run.")
-flags.DEFINE_string("checkpoint", "best",
-                    "evaluate/recommend/export/serve: best | latest | an epoch number.")
-flags.DEFINE_enum("split", "test", ("valid", "test"), "evaluate: the split to rank.")
-flags.DEFINE_string("user", "", "recommend: a user id of the dataset.")
-flags.DEFINE_string("items", "", "recommend: comma-separated item ids, most recent first.")
-flags.DEFINE_integer("top_n", 10, "recommend/export: how many items to list.")
-flags.DEFINE_string("output", "", "export: the file to write, .jsonl or .parquet.")
-flags.DEFINE_string("users_file", "", "export: user ids, one per line (default: every user).")
-flags.DEFINE_string("host", "127.0.0.1", "serve: the address to listen on.")
-flags.DEFINE_integer("port", 8000, "serve: the port to listen on.")
-flags.DEFINE_integer("max_batch", 0, "serve: requests per beam-search call at most (0: "
-                     "eval.decode_batch_size; 1: one request at a time).")
-flags.DEFINE_float("batch_window_ms", 5.0, "serve: how long a request waits for others to join "
-                   "its batch.")
-flags.DEFINE_string("items_file", "", "add_items: the new items, in the dataset's item format.")
+flags.DEFINE_enum("mode", "all", tuple(modes.MODES), "What to run.")
+_DEFAULT = mode_flags.defaults()  # each mode flag's default, written once (colarec_jax/cli/flags.py)
+flags.DEFINE_string("checkpoint", _DEFAULT["checkpoint"],
+                    "evaluate/recommend/export/serve/add_items: best | latest | an epoch number.")
+flags.DEFINE_enum("split", _DEFAULT["split"], mode_flags.SPLITS, "evaluate: the split to rank.")
+flags.DEFINE_string("user", _DEFAULT["user"], "recommend: a user id of the dataset.")
+flags.DEFINE_string("items", _DEFAULT["items"], "recommend: comma-separated item ids, most recent "
+                    "first.")
+flags.DEFINE_integer("top_n", _DEFAULT["top_n"], "recommend/export: how many items to list.")
+flags.DEFINE_string("output", _DEFAULT["output"], "export: the file to write, .jsonl or .parquet.")
+flags.DEFINE_string("users_file", _DEFAULT["users_file"], "export: user ids, one per line "
+                    "(default: every user).")
+flags.DEFINE_string("host", _DEFAULT["host"], "serve: the address to listen on.")
+flags.DEFINE_integer("port", _DEFAULT["port"], "serve: the port to listen on.")
+flags.DEFINE_integer("max_batch", _DEFAULT["max_batch"], "serve: requests per beam-search call at "
+                     "most (0: eval.decode_batch_size; 1: one request at a time).")
+flags.DEFINE_float("batch_window_ms", _DEFAULT["batch_window_ms"], "serve: how long a request "
+                   "waits for others to join its batch.")
+flags.DEFINE_string("items_file", _DEFAULT["items_file"], "add_items: the new items, in the "
+                    "dataset's item format.")
 flags.DEFINE_bool("distributed", os.environ.get("COLAREC_DISTRIBUTED", "") in ("1", "true"),
                   "Start JAX's multi-process runtime first (one process per host; default from "
-                  "$COLAREC_DISTRIBUTED). See colarec_jax/sharding.py and launch/.")
+                  "$COLAREC_DISTRIBUTED). See colarec_jax/runtime/sharding.py and launch/.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -66,7 +70,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   interrupts.install()  # SIGINT / SIGTERM: one line, a distinct exit code, a resumable run
-  allocator.keep_freed_memory()  # before XLA's first big buffers; see colarec_jax/allocator.py
+  allocator.keep_freed_memory()  # before XLA's first big buffers; see colarec_jax/runtime/allocator.py
   with interrupts.one_line_errors():
     settings = Settings.parse(FLAGS.config)  # every key checked before any work
     # Compiled steps are cached on disk across runs (JAX's persistent cache), unless the user
@@ -78,16 +82,13 @@ def main(argv):
     sharding.use_cpu_devices(settings.cpu_devices)  # before JAX starts its backends
     if FLAGS.distributed:
       sharding.initialize_distributed()
-    pipeline.run(FLAGS.mode, settings, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                 split=FLAGS.split, user=FLAGS.user, items=FLAGS.items, top_n=FLAGS.top_n,
-                 output=FLAGS.output, users_file=FLAGS.users_file, host=FLAGS.host,
-                 port=FLAGS.port, max_batch=FLAGS.max_batch,
-                 batch_window_ms=FLAGS.batch_window_ms, items_file=FLAGS.items_file)
+    modes.run(FLAGS.mode, settings, FLAGS.workdir,
+              **{name: FLAGS[name].value for name in _DEFAULT})
 
 
 def _flag_error(error: BaseException, argv: list[str]) -> str:
   """A flag-parsing failure as one line: the flag or config key, and what was expected."""
-  if isinstance(error, ColarecError):  # the workdir's stored config (runconfig.get_config)
+  if isinstance(error, ColarecError):  # the workdir's stored config (stored.get_config)
     return str(error)
   text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
   path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
@@ -110,7 +111,7 @@ def _flag_error(error: BaseException, argv: list[str]) -> str:
 
 
 def _with_stored_config(argv: list[str]) -> list[str]:
-  """`argv`, with `--config=<runconfig.py>:<workdir>` added when it names a workdir and no
+  """`argv`, with `--config=<stored.py>:<workdir>` added when it names a workdir and no
   --config: the config training stored there, under the command line's overrides."""
   if any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
     return argv
@@ -119,7 +120,7 @@ def _with_stored_config(argv: list[str]) -> list[str]:
     workdir = argv[argv.index("--workdir") + 1]
   if not workdir:
     return argv
-  return [argv[0], f"--config={runconfig.__file__}:{os.path.abspath(workdir)}", *argv[1:]]
+  return [argv[0], f"--config={stored.__file__}:{os.path.abspath(workdir)}", *argv[1:]]
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

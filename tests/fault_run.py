@@ -13,7 +13,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from colarec_jax import checkpoint, main, train  # noqa: E402
+from colarec_jax import main  # noqa: E402
+from colarec_jax.runtime import checkpoint  # noqa: E402
+from colarec_jax.training import loop as train  # noqa: E402
 from colarec_jax.gid import builder  # noqa: E402
 
 where, count, name = os.environ["COLAREC_FAULT"].split(":")

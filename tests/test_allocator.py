@@ -13,7 +13,7 @@ import pytest
 REUSE = """
 import resource, sys, threading
 import numpy as np
-from colarec_jax import allocator
+from colarec_jax.runtime import allocator
 megabytes, in_thread = int(sys.argv[1]), sys.argv[2] == "thread"
 applied = allocator.keep_freed_memory()
 faults = []

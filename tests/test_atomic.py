@@ -7,7 +7,7 @@ import pytest
 
 from colarec_jax.data import atomic
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
-from colarec_jax.errors import DataError
+from colarec_jax.runtime.errors import DataError
 
 
 def write(path, text, mode="w"):

@@ -121,7 +121,7 @@ def test_peer_malloc_choices():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 def test_a_peer_gets_our_malloc_by_path(tmp_path):
   """In a fresh process (so this one keeps glibc's settings) run from bench/, as the peers are:
-  `use_malloc` finds colarec_jax/allocator.py by its path and applies it."""
+  `use_malloc` finds colarec_jax/runtime/allocator.py by its path and applies it."""
   probe = "import sys; from common import use_malloc; print(use_malloc(sys.argv[1]))"
   env = {k: v for k, v in os.environ.items() if k != "COLAREC_MALLOC"}
   out = subprocess.run([sys.executable, "-c", probe, "ours"], cwd=os.path.join(REPO, "bench"),

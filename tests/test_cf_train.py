@@ -5,13 +5,14 @@ import os
 import numpy as np
 import pytest
 
-from colarec_jax import evaluate, pipeline
+from colarec_jax import evaluate
+from colarec_jax.cli import modes
 from colarec_jax.cf import train as cf_train
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
-from colarec_jax.errors import ConfigError
+from colarec_jax.runtime.errors import ConfigError
 from colarec_jax.evaluate import EvalConfig
-from colarec_jax.settings import Settings
+from colarec_jax.config.settings import Settings
 from configs import tiny
 
 
@@ -102,7 +103,7 @@ def test_eval_config_errors():
 def test_pipeline_all_writes_results(tmp_path):
   config = small_config(epochs=2)
   logs = []
-  pipeline.run("all", Settings.parse(config), str(tmp_path), log=logs.append)
+  modes.run("all", Settings.parse(config), str(tmp_path), log=logs.append)
   table = logs[-1]
   assert table.startswith("test metrics") and "mostpop" in table and "lightgcn long-tail" in table
   assert os.path.isfile(tmp_path / "results.json")

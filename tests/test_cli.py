@@ -125,7 +125,7 @@ def test_train_mode_trains_colarec_and_writes_outputs(trained):
 
 
 def test_training_stores_its_config_in_the_workdir(trained):
-  from colarec_jax.settings import Settings
+  from colarec_jax.config.settings import Settings
   from configs import tiny
   workdir, _ = trained
   config = tiny.get_config()
@@ -219,9 +219,10 @@ def test_recommend_errors_are_one_line(trained, flags, message):
 def test_recommend_for_a_user_leaves_out_everything_the_user_has(trained):
   """Training, validation and test items alike: a user is not recommended what they have
   (with training items alone left out, most tiny users got their test items back)."""
-  from colarec_jax import pipeline
+  from colarec_jax.cli import modes
+  from colarec_jax.cli.flags import RecommendFlags
   from colarec_jax.data.prepare import load_prepared
-  from colarec_jax.settings import Settings
+  from colarec_jax.config.settings import Settings
   from configs import tiny
   workdir, _ = trained
   config = tiny.get_config()
@@ -232,6 +233,6 @@ def test_recommend_for_a_user_leaves_out_everything_the_user_has(trained):
   for raw in ("u00", "u01", "u02", "u04", "u05"):
     user = list(ds.user_ids).index(raw)
     known = {str(ds.item_ids[i]) for i in ds.items[ds.users == user]}
-    got = set(pipeline.recommend(settings, str(workdir), user=raw, top_n=20,
+    got = set(modes.recommend(settings, str(workdir), RecommendFlags(user=raw, top_n=20),
                                  log=lambda *_: None).items)
     assert got and not got & known, (raw, got & known)

@@ -7,11 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from colarec_jax import coldstart, pipeline
+from colarec_jax.cli import modes
+from colarec_jax.newitems import coldstart
 from colarec_jax.data.dataset import TRAIN
 from colarec_jax.data.prepare import load_prepared
-from colarec_jax.settings import Settings
-from colarec_jax.workspace import Workspace
+from colarec_jax.config.settings import Settings
+from colarec_jax.newitems import catalogue
+from colarec_jax.run import parts as parts_lib
 from configs import tiny
 
 TEXTS = ["", "title red case brand acme", "title blue case brand zen", "title car charger",
@@ -60,7 +62,7 @@ def settings():
 def cold_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("cold"))
   lines = []
-  pipeline.run("all", settings(), workdir, log=lines.append)
+  modes.run("all", settings(), workdir, log=lines.append)
   return workdir, "\n".join(map(str, lines))
 
 
@@ -101,10 +103,11 @@ def test_cold_table_scores_models_that_read_text_and_says_what_cannot(cold_run):
 
 def test_colarec_can_return_the_held_out_items(cold_run):
   workdir, _ = cold_run
-  ws = Workspace.build(settings(), workdir, log=lambda *_: 0, read_only=True)
-  params, _ = ws.restore_params("best")
-  new, ids = coldstart.held_out_as_new(ws, params)
-  extended = ws.with_new_items(new)
+  ws = parts_lib.build(settings(), workdir, log=lambda *_: 0, read_only=True)
+  params, _ = parts_lib.checkpoints(ws, settings(), workdir).load_params("best",
+                                                                         ws.abstract_params())
+  new, ids = coldstart.held_out_as_new(ws, params, settings().data)
+  extended = catalogue.with_new_items(ws, new)
   n = ws.gids.num_items
   assert ids.tolist() == list(range(n + 1, n + 5))
   assert [extended.gids.item_of(g) for g in new.codes.tolist()] == ids.tolist()

@@ -5,7 +5,7 @@ import pytest
 
 from colarec_jax.data.dataset import (PAD_TOKEN, TEST, TRAIN, VALID, ItemTable, RawInteractions,
                                       build_dataset, kcore_mask)
-from colarec_jax.errors import DataError
+from colarec_jax.runtime.errors import DataError
 
 
 def raw(users, items, timestamps=None, ratings=None, split=None, path="x.inter"):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from colarec_jax import decode, sharding
+from colarec_jax.ranking import decode
+from colarec_jax.runtime import sharding
 from colarec_jax.gid.builder import random_codes
 from colarec_jax.gid.table import GidTable
 from colarec_jax.model.colarec import ColaRec, ColaRecConfig

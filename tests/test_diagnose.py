@@ -4,12 +4,14 @@ survival against the final beams and the prefix counts, the encoder ranking agai
 import numpy as np
 import pytest
 
-from colarec_jax import checkpoint, decode, diagnose
-from colarec_jax import train as train_lib
+from colarec_jax.ranking import decode
+from colarec_jax.runtime import checkpoint
+from colarec_jax.studies import diagnose
+from colarec_jax.training import loop as train_lib
 from colarec_jax.data.dataset import VALID
-from colarec_jax.inputs import stack
-from colarec_jax.settings import Settings
-from colarec_jax.workspace import Workspace
+from colarec_jax.model.inputs import stack
+from colarec_jax.config.settings import Settings
+from colarec_jax.run import parts as parts_lib
 from configs import tiny
 
 
@@ -18,22 +20,24 @@ def workspace(workdir, beam_size):
   c.eval.beam_size = beam_size
   if beam_size < max(c.eval.ks):
     c.eval.update(ks=(1, beam_size), metric=f"ndcg@{beam_size}")
-  return Workspace.build(Settings.parse(c), workdir, log=lambda *_: None)
+  settings = Settings.parse(c)
+  return settings, parts_lib.build(settings, workdir, log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("diagnose"))
-  ws = workspace(workdir, 20)
-  train_lib.train_and_evaluate(ws.settings, workdir, log=lambda *_: None, progress_bar=False)
-  params, _ = ws.restore_params(checkpoint.BEST)
+  settings, ws = workspace(workdir, 20)
+  train_lib.train_and_evaluate(settings, workdir, log=lambda *_: None, progress_bar=False)
+  params, _ = parts_lib.checkpoints(ws, settings, workdir).load_params(checkpoint.BEST,
+                                                                      ws.abstract_params())
   return workdir, params
 
 
 @pytest.mark.parametrize("beam_size", [3, 20])
 def test_prefix_survival_ends_at_the_share_of_held_out_items_in_the_final_beams(run, beam_size):
   workdir, params = run
-  ws = workspace(workdir, beam_size)
+  _, ws = workspace(workdir, beam_size)
   split, inputs = ws.eval_data(VALID)
   survival = diagnose.prefix_survival(ws, params, split, inputs)
   items, scores, _ = map(np.asarray, decode.beam_search(ws.model, params, inputs, ws.trie))
@@ -48,7 +52,7 @@ def test_prefix_survival_ends_at_the_share_of_held_out_items_in_the_final_beams(
 
 def test_encoder_report_ranks_by_pooled_dot_products(run):
   workdir, params = run
-  ws = workspace(workdir, 20)
+  _, ws = workspace(workdir, 20)
   split, inputs = ws.eval_data(VALID)
   report = diagnose.encoder_report(ws, params, split, inputs, seed=0)
   # NumPy reference: pool every input one at a time, rank all items, drop training items.
@@ -74,7 +78,7 @@ def test_ranker_excluding_inside_the_search_fills_every_list(run):
   workdir, params = run
   lists = {}
   for inside in (False, True):
-    ws = Workspace.build(Settings.parse(_config(inside)), workdir, log=lambda *_: None)
+    ws = parts_lib.build(Settings.parse(_config(inside)), workdir, log=lambda *_: None)
     split, inputs = ws.eval_data(VALID)
     exclude = [split.exclude.row(u) for u in split.users]
     lists[inside], _ = ws.ranker(params).ranked(inputs, exclude, 20)
@@ -100,7 +104,7 @@ def test_level_nll_by_teacher_forcing_and_the_popularity_reference(run):
 
   from colarec_jax.model.colarec import ColaRec
   workdir, params = run
-  ws = workspace(workdir, 20)
+  _, ws = workspace(workdir, 20)
   split, inputs = ws.eval_data(VALID)
   first = np.asarray([split.heldout.row(u)[0] for u in split.users])
   codes = ws.gids.codes[first]

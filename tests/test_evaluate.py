@@ -100,8 +100,8 @@ def test_csr_dense_mask():
 def test_validation_on_a_fixed_sample_of_users(tmp_path):
   from colarec_jax.data.dataset import TEST, VALID
   from colarec_jax.evaluate import EvalConfig, EvalSplit
-  from colarec_jax.settings import Settings
-  from colarec_jax import stages
+  from colarec_jax.config.settings import Settings
+  from colarec_jax.run import stages
   from configs import tiny
   config = tiny.get_config()
   config.eval.valid_sample = 10

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from colarec_jax import experiments, report
-from colarec_jax.errors import ConfigError, UsageError
+from colarec_jax.studies import report, runner, variants
+from colarec_jax.runtime.errors import ConfigError, UsageError
 from configs import tiny
 
 
@@ -20,87 +20,87 @@ def small_config():
 
 def test_sweep_makes_one_variant_per_combination():
   config = small_config()
-  variants = experiments.sweep_variants(
+  swept = variants.sweep_variants(
       config, ["optim.learning_rate=1e-3,5e-4", "inputs.use_content=true,false"])
-  assert [v.name for v in variants] == [
+  assert [v.name for v in swept] == [
       "optim.learning_rate=0.001, inputs.use_content=True",
       "optim.learning_rate=0.001, inputs.use_content=False",
       "optim.learning_rate=0.0005, inputs.use_content=True",
       "optim.learning_rate=0.0005, inputs.use_content=False"]
-  assert variants[1].overrides == (("optim.learning_rate", 0.001), ("inputs.use_content", False))
+  assert swept[1].overrides == (("optim.learning_rate", 0.001), ("inputs.use_content", False))
   with pytest.raises(ConfigError, match=r"config\.optim\.learning_rat: there is no such config"):
-    experiments.sweep_variants(config, ["optim.learning_rat=1"])
+    variants.sweep_variants(config, ["optim.learning_rat=1"])
   with pytest.raises(ConfigError, match=r"cannot set it to 'x,y': expected values of type int"):
-    experiments.sweep_variants(config, ["train.epochs=x,y"])
+    variants.sweep_variants(config, ["train.epochs=x,y"])
   with pytest.raises(UsageError, match=r"--sweep: got 'train.epochs', expected key=value1"):
-    experiments.sweep_variants(config, ["train.epochs"])
+    variants.sweep_variants(config, ["train.epochs"])
 
 
 def test_arms_move_several_keys_at_once():
   config = small_config()
-  arms = experiments.arm_variants(config, [
+  arms = variants.arm_variants(config, [
       "base", "fast: optim.learning_rate=3e-3; loss.rec_weight=1 ;model.id_init=lightgcn"])
   assert [v.name for v in arms] == ["base", "fast"]
   assert arms[0].overrides == ()
   assert arms[1].overrides == (("optim.learning_rate", 0.003), ("loss.rec_weight", 1.0),
                                ("model.id_init", "lightgcn"))
   with pytest.raises(ConfigError, match=r"config\.loss\.rec_weigh: there is no such config key"):
-    experiments.arm_variants(config, ["a:loss.rec_weigh=1"])
+    variants.arm_variants(config, ["a:loss.rec_weigh=1"])
   with pytest.raises(ConfigError, match=r"cannot set it to 'many': expected values of type int"):
-    experiments.arm_variants(config, ["a:train.epochs=many"])
+    variants.arm_variants(config, ["a:train.epochs=many"])
   with pytest.raises(UsageError, match=r"--arm: got 'train.epochs' in arm 'a', expected key=value"):
-    experiments.arm_variants(config, ["a:train.epochs"])
+    variants.arm_variants(config, ["a:train.epochs"])
   with pytest.raises(UsageError, match=r"--arm: two arms share a name"):
-    experiments.arm_variants(config, ["a", "a:train.epochs=2"])
+    variants.arm_variants(config, ["a", "a:train.epochs=2"])
   with pytest.raises(UsageError, match=r"--arm: got ':train.epochs=2', expected NAME:key"):
-    experiments.arm_variants(config, [":train.epochs=2"])
+    variants.arm_variants(config, [":train.epochs=2"])
 
 
 def test_gid_suite_has_the_file_variant_only_with_the_column(tmp_path):
   config = small_config()
-  names = [v.name for v in experiments.suite_variants("gid", config)]
+  names = [v.name for v in variants.suite_variants("gid", config)]
   assert "the dataset's GIDs (file)" not in names and len(names) == 3
   folder = tmp_path / "data"
   folder.mkdir()
   (folder / "tiny.item").write_text("item_id:token\tcolarec_gid:token_seq\ni00\t1 1 1\n")
   config.data.dir = str(folder)
-  assert "the dataset's GIDs (file)" in [v.name for v in experiments.suite_variants("gid", config)]
+  assert "the dataset's GIDs (file)" in [v.name for v in variants.suite_variants("gid", config)]
   with pytest.raises(UsageError, match="--suite: got 'paper'"):
-    experiments.suite_variants("paper", config)
+    variants.suite_variants("paper", config)
 
 
 def test_runner_shares_stages_skips_finished_runs_and_resumes(tmp_path):
   root, logs = str(tmp_path), []
   sweeps = ["loss.contrastive_weight=0.1,0.0"]
-  rows = experiments.run_suite(small_config(), "", root, [0], sweeps=sweeps, log=logs.append)
+  rows = runner.run_suite(small_config(), "", root, [0], sweeps=sweeps, log=logs.append)
   assert [r["overrides"] for r in rows] == [{"loss.contrastive_weight": 0.1},
                                             {"loss.contrastive_weight": 0.0}]
   assert all(r["seed"] == 0 and r["budget"] == "cpu" and r["examples_seen"] == 32 for r in rows)
   # The second variant changes only the loss: it starts from the first one's stages, linked.
   first, second = (os.path.join(root, "sweep", v.slug, "seed0")
-                   for v in experiments.sweep_variants(small_config(), sweeps))
+                   for v in variants.sweep_variants(small_config(), sweeps))
   assert any(line.startswith("sharing gid/ of sweep/") for line in logs)
   assert os.stat(os.path.join(first, "gid", "gids.npz")).st_ino == os.stat(
       os.path.join(second, "gid", "gids.npz")).st_ino
   assert os.path.isfile(os.path.join(root, "sweep", "report.md"))
   # Finished runs are skipped: the same rows come back and nothing trains.
   logs.clear()
-  again = experiments.run_suite(small_config(), "", root, [0], sweeps=sweeps, log=logs.append)
+  again = runner.run_suite(small_config(), "", root, [0], sweeps=sweeps, log=logs.append)
   assert again == rows and not any("colarec epoch" in line for line in logs)
   # A run without its row (interrupted after training) resumes from its checkpoints.
   os.remove(os.path.join(second, "row.json"))
   logs.clear()
-  resumed = experiments.run_suite(small_config(), "", root, [0], sweeps=sweeps, log=logs.append)
+  resumed = runner.run_suite(small_config(), "", root, [0], sweeps=sweeps, log=logs.append)
   assert not any(line.startswith("colarec epoch") for line in logs)
   assert resumed[1]["test"] == rows[1]["test"]
 
 
 def test_a_run_with_a_finished_twin_anywhere_under_the_root_reuses_its_row(tmp_path):
   root, logs = str(tmp_path), []
-  first = experiments.run_suite(small_config(), "", root, [0], arms=["as configured"],
+  first = runner.run_suite(small_config(), "", root, [0], arms=["as configured"],
                                 study="levers", log=logs.append)[0]
   logs.clear()
-  rows = experiments.run_suite(small_config(), "", root, [0, 1],
+  rows = runner.run_suite(small_config(), "", root, [0, 1],
                                arms=["ColaRec", "no L_c:loss.contrastive_weight=0.0"],
                                study="main", log=logs.append)
   same, other_seed = rows[0], rows[1]
@@ -119,20 +119,38 @@ def test_a_run_with_a_finished_twin_anywhere_under_the_root_reuses_its_row(tmp_p
     assert "ColaRec seed 0 is levers/as_configured/seed0." in f.read()
 
 
-def make_row(folder, variant, order, seed, overall, long_tail, per_user):
-  run = os.path.join(folder, experiments.Variant(variant).slug, f"seed{seed}")
+def make_row(folder, variant, order, seed, overall, long_tail, per_user, ks=(5, 10, 20),
+             selection=None):
+  run = os.path.join(folder, variants.Variant(variant).slug, f"seed{seed}")
   os.makedirs(run)
-  metrics = lambda v: {m: v for m in report.METRICS}
+  # As evaluation writes them: recall@k and ndcg@k interleaved, k ascending.
+  metrics = lambda v: {f"{m}@{k}": v for k in ks for m in ("recall", "ndcg")}
   row = {"suite": "ablation", "variant": variant, "order": order, "seed": seed,
          "dataset": "hand", "budget": "cpu", "commit": "abc", "wall_seconds": 10.0,
          "examples_seen": 100, "long_tail_rule": "the 20% with the fewest (<= 3)",
          "test": {"overall": metrics(overall), "long_tail": metrics(long_tail)},
          "valid": {"overall": metrics(overall / 2)},
          "curve": [[50, overall / 2], [100, overall]]}
+  if selection:
+    row["selection"] = selection
   with open(os.path.join(run, "row.json"), "w") as f:
     json.dump(row, f)
   np.savez(os.path.join(run, "per_user_test.npz"), users=np.arange(1, len(per_user) + 1),
-           ndcg_at_20=np.asarray(per_user))
+           **{f"ndcg_at_{max(ks)}": np.asarray(per_user)})
+
+
+def test_report_reads_its_cut_offs_and_metric_from_the_rows(tmp_path):
+  """A study run with eval.ks=(1, 3) and eval.metric=ndcg@3 reports those columns and tests
+  per-user NDCG@3, not the default @5/10/20 (which its rows do not hold)."""
+  folder = str(tmp_path)
+  base = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+  make_row(folder, "full", 0, 0, 0.30, 0.20, base, ks=(1, 3), selection="ndcg@3")
+  make_row(folder, "w/o x", 1, 0, 0.20, 0.25, base + np.arange(1, 7) / 100, ks=(1, 3),
+           selection="ndcg@3")
+  text = report.write_report(folder, reference="full")
+  assert ("| variant | seeds | valid ndcg@3 | recall@1 | recall@3 | ndcg@1 | ndcg@3 | LT recall@1 "
+          "| LT recall@3 | LT ndcg@1 | LT ndcg@3 | p (ndcg@3) vs full |") in text
+  assert f"| {2 / 2 ** 6:.3g} (6 users) |" in text and "@20" not in text
 
 
 def test_report_from_hand_made_rows(tmp_path):
@@ -180,36 +198,36 @@ def test_paper_datasets_have_a_cpu_budget_variant(name):
 def test_arms_study_writes_its_own_folder_with_the_first_arm_as_reference(tmp_path):
   root = str(tmp_path)
   arms = ["base", "no L_c:loss.contrastive_weight=0"]
-  rows = experiments.run_suite(small_config(), "", root, [0], arms=arms, study="levers",
+  rows = runner.run_suite(small_config(), "", root, [0], arms=arms, study="levers",
                                log=lambda *_: None)
   assert [r["variant"] for r in rows] == ["base", "no L_c"]
   assert rows[1]["overrides"] == {"loss.contrastive_weight": 0.0}
   with open(os.path.join(root, "levers", "report.md")) as f:
     assert "vs base" in f.read()
   with pytest.raises(UsageError, match="--arm: expected --arm or --sweep, not both"):
-    experiments.run_suite(small_config(), "", root, [0], arms=arms, sweeps=["seed=1,2"])
+    runner.run_suite(small_config(), "", root, [0], arms=arms, sweeps=["seed=1,2"])
   with pytest.raises(UsageError, match="--study: got 'a/b', expected a folder name"):
-    experiments.run_suite(small_config(), "", root, [0], arms=arms, study="a/b")
+    runner.run_suite(small_config(), "", root, [0], arms=arms, study="a/b")
 
 
 def test_a_finished_run_of_another_config_is_an_error_not_its_stale_row(tmp_path):
   root = str(tmp_path)
-  experiments.run_suite(small_config(), "main", root, [0], log=lambda *_: None)
+  runner.run_suite(small_config(), "main", root, [0], log=lambda *_: None)
   longer = small_config()
   longer.train.epochs = 2
   # MostPop and LightGCN do not depend on ColaRec's epochs: their rows stand; ColaRec's does not.
   with pytest.raises(UsageError, match=r"--root: .*main/ColaRec/seed0 finished with another "
                      r"config \(train\.epochs: 1 there, 2 now\)"):
-    experiments.run_suite(longer, "main", root, [0], log=lambda *_: None)
+    runner.run_suite(longer, "main", root, [0], log=lambda *_: None)
   other_cf = small_config()
   other_cf.cf.epochs = 3
   with pytest.raises(UsageError, match=r"main/LightGCN/seed0 finished with another config \(cf\."
                      r"epochs, in its lightgcn stage: 2 there, 3 now\)"):
-    experiments.run_suite(other_cf, "main", root, [0], log=lambda *_: None)
+    runner.run_suite(other_cf, "main", root, [0], log=lambda *_: None)
   # A row reused from a twin is checked against the twin's config.
-  experiments.run_suite(small_config(), "", root, [0], arms=["ColaRec"], study="arms",
+  runner.run_suite(small_config(), "", root, [0], arms=["ColaRec"], study="arms",
                         log=lambda *_: None)
   with pytest.raises(UsageError, match=r"arms/ColaRec/seed0 \(whose row is that of .*main/"
                      r"ColaRec/seed0\) finished with another config \(train\.epochs"):
-    experiments.run_suite(longer, "", root, [0], arms=["ColaRec"], study="arms",
+    runner.run_suite(longer, "", root, [0], arms=["ColaRec"], study="arms",
                           log=lambda *_: None)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from colarec_jax import export
+from colarec_jax.serving import export
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
-from colarec_jax.errors import DataError, UsageError
-from colarec_jax.recommender import Recommender
+from colarec_jax.runtime.errors import DataError, UsageError
+from colarec_jax.serving.recommender import Recommender
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def read_jsonl(path):
 def check_against_recommend(rec, rows, top_n):
   """Each row is what `recommend(user=...)` answers, and holds nothing the user has."""
   ds = rec.catalog.dataset
-  known = rec.workspace.prepared.csr(TRAIN, VALID, TEST)
+  known = rec.parts.prepared.csr(TRAIN, VALID, TEST)
   for row in rows:
     single = rec.recommend(user=row["user"], top_n=top_n)
     assert row["items"] == single.items and len(row["items"]) == len(row["scores"])

@@ -171,7 +171,7 @@ def test_a_checkpoint_is_tied_to_its_gids(reference, tmp_path):
 def test_two_runs_on_one_workdir(reference, tmp_path):
   """A second writer is refused while the first holds the workdir."""
   from colarec_jax.data import fileio
-  from colarec_jax.errors import UsageError
+  from colarec_jax.runtime.errors import UsageError
   with fileio.workdir_lock(str(tmp_path), log=lambda *_: None):
     result = cli(tmp_path)
     assert result.returncode == 2

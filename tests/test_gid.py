@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from colarec_jax.errors import ConfigError, DataError
+from colarec_jax.runtime.errors import ConfigError, DataError
 from colarec_jax.gid import builder
 from colarec_jax.gid.table import GidTable
 

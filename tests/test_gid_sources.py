@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from colarec_jax.data import prepare as prepare_lib
-from colarec_jax.settings import Settings
-from colarec_jax import stages
-from colarec_jax.errors import DataError
+from colarec_jax.config.settings import Settings
+from colarec_jax.run import stages
+from colarec_jax.runtime.errors import DataError
 from colarec_jax.gid import sources
 from conftest import REPO
 from configs import phones, tiny

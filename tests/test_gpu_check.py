@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from colarec_jax.settings import Settings
+from colarec_jax.config.settings import Settings
 from configs import phones
 from conftest import REPO
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from colarec_jax.data import prepare as prepare_lib
-from colarec_jax.settings import Settings
+from colarec_jax.config.settings import Settings
 from colarec_jax.data.dataset import TRAIN
 from colarec_jax.gid import builder
 from colarec_jax.gid.table import GidTable
-from colarec_jax.inputs import InputBuilder, InputConfig, epoch_order
+from colarec_jax.model.inputs import InputBuilder, InputConfig, epoch_order
 from colarec_jax.model.colarec import TASK_INDEX, TASK_REC, UNKNOWN_ITEM
 from configs import tiny
 

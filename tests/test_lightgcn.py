@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from colarec_jax import sharding
+from colarec_jax.runtime import sharding
 from colarec_jax.cf import lightgcn
 from colarec_jax.cf.train import epoch_batches
 from colarec_jax.data.sampling import NegativeSampler

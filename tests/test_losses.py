@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from colarec_jax import losses
+from colarec_jax.training import losses
 
 
 def test_generation_loss_hand_computed():

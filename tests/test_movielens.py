@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from colarec_jax.data import movielens
-from colarec_jax.errors import DataError
+from colarec_jax.runtime.errors import DataError
 
 
 @pytest.fixture

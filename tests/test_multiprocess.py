@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from colarec_jax import checkpoint
+from colarec_jax.runtime import checkpoint
 from conftest import REPO
 
 TRAIN = ("--config=configs/tiny.py", "--config.cf.epochs=2", "--config.train.epochs=1",

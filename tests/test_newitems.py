@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
-from colarec_jax import decode, pipeline
-from colarec_jax import train as train_lib
-from colarec_jax.errors import DataError
+from colarec_jax.cli import modes
+from colarec_jax.ranking import decode
+from colarec_jax.training import loop as train_lib
+from colarec_jax.runtime.errors import DataError
 from colarec_jax.gid import overlay
 from colarec_jax.model.colarec import UNKNOWN_ITEM
-from colarec_jax.settings import Settings
-from colarec_jax.workspace import Workspace
+from colarec_jax.config.settings import Settings
+from colarec_jax.cli.flags import AddItemsFlags, RecommendFlags
+from colarec_jax.newitems import catalogue
+from colarec_jax.run import parts as parts_lib
 from configs import tiny
 
 QUIET = lambda *_: None
@@ -46,12 +49,18 @@ def workdir(trained, tmp_path):
 
 
 def add(workdir, name):
-  return pipeline.add_items(settings(), workdir, items_file=os.path.join(NEW, name), log=QUIET)
+  return modes.add_items(settings(), workdir, AddItemsFlags(items_file=os.path.join(NEW, name)),
+                         log=QUIET)
 
 
 def workspace(workdir):
-  ws = Workspace.build(settings(), workdir, log=QUIET, read_only=True)
-  return ws, ws.with_new_items(ws.new_items(workdir))
+  ws = parts_lib.build(settings(), workdir, log=QUIET, read_only=True)
+  return ws, catalogue.with_new_items(ws, catalogue.load(ws, workdir))
+
+
+def best_params(workdir, parts):
+  return parts_lib.checkpoints(parts, settings(), workdir).load_params("best",
+                                                                       parts.abstract_params())
 
 
 def sha(path):
@@ -84,7 +93,7 @@ def test_new_items_get_unique_gids_under_existing_prefixes(workdir):
 def test_the_trie_returns_new_items(workdir):
   add(workdir, "new.item")
   base, ws = workspace(workdir)
-  params, _ = base.restore_params("best")
+  params, _ = best_params(workdir, base)
   n = base.gids.num_items
   # A beam as wide as the catalogue returns every item's GID, the new ones included.
   trie = decode.Trie.build(ws.gids, n + 3)
@@ -110,16 +119,17 @@ def test_new_items_read_the_unknown_item_token(workdir):
 
 def test_recommend_and_evaluate_use_the_new_items(workdir):
   add(workdir, "new.item")
-  answer = pipeline.recommend(settings(), workdir, items="n01,i00", top_n=5, log=QUIET)
+  answer = modes.recommend(settings(), workdir, RecommendFlags(items="n01,i00", top_n=5),
+                           log=QUIET)
   assert len(answer.items) == 5 and not {"n01", "i00"} & set(answer.items)
   # The Python API of the same workdir knows the added items too.
   from colarec_jax import Recommender
   api = Recommender.load(workdir).recommend(history=["n01", "i00"], top_n=5)
   assert api.items == answer.items
-  report = pipeline.evaluate_checkpoint(settings(), workdir, log=QUIET)
+  report = modes.evaluate_checkpoint(settings(), workdir, log=QUIET)
   assert report.num_users > 0
   base, ws = workspace(workdir)
-  ranked, _ = ws.ranker(base.restore_params("best")[0]).ranked(
+  ranked, _ = ws.ranker(best_params(workdir, base)[0]).ranked(
       ws.builder.eval_inputs(np.arange(1, 49)), [np.zeros(0)] * 48, 20)
   assert ranked.max() <= base.gids.num_items + 3
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from colarec_jax.errors import UsageError
+from colarec_jax.runtime.errors import UsageError
 from colarec_jax.gid import overlay
 from colarec_jax.gid.table import GidTable
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from colarec_jax.data import prepare as prepare_lib
-from colarec_jax.settings import Settings
+from colarec_jax.config.settings import Settings
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
 from colarec_jax.data.split import split_counts
-from colarec_jax.errors import ConfigError, DataError
+from colarec_jax.runtime.errors import ConfigError, DataError
 from configs import tiny
 
 
@@ -144,7 +144,7 @@ def test_format_stats_table(tmp_path):
     ("foodcom", "foodcom", "name arriba baked winter squash mexican style description autumn"),
 ])
 def test_raw_sources_prepare(tmp_path, source, name, first_content):
-  from colarec_jax.config import base_config
+  from colarec_jax.config.base import base_config
   from conftest import FIXTURES
   config = base_config()
   config.data.source = source

@@ -15,10 +15,12 @@ import safetensors.numpy
 from flax import traverse_util
 
 from colarec_jax.data import prepare as prepare_lib
-from colarec_jax.settings import Settings
-from colarec_jax.workspace import Workspace
+from colarec_jax.config.settings import Settings
+from colarec_jax.run import parts as parts_lib
+from colarec_jax.training.state import initial_state
+from colarec_jax.training.step import create_optimizer
 from colarec_jax.data import tokenizer as tokenizer_lib
-from colarec_jax.errors import ConfigError
+from colarec_jax.runtime.errors import ConfigError
 from colarec_jax.model import pretrained
 from colarec_jax.model.colarec import ColaRec, ColaRecConfig
 from colarec_jax.model.t5 import Decoder, Encoder, TransformerConfig
@@ -274,7 +276,6 @@ def test_phones_pretrained_variant(monkeypatch):
 
 def test_training_starts_from_the_pretrained_weights(folder, tmp_path):
   """config.model.init_from reaches the train state: its T5 weights are the checkpoint's."""
-  from colarec_jax import train as train_lib
   t5 = tmp_path / "t5"
   shutil.copytree(folder, t5)
   save_tokenizer(t5 / "tokenizer.json")
@@ -283,8 +284,8 @@ def test_training_starts_from_the_pretrained_weights(folder, tmp_path):
                       num_decoder_layers=2)
   config.cf.epochs = 1
   settings = Settings.parse(config)
-  ws = Workspace.build(settings, str(tmp_path / "w"), log=lambda *_: 0)
-  state = ws.init_state(train_lib.create_optimizer(settings.optim))
+  ws = parts_lib.build(settings, str(tmp_path / "w"), log=lambda *_: 0)
+  state = initial_state(ws, settings, str(tmp_path / "w"), create_optimizer(settings.optim))
   tensors = safetensors.numpy.load_file(os.path.join(folder, pretrained.SAFETENSORS))
   vocab = ws.prepared.vocab_size
   np.testing.assert_array_equal(state.params["shared"]["embedding"],

@@ -9,7 +9,7 @@ import pytest
 
 from colarec_jax.data.amazon import flatten_categories, load_amazon
 from colarec_jax.data.foodcom import load_foodcom
-from colarec_jax.errors import DataError
+from colarec_jax.runtime.errors import DataError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 AMAZON = os.path.join(FIXTURES, "amazon")

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 import colarec_jax
-from colarec_jax import decode, runconfig
+from colarec_jax.config import stored
+from colarec_jax.ranking import decode
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
-from colarec_jax.errors import ConfigError, RequestError, UsageError
-from colarec_jax.recommender import Recommender
+from colarec_jax.runtime.errors import ConfigError, RequestError, UsageError
+from colarec_jax.serving.recommender import Recommender
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def rec(tiny_workdir):
 def teacher_forced_scores(rec: Recommender, history: list[int], items: list[int]) -> np.ndarray:
   """log p(GID(item) | history) by one forward pass per item over its whole GID: what a beam's
   score must be (official masking leaves a valid code's log-probability as it is)."""
-  ws = rec.workspace
+  ws = rec.parts
   inputs = ws.builder.rec_input(history)
   batch = {k: jnp.asarray(np.stack([v] * len(items))) for k, v in inputs.items()}
   codes = jnp.asarray(ws.gids.codes[np.asarray(items)])
@@ -38,7 +39,7 @@ def test_top_level_name():
 
 
 def test_user_gets_nothing_they_have_and_beam_scores(rec):
-  ws = rec.workspace
+  ws = rec.parts
   ds = ws.prepared.dataset
   known = ws.prepared.csr(TRAIN, VALID, TEST)
   for user in ("u00", "u03", "u17"):
@@ -125,11 +126,11 @@ def test_overrides_may_change_eval_keys_only(rec, tiny_workdir):
 
 
 def test_stored_config_round_trips(tiny_workdir):
-  from colarec_jax.settings import Settings
-  with open(os.path.join(tiny_workdir, runconfig.FILE)) as f:
+  from colarec_jax.config.settings import Settings
+  with open(os.path.join(tiny_workdir, stored.FILE)) as f:
     saved = json.load(f)
-  assert Settings.parse(runconfig.load(tiny_workdir)).full == saved
-  runconfig.check_reader({**saved, "eval": {**saved["eval"], "beam_size": 7}, "cpu_devices": 3},
+  assert Settings.parse(stored.load(tiny_workdir)).full == saved
+  stored.check_reader({**saved, "eval": {**saved["eval"], "beam_size": 7}, "cpu_devices": 3},
                          tiny_workdir)  # reader keys may differ
 
 
@@ -141,26 +142,26 @@ def test_stored_config_round_trips(tiny_workdir):
 ])
 def test_stored_config_errors(tmp_path, content, error, message):
   if content is not None:
-    (tmp_path / runconfig.FILE).write_text(content)
+    (tmp_path / stored.FILE).write_text(content)
   with pytest.raises(error, match=message):
-    runconfig.load(str(tmp_path))
+    stored.load(str(tmp_path))
 
 
 def test_keys_added_since_training_take_their_defaults(tiny_workdir, tmp_path):
   """A config stored before a key existed: loading fills in its default, and the reader check
   compares like with like."""
-  from colarec_jax.settings import Settings
-  with open(os.path.join(tiny_workdir, runconfig.FILE)) as f:
+  from colarec_jax.config.settings import Settings
+  with open(os.path.join(tiny_workdir, stored.FILE)) as f:
     saved = json.load(f)
   del saved["inputs"]["use_content"]
-  (tmp_path / runconfig.FILE).write_text(json.dumps(saved))
-  full = Settings.parse(runconfig.load(str(tmp_path))).full
+  (tmp_path / stored.FILE).write_text(json.dumps(saved))
+  full = Settings.parse(stored.load(str(tmp_path))).full
   assert full["inputs"]["use_content"] is True
-  runconfig.check_reader(full, str(tmp_path))
+  stored.check_reader(full, str(tmp_path))
 
 
 def test_a_workdir_without_stored_config_is_not_checked(tmp_path):
-  runconfig.check_reader({"gid": {"n_init": 3}}, str(tmp_path))  # nothing to compare with
+  stored.check_reader({"gid": {"n_init": 3}}, str(tmp_path))  # nothing to compare with
 
 
 def test_the_readme_example_runs(tiny_workdir, capsys):

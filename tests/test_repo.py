@@ -1,5 +1,7 @@
 """The README's set-up commands, CI's use of them, and the launch scripts."""
 
+import json
+import math
 import os
 import re
 import shutil
@@ -66,3 +68,84 @@ def test_run_local_runs_tiny(tmp_path):
   assert os.path.isfile(tmp_path / "data" / "arrays.npz")
   assert os.path.isfile(tmp_path / "colarec" / "metrics.json")
   assert "colarec long-tail" in result.stdout
+
+
+# Docs quote results: every number in a table row of README.md (and bench/README.md) must be one
+# that a committed results file under bench/results/ holds, as printed at some precision (or as
+# a percentage), and a speed-up "N.Nx" the ratio of two numbers of one such file.
+RESULTS = os.path.join(REPO, "bench", "results")
+NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+)(x?)")
+
+
+def _numbers(value):
+  if isinstance(value, dict):
+    for v in value.values():
+      yield from _numbers(v)
+  elif isinstance(value, list):
+    for v in value:
+      yield from _numbers(v)
+  elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    yield float(value)
+  elif isinstance(value, str):
+    yield from (float(m) for m in re.findall(r"\d+\.\d+", value))
+
+
+def results_numbers(folder: str = RESULTS) -> list[set[float]]:
+  """The numbers of each committed results file (JSON values, numbers in Markdown reports)."""
+  out = []
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      if name.endswith(".json"):
+        with open(path) as f:
+          out.append({v for v in _numbers(json.load(f)) if math.isfinite(v)})
+      elif name.endswith((".md", ".jsonl")):
+        with open(path) as f:
+          out.append({float(m) for m in re.findall(r"\d+\.\d+", f.read())})
+  return out
+
+
+def _printed(values) -> set[str]:
+  return {f"{s * v:.{d}f}" for v in values for d in range(6) for s in (1, 100)}
+
+
+def _is_ratio(number: str, files: list[set[float]]) -> bool:
+  """Whether two numbers of one file have a ratio printed as `number`."""
+  import numpy as np
+  digits = len(number.split(".")[1])
+  for values in files:
+    v = np.array(sorted(x for x in values if x > 0))
+    if len(v) > 1 and (np.round(v[:, None] / v[None, :], digits) == float(number)).any():
+      return True
+  return False
+
+
+def unbacked_numbers(text: str, files: list[set[float]]) -> list[str]:
+  """The numbers of `text`'s table rows that no results file holds."""
+  held = _printed(set().union(*files))
+  missing = []
+  for line in text.splitlines():
+    if not line.startswith("|"):
+      continue
+    for number, times in NUMBER.findall(line):
+      if number in held:
+        continue
+      if times and _is_ratio(number, files):
+        continue
+      missing.append(f"{number}{times} in: {line.strip()[:100]}")
+  return missing
+
+
+@pytest.mark.parametrize("doc", ["README.md", "bench/README.md"])
+def test_docs_quote_only_committed_results(doc):
+  assert not unbacked_numbers(read(doc), results_numbers()), unbacked_numbers(
+      read(doc), results_numbers())
+
+
+def test_the_docs_check_catches_a_number_no_file_holds(tmp_path):
+  (tmp_path / "run.json").write_text(json.dumps({"recall@20": 0.20853, "ours": 271.5,
+                                                 "peer": 5.743}))
+  files = results_numbers(str(tmp_path))
+  assert unbacked_numbers("| ColaRec | 0.2085 | 47.3x |", files) == []
+  assert unbacked_numbers("| ColaRec | 0.2113 |", files) == ["0.2113 in: | ColaRec | 0.2113 |"]
+  assert unbacked_numbers("| 12.0x |", files) == ["12.0x in: | 12.0x |"]

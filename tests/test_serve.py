@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from colarec_jax import serve
-from colarec_jax.errors import RequestError
-from colarec_jax.recommender import Recommender
+from colarec_jax.serving import serve
+from colarec_jax.runtime.errors import RequestError
+from colarec_jax.serving.recommender import Recommender
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")

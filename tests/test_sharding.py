@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from colarec_jax import sharding
-from colarec_jax.errors import ConfigError
+from colarec_jax.runtime import sharding
+from colarec_jax.runtime.errors import ConfigError
 from conftest import REPO
 
-PROBE = ("import sys; from colarec_jax import sharding; "
+PROBE = ("import sys; from colarec_jax.runtime import sharding; "
          "sharding.use_cpu_devices(int(sys.argv[1])); import jax; "
          "print(jax.device_count(), sharding.describe(sharding.make_mesh()))")
 

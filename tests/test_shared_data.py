@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from colarec_jax.data import prepare as prepare_lib
-from colarec_jax.settings import Settings
+from colarec_jax.config.settings import Settings
 from colarec_jax.data.dataset import SPLIT_NAMES, TEST, TRAIN, VALID
 from colarec_jax.data.split import split_counts
 from configs import beauty, default, phones, sports

@@ -5,7 +5,7 @@ import pytest
 
 from colarec_jax.data.dataset import TEST, TRAIN, VALID, Dataset
 from colarec_jax.data.split import hold_out_items, ratio_split, split_counts
-from colarec_jax.errors import ConfigError
+from colarec_jax.runtime.errors import ConfigError
 
 
 @pytest.mark.parametrize("n,expected", [
@@ -17,7 +17,7 @@ def test_counts_follow_recbole(n, expected):
 
 @pytest.mark.parametrize("n", range(1, 60))
 def test_counts_formula(n):
-  """SPEC: valid = test = floor(0.1 n), raised to 1 when that is 0 (for n >= 3)."""
+  """RecBole's ratio rule: valid = test = floor(0.1 n), raised to 1 when that is 0 (for n >= 3)."""
   if n >= 3:
     k = max(1, int(0.1 * n))
     assert split_counts(n) == (n - 2 * k, k, k)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from colarec_jax.data import tokenizer as tokenizer_lib
-from colarec_jax.errors import DataError
+from colarec_jax.runtime.errors import DataError
 
 CORPUS = [f"title {adj} phone case model {n} brand Acme categories Cases Basic"
           for n, adj in enumerate(["red", "slim", "rugged", "clear", "blue", "green"] * 5)]

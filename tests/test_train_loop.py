@@ -8,10 +8,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from colarec_jax import checkpoint
-from colarec_jax import train as train_lib
-from colarec_jax.errors import ConfigError
-from colarec_jax.settings import Settings
+from colarec_jax.runtime import checkpoint
+from colarec_jax.training import loop as train_lib
+from colarec_jax.runtime.errors import ConfigError
+from colarec_jax.config.settings import Settings
 from configs import tiny
 
 QUIET = dict(log=lambda *_: None, progress_bar=False)
@@ -167,20 +167,24 @@ def test_prefetch_keeps_order_and_reraises():
 def test_id_init_from_lightgcn_starts_from_its_embeddings(straight):
   """`model.id_init=lightgcn`: the first state's ID tables are LightGCN's embeddings of the run
   (unit-variance, projected to d_model), not the random ones."""
-  from colarec_jax import stages
-  from colarec_jax.workspace import Workspace, id_embeddings
+  from colarec_jax.run import stages
+  from colarec_jax.run import parts as parts_lib
+  from colarec_jax.training.state import id_embeddings, initial_state
+  from colarec_jax.training.step import create_optimizer
   workdir, _ = straight
   c = config()
   c.model.id_init = "lightgcn"
   settings = Settings.parse(c)
-  ws = Workspace.build(settings, workdir, log=lambda *_: None)
-  state = ws.init_state(train_lib.create_optimizer(settings.optim), log=lambda *_: None)
+  ws = parts_lib.build(settings, workdir, log=lambda *_: None)
+  state = initial_state(ws, settings, workdir, create_optimizer(settings.optim),
+                        log=lambda *_: None)
   cf = stages.lightgcn(settings, ws.prepared, workdir, log=lambda *_: None)
   for name, table in (("item_embed", cf.item_embeddings), ("user_embed", cf.user_embeddings)):
     np.testing.assert_allclose(np.asarray(state.params[name]["embedding"]),
                                id_embeddings(table, c.model.d_model, c.seed), rtol=1e-6)
-  random = Workspace.build(Settings.parse(config()), workdir, log=lambda *_: None).init_state(
-      train_lib.create_optimizer(settings.optim))
+  plain = Settings.parse(config())
+  random = initial_state(parts_lib.build(plain, workdir, log=lambda *_: None), plain, workdir,
+                         create_optimizer(settings.optim))
   assert not np.allclose(np.asarray(random.params["item_embed"]["embedding"]),
                          np.asarray(state.params["item_embed"]["embedding"]))
 
@@ -189,13 +193,13 @@ def test_checkpoints_of_a_config_without_a_newer_key_read_it_as_its_default(tmp_
   """A key added to the code after a checkpoint was trained counts as its default value then."""
   import copy
 
-  from colarec_jax.workspace import check_compatible
+  from colarec_jax.config.stored import check_trained_with
   settings = Settings.parse(config())
   older = copy.deepcopy(settings.fixed)
   del older["loss"]["pair_temperature"], older["model"]["id_init"]
-  check_compatible(settings, older, "here")  # both at their defaults: the same model
+  check_trained_with(settings.fixed, older, "here")  # both at their defaults: the same model
   changed = config()
   changed.loss.pair_temperature = 0.1
   with pytest.raises(ConfigError, match=r"loss\.pair_temperature: got 0\.1, but the checkpoints "
                      r"in here were trained with 0\.0"):
-    check_compatible(Settings.parse(changed), older, "here")
+    check_trained_with(Settings.parse(changed).fixed, older, "here")

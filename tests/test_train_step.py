@@ -10,16 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from colarec_jax import losses, sharding
-from colarec_jax import train as train_lib
+from colarec_jax.runtime import sharding
+from colarec_jax.training import losses
+from colarec_jax.training import step as step_lib
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.dataset import TRAIN
 from colarec_jax.gid import builder
 from colarec_jax.gid.table import GidTable
-from colarec_jax.inputs import InputBuilder, InputConfig, epoch_order
+from colarec_jax.model.inputs import InputBuilder, InputConfig, epoch_order
 from colarec_jax.model.colarec import ColaRec, create_model
-from colarec_jax.settings import LossWeights, Settings
-from colarec_jax.workspace import init_state
+from colarec_jax.config.settings import LossWeights, Settings
+from colarec_jax.training.state import init_state
 from configs import tiny
 
 BATCH = 32
@@ -48,14 +49,14 @@ def setup(tmp_path_factory):
                        num_items=prepared.dataset.num_items, num_users=prepared.dataset.num_users,
                        branching=gids.branching, depth=gids.depth)
   mesh = sharding.make_mesh(4)
-  steps = {None: train_lib.make_train_step(model, LossWeights(), None),
-           mesh: train_lib.make_train_step(model, LossWeights(), mesh)}
+  steps = {None: step_lib.make_train_step(model, LossWeights(), None),
+           mesh: step_lib.make_train_step(model, LossWeights(), mesh)}
   return settings, model, batch, mesh, steps
 
 
 def run(setup, mesh, steps=3, learning_rate=None):
   settings, model, batch, _, step_fns = setup
-  state = init_state(model, train_lib.create_optimizer(settings.optim), batch, jax.random.key(0),
+  state = init_state(model, step_lib.create_optimizer(settings.optim), batch, jax.random.key(0),
                      mesh)
   if learning_rate is not None:  # a hyper-parameter in the optimizer state: no recompile
     old = state.opt_state[1].hyperparams["learning_rate"]
@@ -113,10 +114,10 @@ def test_a_zero_weight_removes_the_term_and_its_work(setup, removed):
   settings, model, batch, _, step_fns = setup
   full_weights = LossWeights()
   ablated = LossWeights(**{**full_weights.as_dict(), removed: 0.0})
-  state = lambda: init_state(model, train_lib.create_optimizer(settings.optim), batch,
+  state = lambda: init_state(model, step_lib.create_optimizer(settings.optim), batch,
                              jax.random.key(0))
   _, full = step_fns[None](state(), batch, jax.random.key(1))
-  step = train_lib.make_train_step(model, ablated, None)
+  step = step_lib.make_train_step(model, ablated, None)
   _, got = step(state(), batch, jax.random.key(1))
   assert removed not in got
   expected = sum(w * float(full[name]) for name, w in ablated.as_dict().items() if w)
@@ -140,17 +141,17 @@ def test_tied_last_level_step_reads_each_targets_last_level_items(setup):
   tied_batch = {**batch, "item_last_items": last(batch["item_codes"]),
                 "neg_last_items": last(batch["neg_codes"])}
   tied = ColaRec(dataclasses.replace(model.config, tie_last_level=True))
-  state = init_state(tied, train_lib.create_optimizer(settings.optim), batch, jax.random.key(0))
+  state = init_state(tied, step_lib.create_optimizer(settings.optim), batch, jax.random.key(0))
   params = state.params  # the step donates the state: the reference first
   encoded = tied.apply({"params": params}, batch["user"], method=ColaRec.encode)
   logits = tied.apply({"params": params}, encoded, batch["user"]["mask"], batch["item_codes"],
                       tied_batch["item_last_items"], method=ColaRec.decode_codes)
   expected = losses.generation(logits=logits, codes=batch["item_codes"], mask=batch["mask"],
                                total=batch["mask"].sum())
-  _, got = train_lib.make_train_step(tied, LossWeights(), None)(state, tied_batch,
+  _, got = step_lib.make_train_step(tied, LossWeights(), None)(state, tied_batch,
                                                                  jax.random.key(1))
   assert float(got["rec"]) == pytest.approx(float(expected), rel=1e-5)
-  plain = init_state(model, train_lib.create_optimizer(settings.optim), batch, jax.random.key(0))
+  plain = init_state(model, step_lib.create_optimizer(settings.optim), batch, jax.random.key(0))
   _, untied = step_fns[None](plain, batch, jax.random.key(1))
   assert float(untied["rec"]) != pytest.approx(float(got["rec"]), rel=1e-3)
 
@@ -158,7 +159,7 @@ def test_tied_last_level_step_reads_each_targets_last_level_items(setup):
 def test_id_tables_from_lightgcn_keep_its_geometry():
   """LightGCN's embeddings become ID tables of unit variance whose Gram matrix is LightGCN's up to
   one scale (the projection is orthogonal), row 0 (padding) zero; shapes must match the model."""
-  from colarec_jax.workspace import id_embeddings
+  from colarec_jax.training.state import id_embeddings
   rng = np.random.default_rng(0)
   cf = np.concatenate([np.zeros((1, 8)), rng.normal(0.3, 2.0, (30, 8))])
   for d_model in (8, 16):
@@ -173,8 +174,8 @@ def test_id_tables_from_lightgcn_keep_its_geometry():
 
 def test_frozen_parameters_keep_their_values_and_the_rest_trains(setup):
   settings, model, batch, _, _ = setup
-  step = train_lib.make_train_step(model, LossWeights(), None, ("item_embed", "user_embed"))
-  state = init_state(model, train_lib.create_optimizer(settings.optim), batch, jax.random.key(0))
+  step = step_lib.make_train_step(model, LossWeights(), None, ("item_embed", "user_embed"))
+  state = init_state(model, step_lib.create_optimizer(settings.optim), batch, jax.random.key(0))
   before = jax.tree.map(np.asarray, state.params)
   for _ in range(2):
     state, _ = step(state, batch, jax.random.key(1))
@@ -191,7 +192,7 @@ def test_frozen_parameters_keep_their_values_and_the_rest_trains(setup):
 
 
 def test_freezing_random_id_tables_is_refused():
-  from colarec_jax.errors import ConfigError
+  from colarec_jax.runtime.errors import ConfigError
   config = tiny.get_config()
   config.model.freeze_ids = True
   with pytest.raises(ConfigError, match=r"model\.freeze_ids: got True with "

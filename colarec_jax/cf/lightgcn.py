@@ -18,8 +18,8 @@ import jraph
 import numpy as np
 import optax
 
-from colarec_jax import sharding
-from colarec_jax.errors import ConfigError
+from colarec_jax.runtime import sharding
+from colarec_jax.runtime.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,15 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from colarec_jax import evaluate, reporting, sharding
+from colarec_jax import evaluate
 from colarec_jax.cf import lightgcn
 from colarec_jax.data.dataset import TEST, TRAIN, VALID
 from colarec_jax.data.fileio import cached_stage
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.data.sampling import NegativeSampler, shuffled_batches
-from colarec_jax.errors import ConfigError
 from colarec_jax.evaluate import EvalConfig, EvalSplit, evaluate_scores
-from colarec_jax.progress import Progress
+from colarec_jax.runtime import reporting, sharding
+from colarec_jax.runtime.errors import ConfigError
+from colarec_jax.runtime.progress import Progress
 
 # Bumped when training changes what the same config produces (2: per-table initialisation).
 RESULT_VERSION = 2

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from colarec_jax.data.dataset import ItemTable, RawInteractions
-from colarec_jax.errors import DataError
+from colarec_jax.runtime.errors import DataError
 
 TEXT_FIELDS = ("title", "brand", "categories")
 _SPACE = re.compile(r"\s+")

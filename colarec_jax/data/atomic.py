@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 
-from colarec_jax.data.fileio import read_bytes
 from colarec_jax.data.dataset import TEST, TRAIN, VALID, ItemTable, RawInteractions
-from colarec_jax.errors import DataError
+from colarec_jax.data.fileio import read_bytes
+from colarec_jax.runtime.errors import DataError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
 

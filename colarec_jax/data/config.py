@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from colarec_jax.errors import ConfigError
+from colarec_jax.runtime.errors import ConfigError
 
 SOURCES = ("movielens", "atomic", "amazon", "foodcom")
 SPLITS = ("auto", "ratio", "given")

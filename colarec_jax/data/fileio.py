@@ -13,7 +13,7 @@ import socket
 import tempfile
 import time
 
-from colarec_jax.errors import ConfigError, DataError, UsageError
+from colarec_jax.runtime.errors import ConfigError, DataError, UsageError
 
 
 def read_bytes(path: str) -> bytes:

@@ -16,11 +16,10 @@ import io
 import os
 from typing import Iterator
 
-
 from colarec_jax.data.amazon import clean_text
-from colarec_jax.data.fileio import read_bytes
 from colarec_jax.data.dataset import ItemTable, RawInteractions
-from colarec_jax.errors import DataError
+from colarec_jax.data.fileio import read_bytes
+from colarec_jax.runtime.errors import DataError
 
 INTERACTIONS_FILE = "RAW_interactions.csv"
 RECIPES_FILE = "RAW_recipes.csv"

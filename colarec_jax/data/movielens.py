@@ -16,7 +16,7 @@ import zipfile
 
 from colarec_jax.data.config import cache_root
 from colarec_jax.data.fileio import sha256_file as sha256
-from colarec_jax.errors import DataError
+from colarec_jax.runtime.errors import DataError
 
 WHEEL = "recbole-1.2.1-py3-none-any.whl"
 WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"

@@ -16,11 +16,11 @@ import numpy as np
 
 from colarec_jax.data import tokenizer as tokenizer_lib
 from colarec_jax.data.config import DataConfig
-from colarec_jax.data.fileio import cached_stage, sha256_file
 from colarec_jax.data.dataset import TEST, TRAIN, VALID, Csr, Dataset
+from colarec_jax.data.fileio import cached_stage, sha256_file
 from colarec_jax.data.sources import load_dataset, source_files
 from colarec_jax.data.split import HeldOutItems, hold_out_items, ratio_split
-from colarec_jax.errors import ConfigError
+from colarec_jax.runtime.errors import ConfigError
 
 FORMAT_VERSION = 1
 DATA_DIR = "data"

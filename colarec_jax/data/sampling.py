@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from colarec_jax.errors import ConfigError
+from colarec_jax.runtime.errors import ConfigError
 
 
 class NegativeSampler:
@@ -14,6 +14,8 @@ class NegativeSampler:
 
   def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int):
     self.num_items = num_items
+    # Each (user, item) pair as one sorted int64 key: membership is a vectorised searchsorted,
+    # with no per-user Python sets.
     self.keys = np.unique(users.astype(np.int64) * (num_items + 1) + items)
 
   def __call__(self, users: np.ndarray, rng: np.random.Generator,
@@ -29,6 +31,8 @@ class NegativeSampler:
     Raises:
       ConfigError: some user has almost no allowed item left.
     """
+    # Rejection sampling: draw for everyone, then redraw only the rows that hit a positive (or a
+    # rejected item); with sparse data a round or two settles every row.
     neg = rng.integers(1, self.num_items + 1, len(users))
     bad = np.arange(len(users))
     for _ in range(max_rounds):

@@ -7,9 +7,9 @@ import os
 from colarec_jax.data import amazon, atomic, foodcom, movielens
 from colarec_jax.data.config import DataConfig
 from colarec_jax.data.dataset import Dataset, ItemTable, build_dataset
-from colarec_jax.errors import ConfigError, DataError
+from colarec_jax.runtime.errors import ConfigError, DataError
 
-# Raw sources are 5-core filtered unless config.data.kcore says otherwise (SPEC section 2).
+# Raw sources are 5-core filtered unless config.data.kcore says otherwise.
 RAW_SOURCE_KCORE = {"amazon": 5, "foodcom": 5}
 
 

@@ -1,4 +1,4 @@
-"""Per-user train/valid/test split with RecBole's ratio rule (SPEC section 2), and the cold-start
+"""Per-user train/valid/test split with RecBole's ratio rule, and the cold-start
 protocol's held-out items."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from colarec_jax.data.dataset import TEST, TRAIN, VALID, Dataset
-from colarec_jax.errors import ConfigError
+from colarec_jax.runtime.errors import ConfigError
 
 
 def split_counts(n: int, ratios=(0.8, 0.1, 0.1)) -> tuple[int, ...]:

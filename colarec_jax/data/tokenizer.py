@@ -15,7 +15,7 @@ import os
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from colarec_jax.errors import DataError
+from colarec_jax.runtime.errors import DataError
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 

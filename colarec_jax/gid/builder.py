@@ -1,4 +1,4 @@
-"""Hierarchical balanced clustering into GIDs (SPEC section 3).
+"""Hierarchical balanced clustering into GIDs.
 
 Level t (1 <= t <= l-1) splits every cluster of level t-1 into at most K clusters of at most
 K^(l-t) items; all sibling clusters of a level are padded to one shape and solved in one compiled
@@ -8,13 +8,12 @@ are 1..K; 0 is reserved for the decoder start token.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from colarec_jax.errors import ConfigError
 from colarec_jax.gid import kmeans
+from colarec_jax.runtime.errors import ConfigError
 
 
 def check_capacity(num_items: int, branching: int, depth: int) -> None:

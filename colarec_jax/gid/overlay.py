@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from colarec_jax.errors import UsageError
 from colarec_jax.gid.table import GidTable
+from colarec_jax.runtime.errors import UsageError
 
 FILE = "new_items.npz"
 
@@ -58,6 +58,7 @@ class NewItems:
     staging = path + ".tmp.npz"
     np.savez(staging, fingerprint=np.array(json.dumps(fingerprint, sort_keys=True)),
              **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+    # Staged then renamed: a reader never sees half an overlay, even if this process is killed.
     os.replace(staging, path)
     return path
 
@@ -78,6 +79,7 @@ class NewItems:
     except (OSError, ValueError, KeyError) as e:
       raise UsageError("workdir", f"{path} is unreadable ({type(e).__name__}); remove it and add "
                        "the new items again (--mode=add_items)") from None
+    # Added items' GIDs sit in free leaves of one trained tree: on another tree they would collide.
     if saved != fingerprint:
       raise UsageError("workdir", f"{path} holds items indexed on other prepared data or GIDs "
                        "than the workdir holds now; remove it and add the items again "
@@ -112,6 +114,8 @@ def take_leaves(ranked: np.ndarray, free: np.ndarray) -> np.ndarray:
     [m] the parent each row took, -1 where every candidate of the row was full by its turn.
   """
   chosen = np.full(len(ranked), -1, np.int64)
+  # Greedy in row order (the file's order): an earlier item wins a contested leaf, and the later
+  # one falls back to its next candidate, so the result does not depend on batch boundaries.
   for n, row in enumerate(ranked):
     for parent in row[row >= 0]:
       if free[parent] > 0:
@@ -128,6 +132,7 @@ def last_codes(table: GidTable, prefixes: np.ndarray) -> np.ndarray:
   Raises:
     ValueError: a prefix has no free leaf left (the caller's choice must leave room).
   """
+  # Last codes are per prefix: the same code under two prefixes is two different leaves.
   used: dict[tuple, set] = {}
   for gid in table.codes[1:].tolist():
     used.setdefault(tuple(gid[:-1]), set()).add(gid[-1])

@@ -20,9 +20,9 @@ from colarec_jax.data import atomic
 from colarec_jax.data.fileio import cached_stage
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.data.tfidf import Tfidf
-from colarec_jax.errors import ConfigError, DataError
 from colarec_jax.gid import builder
 from colarec_jax.gid.table import GidTable
+from colarec_jax.runtime.errors import ConfigError, DataError
 
 SOURCES = ("lightgcn", "content", "random", "file")
 

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from colarec_jax.data.dataset import Csr
-from colarec_jax.errors import DataError
+from colarec_jax.runtime.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The ColaRec model (SPEC section 4): a T5 encoder-decoder whose encoder reads item content with
+"""The ColaRec model: a T5 encoder-decoder whose encoder reads item content with
 atomic item/user-ID embeddings in their slots, and whose decoder emits one GID code per step through
 a per-level input table and a per-level codebook head.
 
@@ -20,8 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from colarec_jax.errors import ConfigError
 from colarec_jax.model.t5 import Decoder, Encoder, TransformerConfig
+from colarec_jax.runtime.errors import ConfigError
 
 TASK_REC, TASK_INDEX = 0, 1
 UNKNOWN_ITEM = -1  # an item slot whose item has no (trained) ID embedding

@@ -20,8 +20,8 @@ import safetensors
 import safetensors.numpy
 from flax import traverse_util
 
-from colarec_jax.errors import ConfigError
 from colarec_jax.model.t5 import TransformerConfig
+from colarec_jax.runtime.errors import ConfigError
 
 KEY = "model.init_from"
 SAFETENSORS, TORCH_BIN = "model.safetensors", "pytorch_model.bin"

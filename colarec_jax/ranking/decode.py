@@ -1,0 +1,298 @@
+"""Constrained beam search over GIDs: every returned code sequence is an item's GID.
+
+One compiled call per batch of users: the encoder runs once per user, the decoder's cross-attention
+keys/values are computed once per user and shared by all of its beams, and the decoder then takes
+exactly l cached steps. At each step the codes that extend no real item's GID get -inf after the
+log-softmax (official; `renormalize=True` masks before the softmax instead). Beams carry their node
+in the GID trie (`GidTable.children`), so the validity mask of a step is one dense row gather.
+
+Items added after training (`gid.overlay`) hold a last code the decoder never learned for them.
+With `new_item_score='sibling_mean'` (the trie's `known_items` > 0), the last step scores such an
+item by the mean probability of its trained siblings' codes (an average item of its leaf parent)
+instead of the decoder's probability of its own code; 'model' (the default) keeps the latter.
+
+Beam widths grow with the tree: step t can only hold as many distinct prefixes as the trie has
+nodes at depth t, at most K^t, so widths are 1, min(beam, K), ... and the first steps are cheap.
+Steps of equal width run in a `lax.fori_loop` over a `BeamState`; a step that widens the beam
+changes the state's shape and is traced on its own.
+
+On CPU the encoder runs over the batch in sequential chunks (`encoder_chunks`) whose [tokens,
+d_ff] feed-forward activation is at most `CPU_CHUNK_BYTES`, so that it stays in the last-level
+cache between the two feed-forward matmuls.
+Accelerators encode the batch whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from colarec_jax.gid.table import GidTable
+from colarec_jax.model.colarec import ColaRec
+from colarec_jax.runtime import sharding as sharding_lib
+
+SELF_CACHE = ("cached_key", "cached_value")  # self-attention cache leaves: one row per beam
+CPU_CHUNK_BYTES = 8 << 20  # an encoder chunk's feed-forward activation on CPU: 1024 x 2048 f32
+
+
+@flax.struct.dataclass
+class BeamState:
+  """The search after some steps.
+
+  Attributes:
+    scores: [b, w] summed log-probabilities of each beam's prefix (-inf: no beam).
+    nodes: [b, w] trie node of each prefix (the extra 'dead' node for -inf beams).
+    codes: [b, w, l] codes so far (0 beyond the current step).
+    cache: the decoder cache; self-attention rows are [b * w, ...], cross-attention rows [b, ...].
+  """
+
+  scores: jax.Array
+  nodes: jax.Array
+  codes: jax.Array
+  cache: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Trie:
+  """The GID trie as device arrays (from `GidTable`), with a dead node appended.
+
+  Attributes:
+    children: [num_nodes + 1, K + 1] next node per code, -1 where the code is invalid; the last
+      row (the dead node) is all -1.
+    leaf_item: [num_nodes + 1] item at a leaf, else 0.
+    widths: beam width before each step and after the last, (1, ..., w_l), given the beam size.
+    beam_size: beams kept per input (official 100): the searches over this trie return as many.
+    known_items: 0, or the items the model was trained on: leaves of later items then score as
+      their trained siblings' mean (see the module docstring).
+  """
+
+  children: jax.Array
+  leaf_item: jax.Array
+  widths: tuple[int, ...]
+  beam_size: int
+  known_items: int = 0
+
+  @classmethod
+  def build(cls, gids: GidTable, beam_size: int, mesh: jax.sharding.Mesh | None = None,
+            known_items: int = 0) -> "Trie":
+    """The arrays go on every device of `mesh` once, not to the devices on every search.
+    `known_items` > 0 scores the leaves of items after them as their siblings' mean."""
+    dead = np.full((1, gids.branching + 1), -1, np.int32)
+    per_depth = np.bincount(gids.node_depth, minlength=gids.depth + 1)
+    widths = [1]
+    for t in range(1, gids.depth + 1):
+      widths.append(int(min(beam_size, widths[-1] * gids.branching, per_depth[t])))
+    children, leaf_item = sharding_lib.replicate(
+        (np.concatenate([gids.children, dead]), np.append(gids.leaf_item, 0).astype(np.int32)),
+        mesh)
+    return cls(jnp.asarray(children), jnp.asarray(leaf_item), tuple(widths), int(beam_size),
+               int(known_items))
+
+  @property
+  def dead(self) -> int:
+    return self.children.shape[0] - 1
+
+
+def blocked_nodes(gids: GidTable, exclude: list[np.ndarray]) -> np.ndarray:
+  """[len(exclude), num_nodes + 1] bool: the trie nodes all of whose items are in the row's
+  `exclude` (leaves of excluded items and the subtrees they fill); the last column is the
+  search's dead node, never blocked."""
+  paths = gids.item_paths
+  leaves_under = np.bincount(paths[1:].ravel(), minlength=len(gids.children))
+  out = np.zeros((len(exclude), len(gids.children) + 1), bool)
+  for row, items in enumerate(exclude):
+    items = np.asarray(items, np.int64)
+    items = items[(items > 0) & (items <= gids.num_items)]
+    counts = np.bincount(paths[items].ravel(), minlength=len(gids.children))
+    out[row, :-1] = (counts == leaves_under) & (counts > 0)
+  return out
+
+
+def _reorder_cache(cache, parent: jax.Array):
+  """Self-attention cache rows follow their beams: [b * w, ...] -> [b * w', ...] by `parent`.
+
+  Args:
+    cache: the decoder cache collection.
+    parent: [b, w'] index of each new beam's parent among the w old beams.
+  """
+  b, new_width = parent.shape
+
+  def gather(path, leaf):
+    if getattr(path[-1], "key", None) not in SELF_CACHE:
+      return leaf  # cross keys/values are per user; the step index is shared
+    rows = leaf.reshape((b, -1) + leaf.shape[1:])
+    picked = jnp.take_along_axis(rows, parent.reshape((b, new_width) + (1,) * (leaf.ndim - 1)),
+                                 axis=1)
+    return picked.reshape((b * new_width,) + leaf.shape[1:])
+
+  return jax.tree_util.tree_map_with_path(gather, cache)
+
+
+def encoder_chunks(rows: int, length: int, token_bytes: int, *, shards: int = 1,
+                   platform: str = "cpu") -> int:
+  """How many sequential chunks `_encode` splits a [rows, length] batch into.
+
+  Args:
+    rows, length: the batch's shape.
+    token_bytes: bytes of feed-forward activation per token (d_ff x the compute dtype's size).
+    shards: devices the rows are split over (contiguous blocks).
+    platform: 'cpu', 'gpu', 'tpu'.
+
+  Returns:
+    One on accelerators. On CPU, the fewest chunks that divide each device's rows and whose
+    per-device activation is at most `CPU_CHUNK_BYTES` (or one row per chunk, if a row is more).
+  """
+  local = rows // shards
+  tokens = CPU_CHUNK_BYTES // token_bytes
+  if platform != "cpu" or local * length <= tokens:
+    return 1
+  most_rows = max(1, tokens // length)
+  return next(c for c in range(1, local + 1) if local % c == 0 and local // c <= most_rows)
+
+
+def _encode(model: ColaRec, params, inputs: dict, chunks: int) -> jax.Array:
+  """Encoder states [b, L, d], computed in `chunks` sequential pieces of b / chunks rows.
+
+  Chunk j holds rows j, j + chunks, ...: when the rows are sharded over devices in contiguous
+  blocks (and each block divides into `chunks`), every chunk keeps each device's rows local.
+  """
+  encode = lambda x: model.apply({"params": params}, x, method=ColaRec.encode)
+  if chunks == 1:
+    return encode(inputs)
+  b = inputs["mask"].shape[0]
+  split = lambda a: jnp.swapaxes(a.reshape((b // chunks, chunks) + a.shape[1:]), 0, 1)
+  encoded = jax.lax.map(encode, jax.tree.map(split, inputs))
+  return jnp.swapaxes(encoded, 0, 1).reshape((b,) + encoded.shape[2:])
+
+
+def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, position,
+          new_width: int, renormalize: bool, blocked=None) -> BeamState:
+  """Extends every beam by one code and keeps the best `new_width` of all extensions; codes
+  leading to a `blocked` node ([b, num_nodes + 1] bool, or None) are invalid."""
+  b, width = state.scores.shape
+  k1 = trie.children.shape[1]
+  previous = jnp.where(position > 0,
+                       jnp.take(state.codes, jnp.maximum(position - 1, 0), axis=2), 0)
+  child = trie.children[state.nodes]  # [b, w, K + 1]
+  # model.tie_last_level: the item each code leads to (the dead node's 0 where none, and before
+  # the last level, where codes lead to inner nodes).
+  next_items = (trie.leaf_item[child].reshape(b * width, k1)
+                if model.config.tie_last_level else None)
+  logits, mutated = model.apply({"params": params, "cache": state.cache}, encoded, mask,
+                                previous.reshape(-1), position, next_items,
+                                method=ColaRec.decode_step, mutable=["cache"])
+  logits = logits.reshape(b, width, k1)
+  valid = child >= 0
+  if blocked is not None:
+    closed = jnp.take_along_axis(blocked, jnp.maximum(child, 0).reshape(b, width * k1), axis=1)
+    valid &= ~closed.reshape(b, width, k1)
+  if renormalize:
+    logp = jax.nn.log_softmax(jnp.where(valid, logits, -jnp.inf), axis=-1)
+  else:
+    logp = jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), -jnp.inf)
+  if trie.known_items:
+    logp = _sibling_mean(logp, trie.leaf_item[trie.children[state.nodes]], valid,
+                         trie.known_items)
+  candidates = (state.scores[..., None] + logp).reshape(b, width * k1)
+  scores, flat = jax.lax.top_k(candidates, new_width)
+  parent, code = flat // k1, flat % k1
+  nodes = trie.children[jnp.take_along_axis(state.nodes, parent, axis=1), code]
+  nodes = jnp.where(jnp.isfinite(scores) & (nodes >= 0), nodes, trie.dead)
+  codes = jnp.take_along_axis(state.codes, parent[..., None], axis=1)
+  codes = codes.at[:, :, position].set(jnp.where(nodes == trie.dead, 0, code))
+  return BeamState(scores, nodes, codes, _reorder_cache(mutated["cache"], parent))
+
+
+def _sibling_mean(logp: jax.Array, leaf: jax.Array, valid: jax.Array,
+                  known_items: int) -> jax.Array:
+  """Log-probabilities [b, w, K + 1] where each code leading to an item after `known_items` takes
+  the log of the mean probability of the codes leading to trained items of the same node.
+
+  Args:
+    logp: the step's masked log-probabilities.
+    leaf: [b, w, K + 1] item at the node each code leads to (0: none, or not a leaf).
+    valid: [b, w, K + 1] codes that lead somewhere.
+    known_items: items with trained last codes.
+  """
+  new = valid & (leaf > known_items)
+  trained = valid & ~new
+  count = jnp.sum(trained, axis=-1, keepdims=True)
+  mean = (jax.nn.logsumexp(jnp.where(trained, logp, -jnp.inf), axis=-1, keepdims=True)
+          - jnp.log(jnp.maximum(count, 1)))
+  return jnp.where(new & (count > 0), mean, logp)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize",
+                                             "chunks", "steps", "known_items"))
+def _search(params, inputs, children, leaf_item, blocked=None, *, model: ColaRec,
+            widths: tuple[int, ...], beam_size: int, renormalize: bool, chunks: int, steps: int,
+            known_items: int = 0):
+  trie = Trie(children, leaf_item, widths, beam_size, known_items)
+  depth = steps
+  encoded = _encode(model, params, inputs, chunks)
+  mask = inputs["mask"]
+  decoder = model.clone(decode=True)
+  _, init = decoder.apply({"params": params}, encoded, mask, method=ColaRec.init_cache,
+                          mutable=["cache"])
+  b = encoded.shape[0]
+  state = BeamState(scores=jnp.zeros((b, 1)), nodes=jnp.zeros((b, 1), jnp.int32),
+                    codes=jnp.zeros((b, 1, depth), jnp.int32), cache=init["cache"])
+  step = functools.partial(_step, decoder, params, trie, encoded, mask,
+                           renormalize=renormalize, blocked=blocked)
+  t = 0
+  while t < depth:
+    if widths[t + 1] != widths[t]:
+      state = step(state, jnp.int32(t), new_width=widths[t + 1])
+      t += 1
+      continue
+    end = t
+    while end < depth and widths[end + 1] == widths[t]:
+      end += 1
+    state = jax.lax.fori_loop(t, end, lambda i, s: step(s, i, new_width=widths[t]), state)
+    t = end
+  items = jnp.where(jnp.isfinite(state.scores), trie.leaf_item[state.nodes], 0)
+  pad = beam_size - items.shape[1]
+  items = jnp.pad(items, ((0, 0), (0, pad)))
+  scores = jnp.pad(state.scores, ((0, 0), (0, pad)), constant_values=-jnp.inf)
+  codes = jnp.pad(state.codes, ((0, 0), (0, pad), (0, 0)))
+  return items, scores, codes
+
+
+def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize: bool = False,
+                steps: int | None = None, blocked: jax.Array | None = None):
+  """Top `trie.beam_size` items for each input by constrained beam search.
+
+  Args:
+    model: the ColaRec module (decode=False; a decoding copy is made inside).
+    params: its parameters.
+    inputs: encoder inputs, a dict of [b, L] arrays (and 'task' [b]).
+    trie: `Trie.build(gids, beam_size, mesh)`, on the mesh `inputs` are sharded over.
+    renormalize: mask invalid codes before the log-softmax instead of after it.
+    steps: stop after this many of the l steps (default: all): the beams are then GID
+      prefixes (codes beyond `steps` are 0, items 0), exactly the beams the full search holds
+      after that step (the diagnostics of bench/quality.py).
+    blocked: [b, num_nodes + 1] bool, trie nodes every item under which must not be returned
+      (`blocked_nodes` of each user's excluded items): codes leading to them are invalid, so
+      no beam is spent on an item that would be dropped afterwards.
+
+  Returns:
+    (items [b, beam] int32, best first, 0 where fewer items exist; scores [b, beam]
+    log-probabilities, -inf for those; codes [b, beam, l] the items' GIDs), beam = trie.beam_size.
+  """
+  mask = inputs["mask"]
+  sharding = getattr(mask, "sharding", None)
+  shards = mask.shape[0] // sharding.shard_shape(mask.shape)[0] if sharding else 1
+  platform = next(iter(sharding.device_set)).platform if sharding else jax.default_backend()
+  cfg = model.config.transformer
+  chunks = encoder_chunks(*mask.shape, cfg.d_ff * jnp.dtype(cfg.dtype).itemsize, shards=shards,
+                          platform=platform)
+  return _search(params, inputs, trie.children, trie.leaf_item, blocked, model=model,
+                 widths=trie.widths, beam_size=trie.beam_size, renormalize=renormalize,
+                 chunks=chunks, steps=len(trie.widths) - 1 if steps is None else int(steps),
+                 known_items=trie.known_items)

@@ -1,0 +1,122 @@
+"""Ranking items with a trained ColaRec: evaluation on a split, and recommendations for a known
+user or for an ad-hoc history of items (a new user, no retraining).
+
+Beam search returns `beam_size` items per user, best first; the user's excluded items (training
+items, and validation items at test time when configured) are dropped and the first N kept.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from colarec_jax import evaluate
+from colarec_jax.data.sampling import padded_batches
+from colarec_jax.evaluate import EvalConfig, EvalSplit
+from colarec_jax.model.colarec import ColaRec
+from colarec_jax.model.inputs import InputBuilder, stack
+from colarec_jax.ranking import decode
+from colarec_jax.runtime import sharding
+
+
+def drop_excluded(items: np.ndarray, scores: np.ndarray, exclude: list[np.ndarray],
+                  k: int) -> tuple[np.ndarray, np.ndarray]:
+  """The first `k` items of each row that are real (> 0) and not excluded, 0-padded.
+
+  Args:
+    items: [n, beam] ranked items.
+    scores: [n, beam] their scores.
+    exclude: per row, item ids to drop.
+    k: list length.
+
+  Returns:
+    ([n, k] int32 items, [n, k] float32 scores, -inf where there is no item).
+  """
+  out = np.zeros((len(items), k), np.int32)
+  out_scores = np.full((len(items), k), -np.inf, np.float32)
+  # The official protocol: the beam's list, then the user's excluded items removed (a beam of B
+  # can leave fewer than k; eval.exclude_in_search blocks them inside the search instead).
+  for n, (row, drop) in enumerate(zip(items, exclude)):
+    kept = ((row > 0) & ~np.isin(row, drop)).nonzero()[0][:k]
+    out[n, :len(kept)] = row[kept]
+    out_scores[n, :len(kept)] = scores[n, kept]
+  return out, out_scores
+
+
+class Ranker:
+  """Beam-search ranking with fixed parameters; one compile per (batch, input length)."""
+
+  def __init__(self, model: ColaRec, params, trie: decode.Trie, builder: InputBuilder,
+               eval_cfg: EvalConfig, mesh=None, batch_size: int = 0):
+    """`trie` (`run.parts.make_trie`) holds the beam size, the one route it reaches the search
+    by (`eval_cfg.beam_size` is not read here); `batch_size` rows per beam-search call (0:
+    `eval_cfg.decode_batch_size`)."""
+    self.model, self.params, self.trie, self.builder, self.eval_cfg, self.mesh = (
+        model, params, trie, builder, eval_cfg, mesh)
+    shards = sharding.num_shards(mesh)
+    rows = batch_size or eval_cfg.decode_batch_size
+    # Rounded up to whole rows per device: the mesh splits a batch evenly, and one shape for every
+    # call means one compile.
+    self.batch_size = -(-rows // shards) * shards
+
+  def ranked(self, inputs: dict, exclude: list[np.ndarray], k: int,
+             progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top items for stacked encoder inputs, excluded items dropped.
+
+    The next batch's search is dispatched before the last one's results are fetched, so the
+    host's work (exclusions, `progress`) overlaps the device's.
+
+    Args:
+      inputs: encoder inputs, a dict of [n, L] arrays (and 'task' [n]).
+      exclude: per row, item ids to drop.
+      k: list length (at most the beam size).
+      progress: called with the count of rows after each batch is done, or None.
+
+    Returns:
+      ([n, k] int32 items, 0-padded; [n, k] float32 beam scores, the items' GID
+      log-probabilities, -inf where there is no item).
+    """
+    if not 1 <= k <= self.trie.beam_size:
+      raise ValueError(f"k={k}: a search over this trie returns {self.trie.beam_size} items")
+    n = len(inputs["mask"])
+    out = np.zeros((n, k), np.int32), np.full((n, k), -np.inf, np.float32)
+
+    def collect(rows, real, found):
+      items, scores = sharding.to_host(found)
+      kept = drop_excluded(items[:real], scores[:real], [exclude[r] for r in rows[:real]], k)
+      out[0][rows[:real]], out[1][rows[:real]] = kept
+      if progress is not None:
+        progress(real)
+
+    pending = None
+    for rows, real in padded_batches(np.arange(n), self.batch_size):
+      batch = {name: jnp.asarray(v[rows]) for name, v in inputs.items()}
+      if self.eval_cfg.exclude_in_search and any(len(exclude[r]) for r in rows[:real]):
+        batch["blocked"] = jnp.asarray(decode.blocked_nodes(
+            self.builder.gids, [exclude[r] for r in rows[:real]] + [[]] * (len(rows) - real)))
+      batch = sharding.shard_rows(batch, self.mesh)
+      blocked = batch.pop("blocked", None)
+      items, scores, _ = decode.beam_search(self.model, self.params, batch, self.trie,
+                                            renormalize=self.eval_cfg.renormalize,
+                                            blocked=blocked)
+      if pending is not None:
+        collect(*pending)
+      pending = rows, real, (items, scores)
+    if pending is not None:
+      collect(*pending)
+    return out
+
+  def evaluate(self, split: EvalSplit, inputs: dict) -> evaluate.Report:
+    """Recall/NDCG of one evaluation split; `inputs` = `self.builder.eval_inputs(split.users)`."""
+    exclude = [split.exclude.row(u) for u in split.users]
+    ranked, _ = self.ranked(inputs, exclude, max(self.eval_cfg.ks))
+    return evaluate.evaluate_ranking(ranked, split.users, split.heldout, split.train_counts,
+                                     self.eval_cfg.ks, self.eval_cfg.long_tail_fraction)
+
+  def for_histories(self, histories: list[list[int]], exclude: list[np.ndarray], k: int,
+                    progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """`ranked` for item histories (internal ids, most recent first; the first
+    `inputs.eval_history` are read, as in evaluation)."""
+    limit = self.builder.cfg.eval_history
+    inputs = stack([self.builder.rec_input(list(h[:limit])) for h in histories])
+    return self.ranked(inputs, exclude, k, progress)

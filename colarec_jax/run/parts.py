@@ -1,0 +1,130 @@
+"""A ColaRec run's parts: what training, evaluation, recommendation and new-item indexing share,
+built once from the cached stages before the first step.
+
+`build` brings the prepared data and GIDs (`run.stages`; LightGCN first when the GIDs come from
+it), the input builder, the model (K and l from the GID table), the mesh and the GID trie (of
+`eval.beam_size`, the one place the beam size is read). `RunParts` is a frozen bundle: a function
+takes the parts it uses, and items added after training give a new bundle
+(`newitems.catalogue.with_new_items`), never a changed one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+
+import jax
+import numpy as np
+
+from colarec_jax.config.settings import Settings
+from colarec_jax.data.prepare import Prepared
+from colarec_jax.evaluate import EvalConfig, EvalSplit
+from colarec_jax.gid.table import GidTable
+from colarec_jax.model.colarec import ColaRec, create_model
+from colarec_jax.model.inputs import InputBuilder
+from colarec_jax.ranking.decode import Trie
+from colarec_jax.ranking.ranker import Ranker
+from colarec_jax.run import stages, store
+from colarec_jax.runtime import sharding
+
+
+def make_trie(gids: GidTable, model: ColaRec, eval_cfg: EvalConfig, mesh) -> Trie:
+  """The GID trie searched with `eval_cfg.beam_size` beams; with eval.new_item_score=
+  'sibling_mean', items past the model's trained ones score their last step as their trained
+  siblings' mean."""
+  trained = model.config.num_items
+  known = (trained if eval_cfg.new_item_score == "sibling_mean" and gids.num_items > trained
+           else 0)
+  return Trie.build(gids, eval_cfg.beam_size, mesh, known)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunParts:
+  """Everything a ColaRec run builds before its first step.
+
+  Attributes:
+    prepared: the prepared dataset (items added after training appended, when there are).
+    gids: the GID table of those items.
+    builder: the encoder inputs' builder.
+    model: the ColaRec module (sized for the items it was trained on).
+    mesh: the device mesh, or None for one device.
+    eval: how the run ranks (`settings.eval`).
+    trie: the GID trie of `gids`, with `eval.beam_size` beams.
+  """
+
+  prepared: Prepared
+  gids: GidTable
+  builder: InputBuilder
+  model: ColaRec
+  mesh: object
+  eval: EvalConfig
+  trie: Trie
+  # Evaluation splits and their encoder inputs, built on first use (a cache, not state).
+  _eval_data: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  def example(self) -> dict:
+    """One training example's shapes, for initialising parameters."""
+    return {"user": self.builder.eval_inputs(np.asarray([1])), "item_codes": self.gids.codes[1:2]}
+
+  def abstract_params(self):
+    """Shapes, dtypes and (replicated) shardings of the parameters, without initialising them."""
+    one = self.example()
+    shapes = jax.eval_shape(lambda: self.model.init(jax.random.key(0), one["user"],
+                                                    one["item_codes"])["params"])
+    placement = (jax.sharding.NamedSharding(self.mesh, jax.P()) if self.mesh is not None
+                 else jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement),
+                        shapes)
+
+  def eval_data(self, part: int) -> tuple[EvalSplit, dict]:
+    """An evaluation split and its encoder inputs, built once per part."""
+    if part not in self._eval_data:
+      split = EvalSplit.build(self.prepared, part, self.eval)
+      self._eval_data[part] = (split, self.builder.eval_inputs(split.users))
+    return self._eval_data[part]
+
+  def ranker(self, params, batch_size: int = 0) -> Ranker:
+    """A `Ranker` of `params` on this run's trie and mesh (`batch_size` rows per beam-search call;
+    0: eval.decode_batch_size)."""
+    return Ranker(self.model, params, self.trie, self.builder, self.eval, self.mesh, batch_size)
+
+  @functools.cached_property
+  def fingerprint(self) -> dict:
+    """What a checkpoint was trained on beyond its config: the prepared arrays and the GIDs (of
+    the items the model was built for, so items added later leave it as it is)."""
+    trained = self.gids.codes[:self.model.config.num_items + 1]
+    return {"data": self.prepared.manifest["files"]["arrays.npz"],
+            "gids": hashlib.sha256(np.ascontiguousarray(trained)).hexdigest()}
+
+
+def build(settings: Settings, workdir: str, *, log=print, prepared: Prepared | None = None,
+          gids: GidTable | None = None, read_only: bool = False) -> RunParts:
+  """A run's parts from its settings: prepared data, GIDs, inputs, the model, mesh and trie.
+
+  `prepared` and `gids`, when the caller already has them for these settings, are used as given;
+  `read_only` uses the cached stages as they are (the readers of a trained model) and never
+  builds one.
+  """
+  prepared, gids = stages.data_and_gids(settings, workdir, log=log, prepared=prepared,
+                                        gids=gids, read_only=read_only)
+  builder = InputBuilder(prepared, gids, settings.inputs,
+                         last_level_items=settings.model.tie_last_level)
+  ds = prepared.dataset
+  model = create_model(settings.model, vocab_size=prepared.vocab_size, num_items=ds.num_items,
+                       num_users=ds.num_users, branching=gids.branching, depth=gids.depth)
+  mesh = sharding.make_mesh(settings.num_devices)
+  return RunParts(prepared, gids, builder, model, mesh, settings.eval,
+                  make_trie(gids, model, settings.eval, mesh))
+
+
+def checkpoints(parts: RunParts, settings: Settings, workdir: str) -> store.CheckpointStore:
+  """The checkpoint store of the run in `workdir`, tied to `settings.fixed` and the parts'
+  data and GIDs."""
+  return store.CheckpointStore(store.checkpoint_dir(workdir), settings.fixed, parts.fingerprint)
+
+
+def run_dir(workdir: str) -> str:
+  """Where ColaRec's run writes its metrics, curves and checkpoints."""
+  return os.path.join(workdir, "colarec")
