@@ -231,3 +231,13 @@ def test_a_finished_run_of_another_config_is_an_error_not_its_stale_row(tmp_path
                      r"ColaRec/seed0\) finished with another config \(train\.epochs"):
     runner.run_suite(longer, "", root, [0], arms=["ColaRec"], study="arms",
                           log=lambda *_: None)
+
+
+def test_every_arm_is_checked_before_the_first_run(tmp_path):
+  """`--sweep=train.epochs=1,-1`: the bad second arm is reported before the first one trains."""
+  root = str(tmp_path / "root")
+  with pytest.raises(ConfigError, match=r"config\.train\.epochs: got -1, expected >= 1 \(in arm "
+                     r"'train\.epochs=-1', seed 0\)"):
+    runner.run_suite(small_config(), "main", root, [0], sweeps=["train.epochs=1,-1"],
+                     log=lambda *_: None)
+  assert not os.path.exists(root)

@@ -38,6 +38,7 @@ from colarec_jax.config.settings import Settings
 from colarec_jax.data import fileio
 from colarec_jax.data.dataset import TEST, TRAIN
 from colarec_jax.training import loop as train_lib
+from colarec_jax.training.step import check_batch_size
 from colarec_jax.studies.variants import (
   REFERENCE,
   SUITES,
@@ -48,7 +49,7 @@ from colarec_jax.studies.variants import (
   variant_config,
 )
 from colarec_jax.run import stages
-from colarec_jax.runtime.errors import UsageError
+from colarec_jax.runtime.errors import ConfigError, UsageError
 
 BUDGETS = ("cpu", "paper")
 
@@ -240,6 +241,24 @@ def _curve(workdir: str, settings: Settings) -> list[list[float]]:
   return out
 
 
+def check_arms(config, variants, seeds) -> None:
+  """Every run's config (variant x seed), checked as a run would check it, before the first run
+  starts: a bad value in the last arm is reported before hours are spent on the first.
+
+  Raises:
+    ConfigError: naming the first bad key, with the arm it is in.
+  """
+  for variant in variants:
+    for seed in seeds:
+      try:
+        settings = Settings.parse(variant_config(config, variant, seed))
+        if settings.model.name == "colarec":
+          check_batch_size(settings)
+      except ConfigError as e:
+        raise ConfigError(e.key, f"{str(e).split(': ', 1)[1]} (in arm {variant.name!r}, seed "
+                          f"{seed})") from None
+
+
 def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), arms=(),
               study: str = "", budget="cpu", log=print) -> list[dict]:
   """Every variant x seed of a suite (or of `sweeps`, or of `arms`); returns the rows and writes
@@ -260,6 +279,7 @@ def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), arm
   name = study or name
   if os.sep in name or name in (".", ".."):
     raise UsageError("study", f"got {name!r}, expected a folder name")
+  check_arms(config, variants, seeds)
   rows = []
   for order, variant in enumerate(variants):
     for seed in seeds:
