@@ -171,3 +171,47 @@ def test_a_full_tree_is_refused_before_the_model_runs(workdir):
   with pytest.raises(DataError, match=f"has only {free.sum()} free leaves"):
     add(workdir, "many.item")
   assert not os.path.exists(os.path.join(workdir, overlay.FILE))
+
+
+def test_a_long_text_neither_bloats_the_overlay_nor_its_readers(workdir, tmp_path):
+  """One item with a 300,000-character title: the stored text is cut to MAX_FIELD_CHARS, the
+  overlay stays small (NumPy's fixed-width unicode made it 4 bytes x title length x fields),
+  and the catalogue's text table does not widen every row to the longest."""
+  path = tmp_path / "long.item"
+  title = "word " * 60_000
+  path.write_text("item_id:token\ttitle:token_seq\tbrand:token\tcategories:token_seq\n"
+                  f"n51\t{title}\tAcme\tCases\nn52\tshort case\tZen\tCases\n")
+  logs = []
+  modes.add_items(settings(), workdir, AddItemsFlags(items_file=str(path)), log=logs.append)
+  assert any("longer than 4096 characters" in line for line in logs)
+  assert os.path.getsize(os.path.join(workdir, overlay.FILE)) < 64_000
+  _, ws = workspace(workdir)
+  text = ws.prepared.dataset.item_text
+  assert text.dtype == object and len(text[-2, 0]) == overlay.MAX_FIELD_CHARS
+  assert text[-2, 0] == title[:overlay.MAX_FIELD_CHARS] and text[-1, 0] == "short case"
+  assert ws.prepared.dataset.content(ws.gids.num_items) == "title short case brand Zen categories Cases"
+
+
+def test_an_overlay_written_with_fixed_width_text_still_loads(workdir):
+  """Workdirs whose new_items.npz predates variable-length text keep their added items."""
+  add(workdir, "new.item")
+  path = os.path.join(workdir, overlay.FILE)
+  with np.load(path) as z:
+    arrays = {k: z[k] for k in z.files}
+  arrays["item_text"] = overlay._unpack(arrays).astype(str)  # the old layout: a unicode array
+  for key in ("text_bytes", "text_offsets", "text_shape"):
+    del arrays[key]
+  np.savez(path, **arrays)
+  _, ws = workspace(workdir)
+  assert ws.prepared.dataset.item_ids[-3:].tolist() == ["n01", "n02", "n03"]
+  assert ws.prepared.dataset.item_text[-1].tolist() == ["rugged headsets model 92", "",
+                                                        "Headsets Wireless"]
+
+
+def test_an_overlong_item_id_is_refused(workdir, tmp_path):
+  path = tmp_path / "long_id.item"
+  path.write_text("item_id:token\ttitle:token_seq\tbrand:token\tcategories:token_seq\n"
+                  f"{'x' * 300}\tred case\tAcme\tCases\n")
+  with pytest.raises(DataError, match=r"long_id.item:2: item id 'x+'\.\.\. has 300 characters; "
+                     r"expected at most 256"):
+    modes.add_items(settings(), workdir, AddItemsFlags(items_file=str(path)), log=QUIET)

@@ -19,6 +19,43 @@ from colarec_jax.gid.table import GidTable
 from colarec_jax.runtime.errors import UsageError
 
 FILE = "new_items.npz"
+# What one added item may carry: each text field is cut to this many characters (the tokenizer
+# keeps only `data.max_item_tokens` tokens of the whole content string anyway), and an id longer
+# than MAX_ID_CHARS is refused. Without a bound one 2 MB title made every reader allocate
+# num_items x 2M characters.
+MAX_FIELD_CHARS = 4096
+MAX_ID_CHARS = 256
+
+
+def text_array(rows) -> np.ndarray:
+  """[m, fields] object array of Python strings: each cell as long as its own text, where a NumPy
+  unicode array would give every cell the longest one's width."""
+  rows = [tuple(str(x) for x in row) for row in rows]
+  out = np.empty((len(rows), len(rows[0]) if rows else 0), object)
+  for n, row in enumerate(rows):
+    out[n, :] = row
+  return out
+
+
+def _pack(text: np.ndarray) -> dict[str, np.ndarray]:
+  """A [m, fields] text array as UTF-8 bytes and [m * fields + 1] offsets (no pickles, no
+  fixed width)."""
+  cells = [str(x).encode("utf-8") for x in text.reshape(-1)]
+  offsets = np.zeros(len(cells) + 1, np.int64)
+  offsets[1:] = np.cumsum([len(c) for c in cells])
+  return {"text_bytes": np.frombuffer(b"".join(cells), np.uint8),
+          "text_offsets": offsets, "text_shape": np.asarray(text.shape, np.int64)}
+
+
+def _unpack(z) -> np.ndarray:
+  if "item_text" in z:  # files written before text was stored variable-length
+    return text_array(z["item_text"].tolist())
+  data, offsets = z["text_bytes"].tobytes(), z["text_offsets"]
+  cells = [data[offsets[n]:offsets[n + 1]].decode("utf-8") for n in range(len(offsets) - 1)]
+  shape = tuple(int(x) for x in z["text_shape"])
+  out = np.empty(len(cells), object)
+  out[:] = cells
+  return out.reshape(shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +64,7 @@ class NewItems:
 
   Attributes:
     item_ids: [m] raw item ids.
-    item_text: [m, len(text_fields)] str, their text fields.
+    item_text: [m, len(text_fields)] object array of str, their text fields (`text_array`).
     tokens: [m, max_item_tokens] int32 content tokens (padded with the tokenizer's <pad>).
     token_len: [m] int32 content length before truncation.
     codes: [m, l] int32 GIDs.
@@ -41,7 +78,8 @@ class NewItems:
 
   @classmethod
   def empty(cls, num_fields: int, max_tokens: int, depth: int) -> NewItems:
-    return cls(np.zeros(0, str), np.zeros((0, num_fields), str), np.zeros((0, max_tokens), np.int32),
+    return cls(np.zeros(0, str), text_array([]).reshape(0, num_fields),
+               np.zeros((0, max_tokens), np.int32),
                np.zeros(0, np.int32), np.zeros((0, depth), np.int32))
 
   def __len__(self) -> int:
@@ -56,8 +94,9 @@ class NewItems:
     GIDs it extends. Returns the file's path."""
     path = os.path.join(workdir, FILE)
     staging = path + ".tmp.npz"
-    np.savez(staging, fingerprint=np.array(json.dumps(fingerprint, sort_keys=True)),
-             **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+    arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    arrays.update(_pack(arrays.pop("item_text")))
+    np.savez(staging, fingerprint=np.array(json.dumps(fingerprint, sort_keys=True)), **arrays)
     # Staged then renamed: a reader never sees half an overlay, even if this process is killed.
     os.replace(staging, path)
     return path
@@ -75,8 +114,9 @@ class NewItems:
     try:
       with np.load(path) as z:
         saved = json.loads(str(z["fingerprint"]))
-        items = cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
-    except (OSError, ValueError, KeyError) as e:
+        items = cls(**{f.name: _unpack(z) if f.name == "item_text" else z[f.name]
+                       for f in dataclasses.fields(cls)})
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
       raise UsageError("workdir", f"{path} is unreadable ({type(e).__name__}); remove it and add "
                        "the new items again (--mode=add_items)") from None
     # Added items' GIDs sit in free leaves of one trained tree: on another tree they would collide.

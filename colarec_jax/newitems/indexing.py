@@ -30,13 +30,15 @@ from colarec_jax.runtime import sharding
 from colarec_jax.runtime.errors import ConfigError, DataError
 
 
-def read_items_file(path: str, data_cfg: DataConfig,
-                    known_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
-  """New items from an atomic item file: (ids [m], text [m, len(text_fields)], file lines).
+def read_items_file(path: str, data_cfg: DataConfig, known_ids: np.ndarray, *,
+                    log=print) -> tuple[np.ndarray, np.ndarray, list[int]]:
+  """New items from an atomic item file: (ids [m], text [m, len(text_fields)] (an object array,
+  each field cut to `overlay.MAX_FIELD_CHARS`), file lines).
 
   Raises:
-    DataError: naming the file and line: unreadable, no rows, a column missing, an id given twice
-      or already one of `known_ids` (the workdir's items, trained or added before).
+    DataError: naming the file and line: unreadable, no rows, a column missing, an id given twice,
+      longer than `overlay.MAX_ID_CHARS`, or already one of `known_ids` (the workdir's items,
+      trained or added before).
   """
   cfg = data_cfg
   table = atomic.read_atomic(path)
@@ -46,10 +48,19 @@ def read_items_file(path: str, data_cfg: DataConfig,
                                         text_fields=list(cfg.text_fields))
   known = set(known_ids[1:].tolist())
   for item, line in zip(items.order, table.lines):
+    if len(item) > overlay.MAX_ID_CHARS:
+      raise DataError(path, f"item id {item[:40]!r}... has {len(item)} characters; expected at "
+                      f"most {overlay.MAX_ID_CHARS}", line)
     if item in known:
       raise DataError(path, f"item {item!r} is already an item of this workdir "
                       "(trained or added before); expected new item ids", line)
-  text = np.array([items.text[i] for i in items.order], dtype=str)
+  cap = overlay.MAX_FIELD_CHARS
+  rows = [items.text[i] for i in items.order]
+  cut = sum(any(len(field) > cap for field in row) for row in rows)
+  if cut:
+    log(f"{path}: {cut} item(s) have a text field longer than {cap} characters; kept the first "
+        f"{cap} of each (the tokenizer reads only data.max_item_tokens tokens)")
+  text = overlay.text_array([tuple(field[:cap] for field in row) for row in rows])
   return np.array(items.order, dtype=str), text, list(table.lines)
 
 
@@ -152,7 +163,8 @@ def add_items(parts: RunParts, params, workdir: str, items_file: str, *, data_cf
   """
   before = catalogue.load(parts, workdir)
   current = catalogue.with_new_items(parts, before)
-  ids, text, lines = read_items_file(items_file, data_cfg, current.prepared.dataset.item_ids)
+  ids, text, lines = read_items_file(items_file, data_cfg, current.prepared.dataset.item_ids,
+                                     log=log)
   tokens, lengths = tokenise(current.prepared, data_cfg, use_content, text, ids, path=items_file,
                              lines=lines)
   codes = index_items(current, params, tokens, where=items_file)
