@@ -21,19 +21,16 @@ the config is the one training stored in the workdir (`colarec_jax/config/stored
 """
 
 import os
-import re
-import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from colarec_jax.cli import flags as mode_flags
-from colarec_jax.cli import modes
+from colarec_jax.cli import modes, parsing
 from colarec_jax.config import stored
 from colarec_jax.config.settings import Settings
 from colarec_jax.runtime import allocator, interrupts, sharding
-from colarec_jax.runtime.errors import ColarecError
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/ (default: "
                                 "the one training stored in --workdir).", lock_config=True)
@@ -56,6 +53,13 @@ flags.DEFINE_integer("max_batch", _DEFAULT["max_batch"], "serve: requests per be
                      "most (0: eval.decode_batch_size; 1: one request at a time).")
 flags.DEFINE_float("batch_window_ms", _DEFAULT["batch_window_ms"], "serve: how long a request "
                    "waits for others to join its batch.")
+flags.DEFINE_integer("max_body_bytes", _DEFAULT["max_body_bytes"], "serve: the largest request "
+                     "body taken (413 beyond).")
+flags.DEFINE_integer("max_queue", _DEFAULT["max_queue"], "serve: requests waiting at most (503 "
+                     "beyond).")
+flags.DEFINE_string("auth_token_file", _DEFAULT["auth_token_file"], "serve: a file whose first "
+                    "line is the bearer token /recommend requires (default: $COLAREC_SERVE_TOKEN, "
+                    "or none).")
 flags.DEFINE_string("items_file", _DEFAULT["items_file"], "add_items: the new items, in the "
                     "dataset's item format.")
 flags.DEFINE_bool("distributed", os.environ.get("COLAREC_DISTRIBUTED", "") in ("1", "true"),
@@ -86,30 +90,6 @@ def main(argv):
               **{name: FLAGS[name].value for name in _DEFAULT})
 
 
-def _flag_error(error: BaseException, argv: list[str]) -> str:
-  """A flag-parsing failure as one line: the flag or config key, and what was expected."""
-  if isinstance(error, ColarecError):  # the workdir's stored config (stored.get_config)
-    return str(error)
-  text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
-  keys = [a[2:].split("=")[0] for a in argv if a.startswith("--config.")]
-  key = next((k for k in keys if any(f"'{part}" in text for part in k.split(".")[1:])), None)
-  if isinstance(error, (AttributeError, KeyError)) and key:
-    # A --config.<key> override naming no key of the config.
-    suggestion = re.findall(r'Did you mean "([^"]+)"', text)
-    hint = f'; did you mean "{suggestion[0]}"?' if suggestion else ""
-    return f"{key}: there is no such config key{hint}"
-  if path and not os.path.isfile(path):
-    return f"--config: {path!r} is not a file; expected a config file such as configs/default.py"
-  if isinstance(error, flags.Error):
-    return text.removeprefix("flag ")
-  cause = error.__cause__ or error
-  where = f" (line {cause.lineno})" if getattr(cause, "lineno", None) else ""
-  return (f"--config: cannot load {path!r}: {type(cause).__name__}: "
-          f"{getattr(cause, 'msg', None) or cause}{where}; expected a file whose get_config() "
-          "returns a config, such as configs/default.py")
-
-
 def _with_stored_config(argv: list[str]) -> list[str]:
   """`argv`, with `--config=<stored.py>:<workdir>` added when it names a workdir and no
   --config: the config training stored there, under the command line's overrides."""
@@ -123,21 +103,9 @@ def _with_stored_config(argv: list[str]) -> list[str]:
   return [argv[0], f"--config={stored.__file__}:{os.path.abspath(workdir)}", *argv[1:]]
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with every failure as one line on stderr and exit code 2."""
-  try:
-    remaining = FLAGS(_with_stored_config(argv))
-    if FLAGS["config"].present:
-      FLAGS.config.keys()  # the config file loads lazily: fail here, not in the middle of a run
-    return remaining
-  except Exception as e:  # noqa: BLE001  (whatever the config file or a flag raises: one line)
-    print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
-    sys.exit(2)
-
-
 def run():
   """Console-script entry point (`colarec-jax`)."""
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parsing.one_line_parser(FLAGS, _with_stored_config))
 
 
 if __name__ == "__main__":

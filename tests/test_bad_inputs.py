@@ -9,6 +9,7 @@ docs/bad_inputs.md (a test keeps the two equal).
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -296,17 +297,118 @@ CASES = [
      "--port: got 0, expected 1 to 65535"),
     ("serve-max-batch", "serve with a negative batch", ["--mode=serve", "--max_batch=-1"],
      "--max_batch: got -1, expected >= 1"),
+    # Serving, export, add_items and the studies runner (issue 36).
+    ("serve-window-nan", "serve with a batching window of nan", ["--mode=serve",
+                                                                "--batch_window_ms=nan"],
+     "--batch_window_ms: got nan, expected 0 to 1000"),
+    ("serve-window-inf", "serve with an infinite batching window",
+     ["--mode=serve", "--batch_window_ms=inf"], "--batch_window_ms: got inf, expected 0 to 1000"),
+    ("serve-window-days", "serve with a batching window of days",
+     ["--mode=serve", "--batch_window_ms=1e9"],
+     "--batch_window_ms: got 1000000000.0, expected 0 to 1000"),
+    ("serve-max-batch-huge", "serve batches of 100,000 rows", ["--mode=serve",
+                                                              "--max_batch=100000"],
+     "--max_batch: got 100000, expected >= 1 (at most 4096)"),
+    ("serve-body-limit", "serve with a body limit of 0 bytes", ["--mode=serve",
+                                                               "--max_body_bytes=0"],
+     "--max_body_bytes: got 0, expected 1 to"),
+    ("serve-queue", "serve with a queue of 0", ["--mode=serve", "--max_queue=0"],
+     "--max_queue: got 0, expected 1 to"),
+    ("serve-token-file", "serve with a token file that does not exist",
+     ["--mode=serve", "--auth_token_file=/nonexistent/token"],
+     "--auth_token_file: cannot read /nonexistent/token"),
+    ("serve-port-in-use", "serve on a port another program listens on",
+     "trained:--mode=serve --port={busy_port}", "--port: cannot listen on 127.0.0.1:"),
+    ("export-unwritable", "export into a folder that takes no file",
+     "trained:--mode=export --output=/proc/top.jsonl", "--output: cannot write to /proc:"),
+    ("add-items-while-read", "add items while a server (a reader) uses the workdir",
+     "trained-read:--mode=add_items --items_file=tests/fixtures/new_items/new.item",
+     "--workdir: {workdir} is being read by another colarec-jax process"),
+    ("runner-missing-config", "run a study with a config file that does not exist",
+     "experiments:--config=/nonexistent.py --root={tmp}/r",
+     "--config: '/nonexistent.py' is not a file"),
+    ("runner-unknown-key", "run a study with a mistyped config key",
+     "experiments:--config=configs/tiny.py --config.data.sourc=x --root={tmp}/r",
+     "config.data.sourc: there is no such config key"),
+    ("runner-root-file", "run a study whose --root is a file",
+     "experiments:--config=configs/tiny.py --root={tmp}/a-file",
+     "--root: {tmp}/a-file is a file; expected a folder"),
+    ("runner-bad-arm", "sweep a value that one arm cannot take",
+     "experiments:--config=configs/tiny.py --root={tmp}/r --sweep=train.epochs=1,-1",
+     "config.train.epochs: got -1, expected >= 1 (in arm 'train.epochs=-1', seed 0)"),
+    ("runner-seeds", "run a study with seeds that are not numbers",
+     "experiments:--config=configs/tiny.py --root={tmp}/r --seeds=a,b",
+     "--seeds: got ['a', 'b'], expected integers"),
+]
+
+# The Python API: (id, mistake, call(rec), the error's message (part)); one exception each, a
+# RequestError naming the argument.
+API_CASES = [
+    ("api-batch-negative", "load with a batch of -3 rows",
+     lambda rec, workdir: type(rec).load(workdir, batch_size=-3),
+     "batch_size: got -3, expected 1 to 4096"),
+    ("api-batch-huge", "load with a batch of 100,000 rows",
+     lambda rec, workdir: type(rec).load(workdir, batch_size=100_000),
+     "batch_size: got 100000, expected 1 to 4096"),
+    ("api-users-string", "recommend_batch for one user id as a string",
+     lambda rec, workdir: rec.recommend_batch(users="u01"), "users: got str 'u01', expected a list"),
+    ("api-user-unknown", "recommend for an unknown user",
+     lambda rec, workdir: rec.recommend(user="nobody"), "user: 'nobody' is not a user of tiny"),
+    ("api-user-huge", "recommend for a 1 MB user id (the echo is cut)",
+     lambda rec, workdir: rec.recommend(user="x" * 1_000_000), "... (1000002 characters) is not"),
+    ("api-top-n", "a top-N past the beam", lambda rec, workdir: rec.recommend(user="u01", top_n=21),
+     "top_n: got 21, expected 1 to eval.beam_size = 20"),
+    ("api-checkpoint", "load a checkpoint word that does not exist",
+     lambda rec, workdir: type(rec).load(workdir, checkpoint="newest"),
+     "--checkpoint: got 'newest', expected 'best', 'latest' or an epoch number"),
+]
+
+# HTTP (`--mode=serve`, with a token, a 4096-byte body limit and a queue of 1): (id, mistake,
+# method, path, body, with the token, status, the JSON error (part)); tests/test_serve.py sends
+# each to a real server.
+HTTP_CASES = [
+    ("http-no-token", "no bearer token", "POST", "/recommend", b'{"user": "u01"}', False, 401,
+     "authorization: expected the header 'Authorization: Bearer <token>'"),
+    ("http-body-too-large", "a body over --max_body_bytes", "POST", "/recommend",
+     b'{"history": [' + b'"i01", ' * 800 + b'"i02"]}', True, 413,
+     "body: larger than 4096 bytes (--max_body_bytes)"),
+    ("http-not-json", "a body that is not JSON", "POST", "/recommend", b"{bad", True, 400,
+     "body: not valid JSON"),
+    ("http-nested", "JSON nested thousands deep", "POST", "/recommend", b"[" * 2000 + b"]" * 2000,
+     True, 400, "body: JSON nested too deep"),
+    ("http-unknown-field", "an unknown field", "POST", "/recommend", b'{"usr": "u01"}', True, 400,
+     "usr: unknown field; expected user, history, top_n"),
+    ("http-huge-id", "a 3,000-character user id (the echo is cut)", "POST", "/recommend",
+     b'{"user": "' + b"x" * 3000 + b'"}', True, 404, "... (3002 characters) is not a user of tiny"),
+    ("http-path", "an unknown path", "GET", "/nothing", b"", True, 404,
+     "path: not found; expected POST /recommend or GET /health"),
+    ("http-method", "GET on /recommend", "GET", "/recommend", b"", True, 405,
+     "method: not allowed; expected POST /recommend or GET /health"),
 ]
 
 
 def table() -> str:
+  cell = lambda text: f"`{text.replace('|', '/')}`"
   rows = ["| case | mistake | the one line (part) |", "|---|---|---|"]
   for case, what, _, expected in CASES:
-    rows.append(f"| `{case}` | {what} | `{expected.replace('|', '/')}` |")
+    rows.append(f"| `{case}` | {what} | {cell(expected)} |")
+  api = ["| case | mistake | the error (part) |", "|---|---|---|"]
+  for case, what, _, expected in API_CASES:
+    api.append(f"| `{case}` | {what} | {cell(expected)} |")
+  http = ["| case | mistake | status | `error` (part) |", "|---|---|---|---|"]
+  for case, what, *_, status, expected in HTTP_CASES:
+    http.append(f"| `{case}` | {what} | {status} | {cell(expected)} |")
+  total = len(CASES) + len(API_CASES) + len(HTTP_CASES)
   return ("# Bad inputs and what they get\n\nEvery one exits with code 2 and prints one line, "
           "`error: ...`, naming the file and line, or the flag or config key, and what was "
           "expected; none leaves a half-written file. `tests/test_bad_inputs.py` runs each "
-          f"through the real command line ({len(CASES)} cases).\n\n" + "\n".join(rows) + "\n")
+          f"through the real command line ({len(CASES)} cases; `colarec-jax-experiments` for "
+          "the runner's).\n\n" + "\n".join(rows) + "\n\n## The Python API\n\nOne exception "
+          "each (`RequestError`, or `UsageError` for a checkpoint), naming the argument; "
+          f"`tests/test_bad_inputs.py` makes each call ({len(API_CASES)} cases).\n\n"
+          + "\n".join(api) + "\n\n## HTTP\n\nOne JSON answer each, `{\"error\": ...}`, "
+          "never a traceback in the server's log; `tests/test_serve.py` sends each to a real "
+          f"server ({len(HTTP_CASES)} cases; {total} in all).\n\n" + "\n".join(http) + "\n")
 
 
 def listing(path):
@@ -352,9 +454,31 @@ def test_bad_input_gets_one_line(case, what, args, expected, tmp_path, request):
   elif args == "no-item-file":
     args = _data(str(tmp_path))
     os.remove(os.path.join(str(tmp_path), "src", "tiny.item"))
-  elif isinstance(args, str) and args.startswith("trained:"):
+  elif isinstance(args, str) and args.startswith(("trained:", "trained-read:")):
     workdir = request.getfixturevalue("trained")
+    if args.startswith("trained-read:"):  # a reader (a server, say) holds the workdir meanwhile
+      from colarec_jax.data import fileio
+      holder = fileio.workdir_lock(workdir, exclusive=False, log=lambda *_: None)
+      holder.__enter__()
+    if "{busy_port}" in args:  # another program listens there for the whole run
+      busy = socket.socket()
+      busy.bind(("127.0.0.1", 0))
+      busy.listen(1)
+      request.addfinalizer(busy.close)
+      args = args.replace("{busy_port}", str(busy.getsockname()[1]))
     args = args.split(":", 1)[1].replace("{tmp}", str(tmp_path)).split() + TRAIN_TINY
+    expected = expected.replace("{workdir}", workdir)
+  elif isinstance(args, str) and args.startswith("experiments:"):
+    (tmp_path / "a-file").write_text("")
+    result = subprocess.run([sys.executable, "-m", "colarec_jax.studies.runner",
+                             *args.split(":", 1)[1].replace("{tmp}", str(tmp_path)).split()],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0] == "error: " + expected.replace("{tmp}", str(tmp_path)) or (
+        expected.replace("{tmp}", str(tmp_path)) in lines[0]), lines[0]
+    assert not os.path.exists(tmp_path / "r"), "the failed study left files behind"
+    return
   for arg in list(args):
     if arg.startswith("{config}"):
       args.remove(arg)
@@ -374,6 +498,20 @@ def test_bad_input_gets_one_line(case, what, args, expected, tmp_path, request):
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
   assert expected in lines[0], lines[0]
   assert after == before, "the failed run left files behind"
+
+
+@pytest.fixture(scope="module")
+def trained_rec(trained):
+  from colarec_jax.serving.recommender import Recommender
+  return Recommender.load(trained)
+
+
+@pytest.mark.parametrize("case,what,call,expected", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_mistakes_raise_one_clear_error(case, what, call, expected, trained, trained_rec):
+  from colarec_jax.runtime.errors import ColarecError
+  with pytest.raises(ColarecError) as e:
+    call(trained_rec, trained)
+  assert expected in str(e.value) and "\n" not in str(e.value) and len(str(e.value)) < 600
 
 
 def test_docs_table_is_current():

@@ -2,9 +2,12 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from colarec_jax.studies import report, runner, variants
 from colarec_jax.runtime.errors import ConfigError, UsageError
@@ -241,3 +244,73 @@ def test_every_arm_is_checked_before_the_first_run(tmp_path):
     runner.run_suite(small_config(), "main", root, [0], sweeps=["train.epochs=1,-1"],
                      log=lambda *_: None)
   assert not os.path.exists(root)
+
+
+def test_a_resumed_run_records_the_whole_runs_wall_time(tmp_path):
+  """An interrupted attempt's time is kept: the resumed run's row holds both."""
+  root = str(tmp_path)
+  workdir = os.path.join(root, "arms", "as_configured", "seed0")
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, runner.WALL), "w") as f:
+    json.dump({"seconds": 1000.0}, f)  # what a killed first attempt had spent
+  rows = runner.run_suite(small_config(), "", root, [0], arms=["as configured"],
+                          log=lambda *_: None)
+  assert 1000.0 < rows[0]["wall_seconds"] < 1000.0 + 600
+
+
+def test_a_second_runner_skips_the_run_the_first_holds_and_comes_back(tmp_path, monkeypatch):
+  """Two runners on one root: a run held by the other is not an error; it is taken up after the
+  rest (by then the other has finished it, and its row is read)."""
+  import threading
+
+  from colarec_jax.data import fileio
+  monkeypatch.setattr(runner, "POLL_SECONDS", 0.2)
+  root, logs = str(tmp_path), []
+  held = os.path.join(root, "sweep", variants.sweep_variants(
+      small_config(), ["loss.contrastive_weight=0.1,0.0"])[0].slug, "seed0")
+  lock = fileio.workdir_lock(held, log=lambda *_: None)
+  lock.__enter__()
+  released = threading.Event()
+
+  def release_once_the_other_run_started():
+    while not any("coming back to it" in line for line in logs):
+      released.wait(0.05)
+    while not any("colarec epoch 1" in line for line in logs):  # the other run trains meanwhile
+      released.wait(0.05)
+    lock.__exit__(None, None, None)
+    released.set()
+
+  thread = threading.Thread(target=release_once_the_other_run_started, daemon=True)
+  thread.start()
+  rows = runner.run_suite(small_config(), "", root, [0],
+                          sweeps=["loss.contrastive_weight=0.1,0.0"], log=logs.append)
+  thread.join(60)
+  assert released.is_set() and len(rows) == 2
+  assert [r["overrides"]["loss.contrastive_weight"] for r in rows] == [0.1, 0.0]
+  first_try = next(n for n, line in enumerate(logs) if "coming back to it" in line)
+  assert any("colarec epoch" in line for line in logs[first_try:])
+
+
+def experiments_cli(*args):
+  return subprocess.run([sys.executable, "-m", "colarec_jax.studies.runner", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=/nonexistent.py", "--root={tmp}/r"],
+     "error: --config: '/nonexistent.py' is not a file"),
+    (["--config=configs/tiny.py", "--config.data.sourc=x", "--root={tmp}/r"],
+     "error: config.data.sourc: there is no such config key"),
+    (["--config=configs/tiny.py", "--root={tmp}/a-file"],
+     "error: --root: {tmp}/a-file is a file; expected a folder"),
+    (["--config=configs/tiny.py", "--root={tmp}/r", "--budget=huge"],
+     "error: --budget=huge: value should be one of <cpu|paper>"),
+    (["--config=configs/tiny.py", "--root={tmp}/r", "--suite=paper"],
+     "error: --suite: got 'paper', expected one of main, ablation, gid"),
+])
+def test_the_experiments_cli_says_one_line(tmp_path, args, message):
+  (tmp_path / "a-file").write_text("")
+  result = experiments_cli(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+  assert lines[0].startswith(message.replace("{tmp}", str(tmp_path))), lines[0]

@@ -126,3 +126,28 @@ def test_cli_export_with_only_the_workdir(rec, tiny_workdir, tmp_path):
   rows = read_jsonl(out)
   assert [r["user"] for r in rows] == ["u10", "u02"]
   check_against_recommend(rec, rows, 7)
+
+
+def test_an_unwritable_folder_is_refused_before_the_model_loads(tiny_workdir):
+  """/proc takes no new file, not even from root: one line, before any checkpoint is read."""
+  result = subprocess.run([sys.executable, "-m", "colarec_jax.main", f"--workdir={tiny_workdir}",
+                           "--mode=export", "--output=/proc/top.jsonl"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().startswith("error: --output: cannot write to /proc:"), result.stderr
+  assert "checkpoint" not in result.stdout
+
+
+def test_a_killed_exports_temporary_file_is_removed_by_the_next(rec, tmp_path):
+  output = tmp_path / "top.jsonl"
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  stale = tmp_path / f".top.jsonl-{dead}-abc123.tmp"  # as a SIGKILLed export leaves it
+  live = tmp_path / f".top.jsonl-{os.getpid()}-def456.tmp"  # a running export's: kept
+  stale.write_text("half")
+  live.write_text("busy")
+  logs = []
+  export.export(rec, str(output), users=["u01"], top_n=3, log=logs.append, progress_bar=False)
+  assert not stale.exists() and live.exists() and output.exists()
+  assert any(f"removed {stale}" in line for line in logs)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "top.jsonl"]

@@ -21,7 +21,7 @@ def test_the_modes_table_says_who_reads_and_who_writes():
                                "recommend", "export", "serve", "add_items"]
   assert modes.READERS == ("evaluate", "recommend", "export", "serve", "add_items")
   shared = [name for name, mode in modes.MODES.items() if not mode.exclusive]
-  assert shared == ["evaluate", "recommend"]
+  assert shared == ["evaluate", "recommend", "export", "serve"]  # readers share the workdir
   assert [n for n, m in modes.MODES.items() if m.trains_colarec] == ["all", "train"]
 
 

@@ -215,3 +215,30 @@ def test_an_overlong_item_id_is_refused(workdir, tmp_path):
   with pytest.raises(DataError, match=r"long_id.item:2: item id 'x+'\.\.\. has 300 characters; "
                      r"expected at most 256"):
     modes.add_items(settings(), workdir, AddItemsFlags(items_file=str(path)), log=QUIET)
+
+
+def test_readers_share_the_workdir_and_add_items_waits_for_them(workdir, tmp_path):
+  """While a reader (a server, say) holds the workdir, export runs beside it and add_items is
+  refused with what to do, not a bare "in use"."""
+  from colarec_jax.data import fileio
+  from colarec_jax.runtime.errors import WorkdirInUse
+  with fileio.workdir_lock(workdir, exclusive=False, log=QUIET):
+    modes.run("export", settings(), workdir, log=QUIET, output=str(tmp_path / "top.jsonl"))
+    assert (tmp_path / "top.jsonl").exists()
+    with pytest.raises(WorkdirInUse, match=r"is being read by another colarec-jax process "
+                       r"\(evaluate, recommend, export or serve\); a mode that writes"):
+      modes.run("add_items", settings(), workdir, log=QUIET,
+                items_file=os.path.join(NEW, "new.item"))
+  assert not os.path.exists(os.path.join(workdir, overlay.FILE))
+  modes.run("add_items", settings(), workdir, log=QUIET, items_file=os.path.join(NEW, "new.item"))
+  assert os.path.exists(os.path.join(workdir, overlay.FILE))
+
+
+def test_a_killed_add_items_staging_file_is_removed(workdir):
+  staging = overlay.staging_path(workdir)
+  with open(staging, "wb") as f:
+    f.write(b"half an overlay")
+  logs = []
+  modes.add_items(settings(), workdir, AddItemsFlags(items_file=os.path.join(NEW, "new.item")),
+                  log=logs.append)
+  assert not os.path.exists(staging) and any("removed" in line for line in logs)

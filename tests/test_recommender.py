@@ -179,3 +179,43 @@ def test_the_readme_example_runs(tiny_workdir, capsys):
   exec(code, scope)  # noqa: S102  (the README's own example)
   assert [r.user for r in scope["top"]] == ["u03", "u04", "u05"]
   assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+# Issue 36: guards on the Python API, and lists that are as long as asked for.
+
+
+@pytest.mark.parametrize("batch_size", [-3, 100_000, 2.5, True])
+def test_a_bad_batch_size_is_refused_before_loading(tiny_workdir, batch_size):
+  with pytest.raises(RequestError, match=r"batch_size: got .*, expected 1 to 4096"):
+    Recommender.load(tiny_workdir, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("kwargs,field", [({"users": "u01"}, "users"),
+                                          ({"histories": "i01"}, "histories"),
+                                          ({"users": b"u01"}, "users")])
+def test_a_string_is_not_a_list_of_requests(rec, kwargs, field):
+  with pytest.raises(RequestError, match=rf"^{field}: got .*expected a list"):
+    rec.recommend_batch(**kwargs)
+
+
+def test_every_user_gets_top_n_when_the_catalogue_has_them(rec):
+  """Known items are left out inside the search: a list is short only when the catalogue holds
+  fewer unseen items (with the official drop-after-search, tiny users' lists of 20 came back
+  with as few as a handful)."""
+  ds = rec.catalog.dataset
+  known = rec.parts.prepared.csr(TRAIN, VALID, TEST)
+  users = [str(u) for u in ds.user_ids[1:]]
+  for user, got in zip(users, rec.recommend_batch(users=users, top_n=20)):
+    left = ds.num_items - len(np.unique(known.row(list(ds.user_ids).index(user))))
+    assert len(got.items) == min(20, left) == len(set(got.items)), user
+    assert got.short is None if left >= 20 else "the catalogue holds" in got.short
+    assert "short" not in got.to_json() or left < 20
+
+
+def test_a_history_of_most_of_the_catalogue_says_why_it_is_short(rec):
+  ds = rec.catalog.dataset
+  history = [str(i) for i in ds.item_ids[1:33]]  # 32 of the 36 items
+  got = rec.recommend(history=history, top_n=10)
+  assert len(got.items) == 4 and not set(got.items) & set(history)
+  assert got.short == "the catalogue holds 4 items besides the 32 this request excludes"
+  assert got.to_json()["short"] == got.short

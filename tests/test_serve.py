@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -103,25 +104,31 @@ def request(port, method, path, body=None):
     conn.close()
 
 
-@pytest.fixture(scope="module")
-def server(tiny_workdir):
-  """The real server (`--mode=serve`) in a subprocess, on a free local port."""
+def start_server(workdir, *flags):
+  """(port, process): `--mode=serve` of `workdir` in a subprocess on a free local port, once its
+  /health answers."""
   port = free_port()
   process = subprocess.Popen(
-      [sys.executable, "-m", "colarec_jax.main", f"--workdir={tiny_workdir}", "--mode=serve",
-       f"--port={port}", "--batch_window_ms=20"], cwd=REPO, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+      [sys.executable, "-m", "colarec_jax.main", f"--workdir={workdir}", "--mode=serve",
+       f"--port={port}", *flags], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
   deadline = time.monotonic() + 300
   while True:
     try:
-      status, health = request(port, "GET", "/health")
-      break
+      request(port, "GET", "/health")
+      return port, process
     except OSError:
       if process.poll() is not None or time.monotonic() > deadline:
         process.kill()
         pytest.fail(f"the server did not start: {process.communicate()[1][-3000:]}")
       time.sleep(0.5)
-  yield port, process, (status, health)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_workdir):
+  """The real server (`--mode=serve`) in a subprocess, on a free local port."""
+  port, process = start_server(tiny_workdir, "--batch_window_ms=20")
+  yield port, process, request(port, "GET", "/health")
   if process.poll() is None:
     process.kill()
     process.communicate()
@@ -197,3 +204,226 @@ def test_serve_flags_are_checked_first(tiny_workdir):
                           text=True, timeout=120, env=dict(os.environ), check=False)
   assert result.returncode == 2
   assert result.stderr.strip() == "error: --port: got 70000, expected 1 to 65535"
+
+
+# Issue 36: bounded flags, limits, auth, JSON errors, overload, stalls, disconnects, shutdown.
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--batch_window_ms=nan", "--batch_window_ms: got nan, expected 0 to 1000"),
+    ("--batch_window_ms=inf", "--batch_window_ms: got inf, expected 0 to 1000"),
+    ("--batch_window_ms=1e9", "--batch_window_ms: got 1000000000.0, expected 0 to 1000"),
+    ("--max_batch=100000", "--max_batch: got 100000, expected >= 1 (at most 4096)"),
+    ("--max_body_bytes=0", "--max_body_bytes: got 0, expected 1 to"),
+    ("--max_queue=0", "--max_queue: got 0, expected 1 to"),
+    ("--auth_token_file=/nonexistent/token", "--auth_token_file: cannot read /nonexistent/token"),
+])
+def test_every_serve_flag_is_bounded(tiny_workdir, flag, message):
+  result = subprocess.run([sys.executable, "-m", "colarec_jax.main", f"--workdir={tiny_workdir}",
+                           "--mode=serve", flag], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 2 and result.stderr.strip() == f"error: {message}" or (
+      result.returncode == 2 and result.stderr.strip().startswith(f"error: {message}")), \
+      result.stderr[-2000:]
+
+
+def test_a_port_in_use_is_said_before_the_model_loads(tiny_workdir):
+  with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "colarec_jax.main",
+                             f"--workdir={tiny_workdir}", "--mode=serve", f"--port={port}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip() == (f"error: --port: cannot listen on 127.0.0.1:{port}: Address "
+                                   "already in use")
+  assert "serving on" not in result.stdout and "checkpoint" not in result.stdout
+
+
+def test_deeply_nested_json_is_a_400(rec):
+  with pytest.raises(RequestError, match="body: JSON nested too deep") as e:
+    serve.parse_request(rec, b"[" * 100_000 + b"]" * 100_000)
+  assert serve._status(e.value) == 400
+
+
+def test_an_echoed_id_is_cut(rec):
+  with pytest.raises(RequestError) as e:
+    serve.parse_request(rec, json.dumps({"user": "x" * 1_000_000}).encode())
+  assert len(str(e.value)) < 500 and "(1000002 characters)" in str(e.value)
+
+
+def test_a_dead_batcher_is_reported_and_fails_requests_at_once():
+  async def main():
+    batcher = serve.Batcher(lambda qs: qs, 4, 0.0)
+    assert batcher.state == "not started"
+    await batcher.start()
+    assert batcher.state == "running"
+    batcher.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+      await batcher.task
+    assert batcher.state == "stopped"
+    with pytest.raises(serve.Unavailable, match="batcher stopped"):
+      await batcher.submit("q")
+  asyncio.run(main())
+
+
+def gated():
+  """(gate, answer): an answer function that returns its queries once the gate is set."""
+  gate = threading.Event()
+
+  def answer(queries):
+    assert gate.wait(30)
+    return list(queries)
+
+  return gate, answer
+
+
+def test_stopping_fails_the_queued_requests():
+  """A request still queued at shutdown gets 503 at once, not a hang."""
+  async def main():
+    gate, answer = gated()
+    batcher = serve.Batcher(answer, 1, 0.0)
+    await batcher.start()
+    first = asyncio.ensure_future(batcher.submit("first"))  # the call in flight
+    await asyncio.sleep(0.1)
+    queued = asyncio.ensure_future(batcher.submit("queued"))
+    await asyncio.sleep(0.1)
+    stopping = asyncio.ensure_future(batcher.stop())
+    await asyncio.sleep(0.1)
+    gate.set()
+    await stopping
+    with pytest.raises(serve.Unavailable, match="shutting down"):
+      await queued
+    return await first
+  assert asyncio.run(main()) == "first"
+
+
+def test_a_full_queue_refuses_at_once():
+  async def main():
+    gate, answer = gated()
+    batcher = serve.Batcher(answer, 1, 0.0, max_queue=1)
+    await batcher.start()
+    waiting = []
+    for n in range(2):  # the first is taken into a call (held by the gate), the second queues
+      waiting.append(asyncio.ensure_future(batcher.submit(n)))
+      await asyncio.sleep(0.1)
+    with pytest.raises(serve.Unavailable, match="1 requests are waiting already"):
+      await batcher.submit(2)
+    gate.set()
+    answers = await asyncio.gather(*waiting)
+    await batcher.stop()
+    return answers, batcher.refused
+  assert asyncio.run(main()) == ([0, 1], 1)
+
+
+def raw_request(port, method, path, body=b"", headers=None):
+  conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+  try:
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+  finally:
+    conn.close()
+
+
+def start_guarded(tiny_workdir, tmp_path_factory):
+  """A server with a bearer token, a 4 KB body limit and a queue of 1 (one request per call)."""
+  token_file = tmp_path_factory.mktemp("token") / "token"
+  token_file.write_text("s3cret-token\n")
+  return start_server(tiny_workdir, "--max_body_bytes=4096", "--max_queue=1", "--max_batch=1",
+                      "--batch_window_ms=0", f"--auth_token_file={token_file}")
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_workdir, tmp_path_factory):
+  port, process = start_guarded(tiny_workdir, tmp_path_factory)
+  yield port, process
+  if process.poll() is None:
+    process.kill()
+    process.communicate()
+
+
+AUTH = {"Authorization": "Bearer s3cret-token", "Content-Type": "application/json"}
+
+
+def test_the_token_guards_recommend_not_health(guarded):
+  port = guarded[0]
+  status, health = request(port, "GET", "/health")
+  assert status == 200 and health["auth"] and health["batcher"] == "running"
+  for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+    status, got, body = raw_request(port, "POST", "/recommend", b'{"user": "u01"}', headers)
+    assert status == 401 and "authorization:" in json.loads(body)["error"]
+    assert got.get("www-authenticate") == "Bearer"
+  status, _, body = raw_request(port, "POST", "/recommend", b'{"user": "u01"}', AUTH)
+  assert status == 200 and len(json.loads(body)["items"]) == 10
+
+
+def test_a_body_over_the_limit_is_a_413(guarded):
+  body = json.dumps({"user": "u01", "history": ["i01"] * 2000}).encode()
+  status, _, reply = raw_request(guarded[0], "POST", "/recommend", body, AUTH)
+  assert status == 413 and "larger than 4096 bytes" in json.loads(reply)["error"]
+
+
+@pytest.mark.parametrize("method,path,status", [("GET", "/recommend", 405),
+                                                ("GET", "/nothing", 404),
+                                                ("PUT", "/health", 405)])
+def test_404_and_405_answer_json(guarded, method, path, status):
+  got, _, body = raw_request(guarded[0], method, path)
+  assert got == status and "expected POST /recommend or GET /health" in json.loads(body)["error"]
+
+
+def test_a_trailing_slash_is_answered_not_redirected(guarded):
+  status, _, body = raw_request(guarded[0], "POST", "/recommend/", b'{"user": "u02"}', AUTH)
+  assert status == 200 and json.loads(body)["user"] == "u02"
+
+
+def test_overload_is_a_503_with_retry_after(guarded):
+  port = guarded[0]
+  with concurrent.futures.ThreadPoolExecutor(48) as pool:
+    replies = list(pool.map(lambda n: raw_request(
+        port, "POST", "/recommend", json.dumps({"user": f"u{n % 48:02d}"}).encode(), AUTH),
+        range(96)))
+  statuses = [status for status, _, _ in replies]
+  assert set(statuses) <= {200, 503} and statuses.count(503) >= 1, statuses
+  refused = [(h, b) for s, h, b in replies if s == 503]
+  assert refused[0][0].get("retry-after") == "1" and "busy:" in json.loads(refused[0][1])["error"]
+  _, health = request(port, "GET", "/health")
+  assert health["refused_busy"] >= statuses.count(503)
+
+
+def test_a_stalled_connection_is_dropped(guarded):
+  with socket.create_connection(("127.0.0.1", guarded[0]), timeout=30) as conn:
+    conn.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    start = time.monotonic()
+    assert conn.recv(1024) == b""  # closed by the server
+    assert time.monotonic() - start < serve.HEAD_SECONDS + 5
+
+
+def _http_cases():
+  from test_bad_inputs import HTTP_CASES
+  return HTTP_CASES
+
+
+@pytest.mark.parametrize("case,what,method,path,body,token,status,expected", _http_cases(),
+                         ids=[c[0] for c in _http_cases()])
+def test_http_mistakes_get_one_json_error(guarded, case, what, method, path, body, token, status,
+                                          expected):
+  headers = AUTH if token else {"Content-Type": "application/json"}
+  got, _, reply = raw_request(guarded[0], method, path, body, headers)
+  assert got == status and expected in json.loads(reply)["error"], (got, reply[:500])
+
+
+def test_disconnects_leave_no_tracebacks_and_sigterm_ends_it(tiny_workdir, tmp_path_factory):
+  port, process = start_guarded(tiny_workdir, tmp_path_factory)  # its own: this one stops it
+  for n in range(200):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+      body = b'{"user": "u01"}'
+      conn.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret-token"
+                   b"\r\nContent-Length: " + str(len(body) + 50 * (n % 2)).encode()
+                   + b"\r\n\r\n" + body)
+  assert request(port, "GET", "/health")[0] == 200  # still serving
+  process.send_signal(signal.SIGTERM)
+  out, err = process.communicate(timeout=30)
+  assert process.returncode == 0 and "stopped serving (SIGTERM)" in out
+  assert "Traceback" not in err, err[-3000:]

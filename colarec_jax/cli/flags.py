@@ -86,12 +86,17 @@ class ServeFlags:
   port: int = serve.PORT
   max_batch: int = 0
   batch_window_ms: float = serve.WINDOW_MS
+  max_body_bytes: int = serve.MAX_BODY_BYTES
+  max_queue: int = serve.MAX_QUEUE
+  auth_token_file: str = ""
 
   def check(self, settings: Settings) -> None:
     del settings
     store.parse_which(self.checkpoint)
     serve.require_server()
-    serve.check_serve_flags(self.port, self.max_batch, self.batch_window_ms)
+    serve.check_serve_flags(self.port, self.max_batch, self.batch_window_ms,
+                            self.max_body_bytes, self.max_queue)
+    serve.read_token(self.auth_token_file)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -150,10 +150,14 @@ def _export(settings, workdir, flags: ExportFlags, prepared, gids, log) -> None:
 
 def _serve(settings, workdir, flags: ServeFlags, prepared, gids, log) -> None:
   del gids
-  rec = Recommender.from_settings(settings, workdir, flags.checkpoint, prepared=prepared, log=log,
-                                  batch_size=flags.max_batch)
-  serve.serve(rec, host=flags.host, port=flags.port, max_batch=flags.max_batch,
-              window_ms=flags.batch_window_ms, log=log)
+  limits = serve.Limits(flags.max_body_bytes, flags.max_queue, serve.read_token(
+      flags.auth_token_file))
+  sock = serve.bind(flags.host, flags.port)  # a port in use is said before the model loads
+  with contextlib.closing(sock):
+    rec = Recommender.from_settings(settings, workdir, flags.checkpoint, prepared=prepared,
+                                    log=log, batch_size=flags.max_batch)
+    serve.serve(rec, sock=sock, max_batch=flags.max_batch, window_ms=flags.batch_window_ms,
+                limits=limits, log=log)
 
 
 def _add_items(settings, workdir, flags: AddItemsFlags, prepared, gids, log) -> None:
@@ -192,8 +196,8 @@ MODES = {
     "train": Mode(lambda s, *a: _train(s, *a, models=(s.model.name,)), trains_colarec=True),
     "evaluate": Mode(_evaluate, reads_model=True, exclusive=False),
     "recommend": Mode(_recommend, reads_model=True, exclusive=False),
-    "export": Mode(_export, reads_model=True),
-    "serve": Mode(_serve, reads_model=True),
+    "export": Mode(_export, reads_model=True, exclusive=False),
+    "serve": Mode(_serve, reads_model=True, exclusive=False),
     "add_items": Mode(_add_items, reads_model=True),
 }
 READERS = tuple(name for name, mode in MODES.items() if mode.reads_model)

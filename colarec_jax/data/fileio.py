@@ -13,7 +13,7 @@ import socket
 import tempfile
 import time
 
-from colarec_jax.runtime.errors import ConfigError, DataError, UsageError
+from colarec_jax.runtime.errors import ConfigError, DataError, UsageError, WorkdirInUse
 
 
 def read_bytes(path: str) -> bytes:
@@ -168,6 +168,16 @@ def config_key(path: str) -> str:
   return path
 
 
+def _held_exclusively(fd: int) -> bool:
+  """Whether another process holds the lock exclusively (a shared request would fail too)."""
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return True
+  fcntl.flock(fd, fcntl.LOCK_UN)
+  return False
+
+
 def remove_stale_staging(workdir: str) -> list[str]:
   """Removes staging folders (`.<stage>-XXXX`) that a killed build left in `workdir`; call it only
   while holding the workdir's exclusive lock. Returns what was removed."""
@@ -211,9 +221,17 @@ def workdir_lock(workdir: str, *, exclusive: bool = True, log=print):
     try:
       fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
-      holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-      raise UsageError("workdir", f"{workdir} is in use by another colarec-jax run ({holder}); "
-                       "wait for it to finish, or use another --workdir") from None
+      holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+      if exclusive and not _held_exclusively(fd):
+        # Only readers hold it (evaluate, recommend, export, a server): they may share it with
+        # each other, never with a writer that would change what they serve.
+        raise WorkdirInUse(f"{workdir} is being read by another colarec-jax process "
+                         "(evaluate, recommend, export or serve); a mode that writes (train, "
+                         "add_items, ...) waits for it: stop the server (or let the others "
+                         "finish), then run this again") from None
+      raise WorkdirInUse(f"{workdir} is in use by another colarec-jax run "
+                       f"({holder or 'another process'}); wait for it to finish, or use another "
+                       "--workdir") from None
     if exclusive:
       os.ftruncate(fd, 0)
       os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "

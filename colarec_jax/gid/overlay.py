@@ -37,6 +37,12 @@ def text_array(rows) -> np.ndarray:
   return out
 
 
+def staging_path(workdir: str) -> str:
+  """Where `save` writes before renaming; one left there was killed mid-save (the writer holds
+  the workdir alone, so a later writer may remove it)."""
+  return os.path.join(workdir, FILE + ".tmp.npz")
+
+
 def _pack(text: np.ndarray) -> dict[str, np.ndarray]:
   """A [m, fields] text array as UTF-8 bytes and [m * fields + 1] offsets (no pickles, no
   fixed width)."""
@@ -93,7 +99,7 @@ class NewItems:
     """Writes the overlay (replacing the file whole); `fingerprint` names the trained data and
     GIDs it extends. Returns the file's path."""
     path = os.path.join(workdir, FILE)
-    staging = path + ".tmp.npz"
+    staging = staging_path(workdir)
     arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     arrays.update(_pack(arrays.pop("item_text")))
     np.savez(staging, fingerprint=np.array(json.dumps(fingerprint, sort_keys=True)), **arrays)

@@ -161,6 +161,10 @@ def add_items(parts: RunParts, params, workdir: str, items_file: str, *, data_cf
     DataError / ConfigError: a bad file, an id already known, text that tokenises to nothing, a
       tree without room; nothing is written then.
   """
+  staging = overlay.staging_path(workdir)
+  if os.path.exists(staging):
+    os.unlink(staging)
+    log(f"removed {staging}, left by an add_items that was killed")
   before = catalogue.load(parts, workdir)
   current = catalogue.with_new_items(parts, before)
   ids, text, lines = read_items_file(items_file, data_cfg, current.prepared.dataset.item_ids,

@@ -59,8 +59,8 @@ class Ranker:
     # call means one compile.
     self.batch_size = -(-rows // shards) * shards
 
-  def ranked(self, inputs: dict, exclude: list[np.ndarray], k: int,
-             progress=None) -> tuple[np.ndarray, np.ndarray]:
+  def ranked(self, inputs: dict, exclude: list[np.ndarray], k: int, progress=None,
+             in_search: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top items for stacked encoder inputs, excluded items dropped.
 
     The next batch's search is dispatched before the last one's results are fetched, so the
@@ -71,6 +71,9 @@ class Ranker:
       exclude: per row, item ids to drop.
       k: list length (at most the beam size).
       progress: called with the count of rows after each batch is done, or None.
+      in_search: block excluded items inside the search, so a list is short only when fewer
+        than k items are left (None: `eval.exclude_in_search`; the official protocol drops them
+        from the beam's list afterwards).
 
     Returns:
       ([n, k] int32 items, 0-padded; [n, k] float32 beam scores, the items' GID
@@ -80,6 +83,7 @@ class Ranker:
       raise ValueError(f"k={k}: a search over this trie returns {self.trie.beam_size} items")
     n = len(inputs["mask"])
     out = np.zeros((n, k), np.int32), np.full((n, k), -np.inf, np.float32)
+    in_search = self.eval_cfg.exclude_in_search if in_search is None else in_search
 
     def collect(rows, real, found):
       items, scores = sharding.to_host(found)
@@ -91,7 +95,7 @@ class Ranker:
     pending = None
     for rows, real in padded_batches(np.arange(n), self.batch_size):
       batch = {name: jnp.asarray(v[rows]) for name, v in inputs.items()}
-      if self.eval_cfg.exclude_in_search and any(len(exclude[r]) for r in rows[:real]):
+      if in_search and any(len(exclude[r]) for r in rows[:real]):
         batch["blocked"] = jnp.asarray(decode.blocked_nodes(
             self.builder.gids, [exclude[r] for r in rows[:real]] + [[]] * (len(rows) - real)))
       batch = sharding.shard_rows(batch, self.mesh)
@@ -114,9 +118,9 @@ class Ranker:
                                      self.eval_cfg.ks, self.eval_cfg.long_tail_fraction)
 
   def for_histories(self, histories: list[list[int]], exclude: list[np.ndarray], k: int,
-                    progress=None) -> tuple[np.ndarray, np.ndarray]:
+                    progress=None, in_search: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`ranked` for item histories (internal ids, most recent first; the first
     `inputs.eval_history` are read, as in evaluation)."""
     limit = self.builder.cfg.eval_history
     inputs = stack([self.builder.rec_input(list(h[:limit])) for h in histories])
-    return self.ranked(inputs, exclude, k, progress)
+    return self.ranked(inputs, exclude, k, progress, in_search)

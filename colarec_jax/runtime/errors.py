@@ -31,6 +31,13 @@ class UsageError(ColarecError):
     self.flag = flag
 
 
+class WorkdirInUse(UsageError):
+  """Another colarec-jax process holds the workdir's lock (see `data.fileio.workdir_lock`)."""
+
+  def __init__(self, message):
+    super().__init__("workdir", message)
+
+
 class RequestError(ColarecError, ValueError):
   """A request to a trained model is invalid (an unknown user or item id, an empty history, a
   list length out of range); the message names the request's field. `not_found`: the request is

@@ -30,7 +30,8 @@ def check_output(output: str) -> str:
   """The format of `output` ('.jsonl' or '.parquet'), checked before any work.
 
   Raises:
-    UsageError: no file, another suffix, a folder that does not exist, or no pyarrow.
+    UsageError: no file, another suffix, a folder that does not exist or cannot be written, or
+      no pyarrow.
   """
   if not output:
     raise UsageError("output", "give the file to write, e.g. --output=top10.jsonl "
@@ -45,6 +46,11 @@ def check_output(output: str) -> str:
                      "exist")
   if os.path.isdir(output):
     raise UsageError("output", f"{output} is a folder; expected a file name")
+  try:  # a file in the folder, written and removed: permissions, a read-only disk, ...
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".colarec-write-check-"):
+      pass
+  except OSError as e:
+    raise UsageError("output", f"cannot write to {folder}: {e.strerror or e}") from None
   if suffix == ".parquet":
     try:
       import pyarrow  # noqa: F401
@@ -52,6 +58,26 @@ def check_output(output: str) -> str:
       raise UsageError("output", "writing .parquet needs pyarrow: pip install "
                        "'colarec-jax[serve]', or write .jsonl") from None
   return suffix
+
+
+def _temp_prefix(output: str) -> str:
+  return f".{os.path.basename(output)}-"
+
+
+def _stale_temps(output: str) -> list[str]:
+  """Temporary files of exports to `output` whose process is gone (killed before renaming)."""
+  folder, prefix = os.path.dirname(os.path.abspath(output)), _temp_prefix(output)
+  out = []
+  for name in os.listdir(folder):
+    pid = name[len(prefix):].split("-")[0]
+    if name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit():
+      try:
+        os.kill(int(pid), 0)
+      except ProcessLookupError:
+        out.append(os.path.join(folder, name))
+      except PermissionError:
+        pass  # alive, another user's
+  return out
 
 
 def read_users(path: str, catalog: Catalog) -> list[str]:
@@ -144,8 +170,12 @@ def export(rec: Recommender, output: str, *, users: list[str] | None = None, top
   main = sharding.is_main_process()
   tmp = None
   if main:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}-", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(output)))
+    folder, prefix = os.path.dirname(os.path.abspath(output)), _temp_prefix(output)
+    for stale in _stale_temps(output):
+      os.unlink(stale)
+      log(f"removed {stale}, left by an export that was killed")
+    # The writer's pid in the name: a later export can tell a killed one's file from a live one's.
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=".tmp", dir=folder)
     os.close(fd)
   start = time.perf_counter()
   try:

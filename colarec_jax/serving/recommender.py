@@ -32,13 +32,24 @@ from colarec_jax.runtime import sharding
 from colarec_jax.runtime.errors import ConfigError, RequestError
 
 TOP_N = 10  # list length when a request names none (API, CLI, export, HTTP)
+MAX_ECHO = 200  # characters of a request's own value quoted back in an error
+
+
+def echo(value) -> str:
+  """`value` as an error quotes it: its repr, cut to MAX_ECHO characters (a 50 MB id is not sent
+  back)."""
+  text = repr(value)
+  return text if len(text) <= MAX_ECHO else f"{text[:MAX_ECHO]}... ({len(text)} characters)"
+# Rows of one beam-search call at most: each row holds beam x tokens activations, and 100,000 rows
+# asked for 31 GB at the first call.
+MAX_BATCH = 4096
 
 
 def check_top_n(top_n, max_top_n: int) -> None:
   """Raises RequestError('top_n') unless `top_n` is an int in 1..`max_top_n` (the beam size: a
   search returns that many items at most)."""
   if isinstance(top_n, bool) or not isinstance(top_n, int) or not 1 <= top_n <= max_top_n:
-    raise RequestError("top_n", f"got {top_n!r}, expected 1 to eval.beam_size = {max_top_n}")
+    raise RequestError("top_n", f"got {echo(top_n)}, expected 1 to eval.beam_size = {max_top_n}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,17 +69,30 @@ class Query:
   top_n: int
 
 
+def check_batch_size(batch_size) -> None:
+  """Raises RequestError('batch_size') unless it is an int in 0..MAX_BATCH (0: the config's)."""
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not (
+      0 <= batch_size <= MAX_BATCH):
+    raise RequestError("batch_size", f"got {echo(batch_size)}, expected 1 to {MAX_BATCH} rows per "
+                       "beam-search call, or 0 for eval.decode_batch_size")
+
+
 @dataclasses.dataclass(frozen=True)
 class Recommendation:
-  """Top items, best first: ids, beam scores (the GID's log-probability) and content strings."""
+  """Top items, best first: ids, beam scores (the GID's log-probability) and content strings.
+  `short` says why the list holds fewer items than asked for (None when it holds them all)."""
 
   user: str | None
   items: list[str]
   scores: list[float]
   texts: list[str]
+  short: str | None = None
 
   def to_json(self) -> dict:
-    return dataclasses.asdict(self)
+    out = dataclasses.asdict(self)
+    if out["short"] is None:
+      del out["short"]
+    return out
 
 
 class Catalog:
@@ -87,14 +111,14 @@ class Catalog:
 
   def _id(self, field: str, value, kind: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-      raise RequestError(field, f"got {value!r}, expected {kind} id (a string)")
+      raise RequestError(field, f"got {echo(value)}, expected {kind} id (a string)")
     return str(value)
 
   def user_index(self, user, field: str = "user") -> int:
     raw = self._id(field, user, "a user")
     if raw not in self.users:
       ds = self.dataset
-      raise RequestError(field, f"{raw!r} is not a user of {ds.name} ({ds.num_users} users, "
+      raise RequestError(field, f"{echo(raw)} is not a user of {ds.name} ({ds.num_users} users, "
                          f"e.g. {str(ds.user_ids[1])!r})", not_found=True)
     return self.users[raw]
 
@@ -113,17 +137,17 @@ class Catalog:
       newest = self.train.row(index)[::-1][:self.eval_history]
       return Query(str(user), tuple(newest.tolist()), self.known.row(index), top_n)
     if isinstance(history, (str, bytes)) or not isinstance(history, Sequence) or not history:
-      raise RequestError("history", f"got {history!r}, expected a non-empty list of item ids, "
+      raise RequestError("history", f"got {echo(history)}, expected a non-empty list of item ids, "
                          "most recent first")
     items = []
     for value in history:
       raw = self._id("history", value, "an item")
       if raw not in self.items:
         ds = self.dataset
-        raise RequestError("history", f"{raw!r} is not an item of {ds.name} ({ds.num_items} "
+        raise RequestError("history", f"{echo(raw)} is not an item of {ds.name} ({ds.num_items} "
                            f"items, e.g. {str(ds.item_ids[1])!r})", not_found=True)
       if self.items[raw] in items:
-        raise RequestError("history", f"{raw!r} is listed twice; expected each item once")
+        raise RequestError("history", f"{echo(raw)} is listed twice; expected each item once")
       items.append(self.items[raw])
     return Query(None, tuple(items), np.asarray(items, np.int32), top_n)
 
@@ -140,6 +164,7 @@ class Recommender:
 
   def __init__(self, parts: RunParts, params, epoch: int, eval_history: int,
                batch_size: int = 0):
+    check_batch_size(batch_size)
     self.parts, self.epoch = parts, epoch
     self.ranker = parts.ranker(params, batch_size)
     self.catalog = Catalog(parts.prepared, parts.trie.beam_size, eval_history)
@@ -160,6 +185,7 @@ class Recommender:
     Raises:
       ConfigError, UsageError: a key that may not change, no such checkpoint, ...
     """
+    check_batch_size(batch_size)  # before anything is read
     config = stored.load(workdir)
     for key, value in (overrides or {}).items():
       try:
@@ -180,6 +206,7 @@ class Recommender:
     are used as training left them, and nothing is written. With `new_items`, the items added
     after training (`--mode=add_items`) are ranked too."""
     kind, _ = store.parse_which(checkpoint)  # a malformed --checkpoint before any file is read
+    check_batch_size(batch_size)
     parts = parts_lib.build(settings, workdir, log=log, prepared=prepared, read_only=True)
     ckpts = parts_lib.checkpoints(parts, settings, workdir)
     params, epoch = ckpts.load_params(checkpoint, parts.abstract_params())
@@ -199,10 +226,12 @@ class Recommender:
 
   def rank(self, queries: Sequence[Query], progress=None) -> tuple[np.ndarray, np.ndarray]:
     """([n, k] internal item ids, 0-padded; [n, k] scores) for `queries`, k their largest top_n,
-    in beam-search calls of `batch_size` rows (`progress(rows)` after each)."""
+    in beam-search calls of `batch_size` rows (`progress(rows)` after each). What a query
+    excludes is blocked inside the search, so its list is full whenever the catalogue holds
+    enough other items."""
     k = max(q.top_n for q in queries)
     return self.ranker.for_histories([q.history for q in queries], [q.exclude for q in queries],
-                                     k, progress)
+                                     k, progress, in_search=True)
 
   def answer(self, queries: Sequence[Query]) -> list[Recommendation]:
     """`rank` as ids, scores and content strings, each cut to its query's top_n."""
@@ -214,8 +243,18 @@ class Recommender:
       ids = row[:query.top_n][real]
       out.append(Recommendation(query.user, [str(ds.item_ids[i]) for i in ids],
                                 [float(s) for s in row_scores[:query.top_n][real]],
-                                [ds.content(int(i)) for i in ids]))
+                                [ds.content(int(i)) for i in ids], self._short(query, len(ids))))
     return out
+
+  def _short(self, query: Query, found: int) -> str | None:
+    """Why a list holds fewer than `query.top_n` items, or None."""
+    if found >= query.top_n:
+      return None
+    left = self.catalog.dataset.num_items - len(np.unique(query.exclude))
+    if left <= found:
+      return (f"the catalogue holds {left} items besides the {len(np.unique(query.exclude))} "
+              "this request excludes")
+    return f"the beam search reached only {found} of the {left} items left"
 
   def recommend(self, user=None, history=None, *, top_n: int = TOP_N) -> Recommendation:
     """Top `top_n` items for a known user id, or for a history of item ids (most recent first).
@@ -230,6 +269,11 @@ class Recommender:
     """`recommend` for many users (or many histories), batched into few beam-search calls."""
     if (users is None) == (histories is None):
       raise RequestError("users", "give exactly one of users or histories")
+    for name, values in (("users", users), ("histories", histories)):
+      if values is not None and (isinstance(values, (str, bytes)) or not isinstance(values,
+                                                                                   Sequence)):
+        raise RequestError(name, f"got {type(values).__name__} {str(values)[:40]!r}, expected a "
+                           "list (one entry per request)")
     queries = ([self.query(user=u, top_n=top_n) for u in users] if users is not None else
                [self.query(history=h, top_n=top_n) for h in histories])
     return self.answer(queries) if queries else []

@@ -22,6 +22,7 @@ rows after every run (`report.py`). The arms themselves are `variants.py`'s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -49,9 +50,10 @@ from colarec_jax.studies.variants import (
   variant_config,
 )
 from colarec_jax.run import stages
-from colarec_jax.runtime.errors import ConfigError, UsageError
+from colarec_jax.runtime.errors import ConfigError, UsageError, WorkdirInUse
 
 BUDGETS = ("cpu", "paper")
+POLL_SECONDS = 10.0  # how often a runner looks again at runs another runner holds
 
 
 def _commit() -> str:
@@ -108,11 +110,11 @@ def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, sui
   twin = _finished_twin(root, workdir, settings)
   if twin is not None:
     return _reuse(twin, workdir, root, suite=suite, variant=variant, order=order, log=log)
-  start = time.perf_counter()
   with fileio.workdir_lock(workdir, log=log):
     _share_stages(root, workdir, settings, log)
-    results = modes.train_models(settings, workdir, [settings.model.name], log=log)
-  seconds = time.perf_counter() - start
+    with _wall_clock(workdir) as clock:
+      results = modes.train_models(settings, workdir, [settings.model.name], log=log)
+  seconds = clock["seconds"]
   name = settings.model.name
   test = results[name]["test"]
   if test.per_user is None:  # LightGCN reused from its stage: rank its embeddings again
@@ -130,6 +132,29 @@ def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, sui
                            f"fewest training interactions (<= {test.long_tail_threshold})",
          "curve": _curve(workdir, settings)}
   return _write_row(row, workdir)
+
+
+WALL = "wall_seconds.json"  # in a run's workdir: its time so far, over every attempt
+
+
+@contextlib.contextmanager
+def _wall_clock(workdir: str):
+  """Yields {'seconds': ...}: the run's wall time over every attempt, this one included (an
+  interrupted attempt's time is kept for the resumed one)."""
+  path = os.path.join(workdir, WALL)
+  try:
+    with open(path) as f:
+      before = float(json.load(f)["seconds"])
+  except (OSError, ValueError, KeyError, TypeError):
+    before = 0.0
+  clock, start = {"seconds": before}, time.perf_counter()
+  try:
+    yield clock
+  finally:
+    clock["seconds"] = before + time.perf_counter() - start
+    with open(path + ".tmp", "w") as f:
+      json.dump({"seconds": clock["seconds"]}, f)
+    os.replace(path + ".tmp", path)
 
 
 def _finished_twin(root: str, workdir: str, settings: Settings) -> str | None:
@@ -279,17 +304,32 @@ def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), arm
   name = study or name
   if os.sep in name or name in (".", ".."):
     raise UsageError("study", f"got {name!r}, expected a folder name")
+  if os.path.exists(root) and not os.path.isdir(root):
+    raise UsageError("root", f"{root} is a file; expected a folder for the study's runs")
   check_arms(config, variants, seeds)
-  rows = []
-  for order, variant in enumerate(variants):
-    for seed in seeds:
+  reference = REFERENCE.get(suite) if not (sweeps or arms) else variants[0].name
+  runs = [(order, variant, seed) for order, variant in enumerate(variants) for seed in seeds]
+  rows: dict[tuple, dict] = {}
+  # A run another runner holds (two runners on one root) is skipped and come back to after the
+  # others: by then that runner has finished it, and its row is read, not trained again.
+  while len(rows) < len(runs):
+    held = 0
+    for order, variant, seed in runs:
+      if (order, seed) in rows:
+        continue
       workdir = os.path.join(root, name, variant.slug, f"seed{seed}")
       log(f"== {name}: {variant.name}, seed {seed} ({workdir})")
-      rows.append(run_one(config, variant, seed, workdir, root=root, suite=name, budget=budget,
-                          order=order, log=log))
-      reference = REFERENCE.get(suite) if not (sweeps or arms) else variants[0].name
+      try:
+        rows[order, seed] = run_one(config, variant, seed, workdir, root=root, suite=name,
+                                    budget=budget, order=order, log=log)
+      except WorkdirInUse:
+        held += 1
+        log(f"{workdir} is being run by another process; coming back to it")
+        continue
       report_lib.write_report(os.path.join(root, name), reference=reference)
-  return rows
+    if held:
+      time.sleep(POLL_SECONDS)
+  return [rows[order, seed] for order, _, seed in runs]
 
 
 def main(argv=None) -> None:
@@ -297,6 +337,7 @@ def main(argv=None) -> None:
   from absl import app, flags, logging
   from ml_collections import config_flags
 
+  from colarec_jax.cli import parsing
   from colarec_jax.runtime import allocator, interrupts
 
   config_flags.DEFINE_config_file("config", None, "A config file in configs/.", lock_config=True)
@@ -326,7 +367,7 @@ def main(argv=None) -> None:
       run_suite(cfg, flags.FLAGS.suite, flags.FLAGS.root, seeds, sweeps=flags.FLAGS.sweep,
                 arms=flags.FLAGS.arm, study=flags.FLAGS.study, budget=flags.FLAGS.budget)
 
-  app.run(run, argv=argv)
+  app.run(run, argv=argv, flags_parser=parsing.one_line_parser(flags.FLAGS))
 
 
 if __name__ == "__main__":
