@@ -159,6 +159,13 @@ CASES = [
     # config.model
     ("model-name", "an unknown model", ["--config.model.name=bert"],
      "config.model.name: got 'bert', expected one of colarec, lightgcn, mostpop"),
+    ("model-init-scheme", "an unknown random initialisation", ["--config.model.init=xavier"],
+     "config.model.init: got 'xavier', expected one of 'colarec', 'official'"),
+    ("loss-reduction", "an unknown reduction of the generation losses",
+     ["--config.loss.generation_reduction=max"],
+     "config.loss.generation_reduction: got 'max', expected one of 'sum', 'mean'"),
+    ("loss-pair-form", "an unknown form of L_bpr and L_c", ["--config.loss.pair_form=hinge"],
+     "config.loss.pair_form: got 'hinge', expected one of 'log_sigmoid', 'official'"),
     ("model-dtype", "an unsupported compute type", ["--config.model.dtype=float16"],
      "config.model.dtype: got 'float16', expected 'float32' or 'bfloat16'"),
     ("model-heads", "heads that do not divide d_model", ["--config.model.num_heads=3"],

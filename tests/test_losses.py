@@ -58,3 +58,34 @@ def test_pairwise_loss_with_a_temperature_scores_by_cosine():
   scaled = losses.pairwise(anchor=10 * a, positive=7 * p, negative=3 * n, mask=jnp.ones(2),
                            total=2, temperature=t)
   assert float(scaled) == pytest.approx(expected, rel=1e-5)
+
+
+def test_mean_reduction_divides_the_generation_loss_by_the_code_positions():
+  """The authors' CrossEntropyLoss averages over batch x positions: with l = 2 positions their
+  value is exactly half of the per-example sum, on any logits."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(4, 2, 5)), jnp.float32)
+  codes = jnp.asarray(rng.integers(0, 5, size=(4, 2)))
+  mask = jnp.array([1.0, 1.0, 1.0, 0.0])
+  logp = np.log(np.exp(np.asarray(logits)) / np.exp(np.asarray(logits)).sum(-1, keepdims=True))
+  picked = np.take_along_axis(logp, np.asarray(codes)[..., None], -1)[..., 0]
+  official = -picked[:3].mean()  # PyTorch's CrossEntropyLoss(mean) over the 3 x 2 real targets
+  got = losses.generation(logits=logits, codes=codes, mask=mask, total=3, reduction="mean")
+  assert float(got) == pytest.approx(official, rel=1e-5)
+  summed = losses.generation(logits=logits, codes=codes, mask=mask, total=3)
+  assert float(summed) == pytest.approx(2 * official, rel=1e-5)
+
+
+def test_the_official_pair_form_is_log_of_epsilon_plus_sigmoid():
+  a = jnp.array([[1.0, 0.0], [30.0, 0.0]])
+  p = jnp.array([[2.0, 1.0], [0.0, 0.0]])
+  n = jnp.array([[1.0, 3.0], [1.0, 0.0]])  # margins 1 and -30
+  sigmoid = lambda m: 1 / (1 + math.exp(-m))
+  expected = np.mean([-math.log(1e-10 + sigmoid(m)) for m in (1.0, -30.0)])
+  got = losses.pairwise(anchor=a, positive=p, negative=n, mask=jnp.ones(2), total=2,
+                        form="official")
+  assert float(got) == pytest.approx(expected, rel=1e-5)
+  # Past a margin of about -23 the epsilon dominates: the official form caps at -log(1e-10),
+  # where log-sigmoid keeps growing.
+  assert expected < 12 < float(losses.pairwise(anchor=a, positive=p, negative=n,
+                                               mask=jnp.ones(2), total=2))

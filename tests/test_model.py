@@ -256,3 +256,52 @@ def test_unknown_item_slots_read_row_zero_of_the_item_table(params):
   table = params["item_embed"]["embedding"]
   np.testing.assert_allclose(x[:, 1], table[np.array([0, 5, 0])])
   assert not np.allclose(table[0], table[5])
+
+
+def test_the_official_init_starts_heads_and_position_tables_as_the_authors():
+  """model.init='official': code heads (weight and bias) U(+-1/sqrt(d)) as PyTorch's nn.Linear,
+  relative-position tables N(0, d^-0.5) as Hugging Face's T5; the default keeps N(0, 1) heads
+  with a zero bias and N(0, 1) tables."""
+  from colarec_jax.model.colarec import ModelConfig
+  d = 64
+  model_cfg = lambda init: dataclasses.replace(ModelConfig(), d_model=d, d_ff=128, init=init)
+  inputs, codes = example_inputs()
+  found = {}
+  for init in ("colarec", "official"):
+    cfg = ColaRecConfig(model_cfg(init).transformer(50), num_items=20, num_users=10, branching=32,
+                        depth=3, official_heads=init == "official")
+    params = ColaRec(cfg).init(jax.random.key(0), inputs, codes)["params"]
+    rel = np.concatenate([np.asarray(v).ravel() for k, v in jax.tree_util.tree_leaves_with_path(
+        params) if "rel_embedding" in jax.tree_util.keystr(k)])
+    found[init] = (np.asarray(params["codebook"]), np.asarray(params["codebook_bias"]), rel)
+  head, bias, rel = found["official"]
+  bound = d ** -0.5
+  for values in (head, bias):
+    assert np.abs(values).max() <= bound and values.std() == pytest.approx(bound / 3 ** 0.5,
+                                                                           rel=0.1)
+  assert rel.std() == pytest.approx(bound, rel=0.25)
+  head, bias, rel = found["colarec"]
+  assert head.std() == pytest.approx(1.0, rel=0.05) and not bias.any()
+  assert rel.std() == pytest.approx(1.0, rel=0.25)
+
+
+def test_official_heads_start_the_code_loss_near_uniform():
+  """With U(+-1/sqrt(d)) heads the first code's loss starts near ln(K + 1), the entropy of a
+  uniform choice (the authors' 3.50 for K = 32); N(0, 1) heads start well above it."""
+  from colarec_jax.model.colarec import ModelConfig
+  from colarec_jax.training import losses
+  one, _ = example_inputs()
+  inputs = {k: jnp.concatenate([v] * 32) for k, v in one.items()}  # 96 rows
+  codes = jnp.asarray(np.random.default_rng(0).integers(1, 33, size=(96, 3)))
+  first = {}
+  for init in ("colarec", "official"):
+    m = dataclasses.replace(ModelConfig(), d_model=64, d_ff=128, init=init)
+    cfg = ColaRecConfig(m.transformer(50), num_items=20, num_users=10, branching=32, depth=3,
+                        official_heads=init == "official")
+    model = ColaRec(cfg)
+    params = model.init(jax.random.key(1), inputs, codes)["params"]
+    logits, _ = model.apply({"params": params}, inputs, codes)
+    first[init] = float(losses.generation(logits=logits[:, :1], codes=codes[:, :1],
+                                          mask=jnp.ones(96), total=96))
+  assert first["official"] == pytest.approx(math.log(33), abs=0.1)
+  assert first["colarec"] > math.log(33) + 0.3

@@ -60,6 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   # leads to, by its ID embedding against the decoder state (output tied to the input ID table),
   # so the last choice among siblings is item-level and collaborative, not only a code's.
   model.tie_last_level = False
+  # Random initialisation: 'colarec' (N(0, 1) code heads with a zero bias, N(0, 1) relative-
+  # position tables) or 'official', the authors' PyTorch model: code heads as nn.Linear's default
+  # U(+-1/sqrt(d_model)) for weight and bias, relative-position tables N(0, d_model^-0.5) as
+  # Hugging Face's T5 initialises them (every other table is the same on both sides).
+  model.init = "colarec"
 
   # ColaRec inputs.
   inputs = config.inputs = ml_collections.ConfigDict()
@@ -115,6 +120,13 @@ def base_config() -> ml_collections.ConfigDict:
   # L_bpr and L_c score a pair by the dot product of pooled encodings (official, 0) or, with a
   # temperature t > 0, by cosine similarity / t (bounded scores).
   loss.pair_temperature = 0.0
+  # How L_rec and L_index reduce over the l code positions: 'sum' of -log p per example (this
+  # project's, so far the default) or 'mean' (the authors' CrossEntropyLoss over batch x positions;
+  # the paper's 0.08 weights were set in it: 'sum' weighs generation l times more).
+  loss.generation_reduction = "sum"
+  # L_bpr and L_c: -log_sigmoid(margin) ('log_sigmoid') or the authors' -log(1e-10 + sigmoid)
+  # ('official'), whose gradient vanishes below a margin of about -23.
+  loss.pair_form = "log_sigmoid"
 
   # Data: where interactions and item text come from, and how they are split and tokenised.
   data = config.data = ml_collections.ConfigDict()

@@ -23,6 +23,8 @@ from colarec_jax.model.inputs import InputConfig
 from colarec_jax.runtime.errors import ConfigError
 
 SCHEDULES = ("constant", "warmup_cosine")
+REDUCTIONS = ("sum", "mean")
+PAIR_FORMS = ("log_sigmoid", "official")
 
 
 def _at_least(section: str, view, minimum: int, *names: str) -> None:
@@ -91,11 +93,18 @@ class LossWeights:
   contrastive: float = 0.1
   # L_bpr and L_c score pairs by dot product (official, 0) or by cosine / this temperature.
   pair_temperature: float = 0.0
+  generation_reduction: str = "sum"  # over code positions: sum | mean (the authors')
+  pair_form: str = "log_sigmoid"  # log_sigmoid | official (-log(1e-10 + sigmoid))
 
   @classmethod
   def from_config(cls, loss) -> "LossWeights":
     out = cls(float(loss.rec_weight), float(loss.index_weight), float(loss.bpr_weight),
-              float(loss.contrastive_weight), float(loss.pair_temperature))
+              float(loss.contrastive_weight), float(loss.pair_temperature),
+              str(loss.generation_reduction), str(loss.pair_form))
+    for key, choices in (("generation_reduction", REDUCTIONS), ("pair_form", PAIR_FORMS)):
+      if getattr(out, key) not in choices:
+        raise ConfigError(f"loss.{key}", f"got {getattr(out, key)!r}, expected one of "
+                          f"{', '.join(map(repr, choices))}")
     for name, value in out.as_dict().items():
       if not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"loss.{name}_weight", f"got {value}, expected a finite number >= 0")

@@ -26,6 +26,7 @@ from colarec_jax.runtime.errors import ConfigError
 TASK_REC, TASK_INDEX = 0, 1
 UNKNOWN_ITEM = -1  # an item slot whose item has no (trained) ID embedding
 MODEL_NAMES = ("colarec", "lightgcn", "mostpop")  # what config.model.name may train
+INITS = ("colarec", "official")
 ID_INITS = ("random", "lightgcn")  # where config.model.id_init starts the ID embeddings
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -47,6 +48,7 @@ class ModelConfig:
   pooled_start: bool = False  # the decoder's start input also holds the pooled encoding h(X)
   freeze_ids: bool = False  # keep the ID tables as they started (with id_init='lightgcn')
   tie_last_level: bool = False  # the last level also scores each code's item by its ID embedding
+  init: str = "colarec"  # colarec | official: the random init of code heads and position tables
 
   @classmethod
   def from_config(cls, model) -> "ModelConfig":
@@ -54,7 +56,10 @@ class ModelConfig:
               int(model.num_encoder_layers), int(model.num_decoder_layers),
               float(model.dropout_rate), str(model.dtype), str(model.init_from),
               str(model.id_init), bool(model.pooled_start), bool(model.freeze_ids),
-              bool(model.tie_last_level))
+              bool(model.tie_last_level), str(model.init))
+    if out.init not in INITS:
+      raise ConfigError("model.init", f"got {out.init!r}, expected one of "
+                        f"{', '.join(map(repr, INITS))}")
     if out.name not in MODEL_NAMES:
       raise ConfigError("model.name", f"got {out.name!r}, expected one of {', '.join(MODEL_NAMES)}")
     if out.id_init not in ID_INITS:
@@ -82,7 +87,8 @@ class ModelConfig:
         vocab_size=vocab_size, d_model=self.d_model, d_ff=self.d_ff, num_heads=self.num_heads,
         d_kv=self.d_model // self.num_heads, num_encoder_layers=self.num_encoder_layers,
         num_decoder_layers=self.num_decoder_layers, dropout_rate=self.dropout_rate,
-        dtype=DTYPES[self.dtype])
+        dtype=DTYPES[self.dtype],
+        relative_init_std=self.d_model ** -0.5 if self.init == "official" else 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +102,7 @@ class ColaRecConfig:
   depth: int  # l: decoder steps
   pooled_start: bool = False  # the decoder's start input also holds h(X) (model.pooled_start)
   tie_last_level: bool = False  # the last level also scores items by ID (model.tie_last_level)
+  official_heads: bool = False  # code heads initialised as the authors' nn.Linear (model.init)
 
 
 class ColaRec(nn.Module):
@@ -115,8 +122,17 @@ class ColaRec(nn.Module):
     # Decoder input table per position (position 0 holds the start code 0) and codebook per level.
     shape = (cfg.depth, cfg.branching + 1, transformer.d_model)
     self.code_embed = self.param("code_embed", nn.initializers.normal(1.0), shape)
-    self.codebook = self.param("codebook", nn.initializers.normal(1.0), shape)
-    self.codebook_bias = self.param("codebook_bias", nn.initializers.zeros, shape[:2])
+    # The authors' heads are PyTorch nn.Linear layers: weight and bias U(+-1/sqrt(d)) by default,
+    # so their initial code logits are ~14x narrower than N(0, 1) weights give (initial L_rec
+    # per position ln(K + 1) rather than above it); model.init='official' starts from theirs.
+    if cfg.official_heads:
+      bound = transformer.d_model ** -0.5
+      uniform = lambda key, s, dtype=jnp.float32: jax.random.uniform(key, s, dtype, -bound, bound)
+      head_init, bias_init = uniform, uniform
+    else:
+      head_init, bias_init = nn.initializers.normal(1.0), nn.initializers.zeros
+    self.codebook = self.param("codebook", head_init, shape)
+    self.codebook_bias = self.param("codebook_bias", bias_init, shape[:2])
     self.encoder = Encoder(transformer, name="encoder")
     self.decoder = Decoder(transformer, decode=self.decode, max_length=cfg.depth, name="decoder")
 
@@ -218,4 +234,5 @@ def create_model(cfg: ModelConfig, *, vocab_size: int, num_items: int, num_users
   return ColaRec(ColaRecConfig(cfg.transformer(vocab_size), num_items=num_items,
                                num_users=num_users, branching=branching, depth=depth,
                                pooled_start=cfg.pooled_start,
-                               tie_last_level=cfg.tie_last_level))
+                               tie_last_level=cfg.tie_last_level,
+                               official_heads=cfg.init == "official"))

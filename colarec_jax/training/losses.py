@@ -10,25 +10,29 @@ import jax
 import jax.numpy as jnp
 
 
-def generation(*, logits: jax.Array, codes: jax.Array, mask: jax.Array, total) -> jax.Array:
-  """-sum_t log p(code_t | X, code_<t), averaged over examples.
+def generation(*, logits: jax.Array, codes: jax.Array, mask: jax.Array, total,
+               reduction: str = "sum") -> jax.Array:
+  """-sum_t log p(code_t | X, code_<t), averaged over examples ('sum'), or that divided by the l
+  positions ('mean': the authors' CrossEntropyLoss over batch x positions).
 
   Args:
     logits: [b, l, K + 1] decoder logits.
     codes: [b, l] target GIDs.
     mask: [b] 1.0 for real examples, 0.0 for padding.
     total: number of real examples in the global batch.
+    reduction: 'sum' or 'mean' over the code positions.
   """
   # float32 whatever the model's dtype: a bfloat16 log-softmax loses the small probabilities.
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   picked = jnp.take_along_axis(log_probs, codes[..., None], axis=-1)[..., 0]
   # Summed over the l code positions, then over real examples; dividing by the global count (not
   # the local one) makes per-device values add up to the global mean under psum.
-  return -jnp.sum(jnp.sum(picked, axis=1) * mask) / total
+  per_example = jnp.sum(picked, axis=1) / (codes.shape[1] if reduction == "mean" else 1)
+  return -jnp.sum(per_example * mask) / total
 
 
 def pairwise(*, anchor: jax.Array, positive: jax.Array, negative: jax.Array, mask: jax.Array,
-             total, temperature: float = 0.0) -> jax.Array:
+             total, temperature: float = 0.0, form: str = "log_sigmoid") -> jax.Array:
   """-log sigmoid(a.p - a.n), averaged over examples; L_bpr with (h(X_u), h(X_i), h(X_i-)) and
   L_c with (h(X_i), h(X_i+), h(X_i-)).
 
@@ -37,6 +41,7 @@ def pairwise(*, anchor: jax.Array, positive: jax.Array, negative: jax.Array, mas
     mask: [b]; total: as in `generation`.
     temperature: 0 scores by dot product (official); t > 0 by cosine similarity / t, so the
       margin is bounded by 2 / t and the term cannot be lowered by growing the encodings.
+    form: 'log_sigmoid', or 'official': -log(1e-10 + sigmoid(margin)), the authors' form.
   """
   anchor, positive, negative = (x.astype(jnp.float32) for x in (anchor, positive, negative))
   if temperature:
@@ -44,6 +49,8 @@ def pairwise(*, anchor: jax.Array, positive: jax.Array, negative: jax.Array, mas
     # Dividing the anchor alone scales the whole margin by 1 / t.
     anchor, positive, negative = unit(anchor) / temperature, unit(positive), unit(negative)
   margin = jnp.sum(anchor * (positive - negative), axis=-1)
+  if form == "official":  # its gradient vanishes once sigmoid(margin) is far below 1e-10
+    return -jnp.sum(jnp.log(1e-10 + jax.nn.sigmoid(margin)) * mask) / total
   # log_sigmoid, not log(sigmoid): stable for large negative margins.
   return -jnp.sum(jax.nn.log_sigmoid(margin) * mask) / total
 

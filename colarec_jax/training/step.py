@@ -114,22 +114,25 @@ whose weight is 0 is not computed, nor are the encoder and decoder passes only i
         logits_u = decode(enc_u, batch["user"]["mask"], batch["item_codes"],
                           batch["item_last_items"] if tied else None)
         parts["rec"] = losses.generation(logits=logits_u, codes=batch["item_codes"], mask=mask,
-                                         total=total)
+                                         total=total, reduction=weights.generation_reduction)
       if weights.index:
         index_codes = jnp.concatenate([batch["item_codes"], batch["neg_codes"]])
         index_items = (jnp.concatenate([batch["item_last_items"], batch["neg_last_items"]])
                        if tied else None)
         logits_idx = decode(enc_idx[:2 * b], index_in["mask"][:2 * b], index_codes, index_items)
         parts["index"] = losses.generation(logits=logits_idx, codes=index_codes,
-                                           mask=jnp.concatenate([mask, mask]), total=total)
+                                           mask=jnp.concatenate([mask, mask]), total=total,
+                                           reduction=weights.generation_reduction)
       if weights.bpr:
         h_u = ColaRec.pool(enc_u, batch["user"]["mask"])
         parts["bpr"] = losses.pairwise(anchor=h_u, positive=h_i, negative=h_n, mask=mask,
-                                       total=total, temperature=weights.pair_temperature)
+                                       total=total, temperature=weights.pair_temperature,
+                                       form=weights.pair_form)
       if weights.contrastive:
         parts["contrastive"] = losses.pairwise(anchor=h_i, positive=h_p[0], negative=h_n,
                                                mask=mask, total=total,
-                                               temperature=weights.pair_temperature)
+                                               temperature=weights.pair_temperature,
+                                               form=weights.pair_form)
       return losses.total_loss(parts, weights.as_dict()), parts
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
