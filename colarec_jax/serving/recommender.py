@@ -250,10 +250,10 @@ class Recommender:
     """Why a list holds fewer than `query.top_n` items, or None."""
     if found >= query.top_n:
       return None
-    left = self.catalog.dataset.num_items - len(np.unique(query.exclude))
+    excluded = len(np.unique(query.exclude))
+    left = self.catalog.dataset.num_items - excluded
     if left <= found:
-      return (f"the catalogue holds {left} items besides the {len(np.unique(query.exclude))} "
-              "this request excludes")
+      return f"the catalogue holds {left} items besides the {excluded} this request excludes"
     return f"the beam search reached only {found} of the {left} items left"
 
   def recommend(self, user=None, history=None, *, top_n: int = TOP_N) -> Recommendation:
