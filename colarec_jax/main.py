@@ -16,6 +16,9 @@ the config is the one training stored in the workdir (`colarec_jax/config/stored
   serve    an HTTP endpoint on --host:--port: POST /recommend, GET /health
   add_items index the items of --items_file (the dataset's item format) from their text with a
            ColaRec checkpoint and add them to the workdir; evaluate and recommend then rank them
+  import_official  turn the authors' PyTorch checkpoint (--checkpoint=their epochN/ folder) and
+           data folder (--official_data) into this workdir, with --tokenizer their vocabulary's
+           tokenizer.json; then evaluate, recommend, export and serve it (--config=configs/official.py)
   all      everything (default): prepare, stats, GIDs, then MostPop, LightGCN and ColaRec in one
            table (with data.cold_item_fraction > 0, also the held-out items' table)
 """
@@ -38,7 +41,8 @@ flags.DEFINE_string("workdir", None, "Directory for prepared data, checkpoints a
 flags.DEFINE_enum("mode", "all", tuple(modes.MODES), "What to run.")
 _DEFAULT = mode_flags.defaults()  # each mode flag's default, written once (colarec_jax/cli/flags.py)
 flags.DEFINE_string("checkpoint", _DEFAULT["checkpoint"],
-                    "evaluate/recommend/export/serve/add_items: best | latest | an epoch number.")
+                    "evaluate/recommend/export/serve/add_items: best | latest | an epoch number; "
+                    "import_official: the authors' checkpoint folder.")
 flags.DEFINE_enum("split", _DEFAULT["split"], mode_flags.SPLITS, "evaluate: the split to rank.")
 flags.DEFINE_string("user", _DEFAULT["user"], "recommend: a user id of the dataset.")
 flags.DEFINE_string("items", _DEFAULT["items"], "recommend: comma-separated item ids, most recent "
@@ -62,6 +66,10 @@ flags.DEFINE_string("auth_token_file", _DEFAULT["auth_token_file"], "serve: a fi
                     "or none).")
 flags.DEFINE_string("items_file", _DEFAULT["items_file"], "add_items: the new items, in the "
                     "dataset's item format.")
+flags.DEFINE_string("official_data", _DEFAULT["official_data"], "import_official: the authors' "
+                    "data folder (corpus_512.json and the three CSVs).")
+flags.DEFINE_string("tokenizer", _DEFAULT["tokenizer"], "import_official: the tokenizer.json of "
+                    "the vocabulary their model was trained with.")
 flags.DEFINE_bool("distributed", os.environ.get("COLAREC_DISTRIBUTED", "") in ("1", "true"),
                   "Start JAX's multi-process runtime first (one process per host; default from "
                   "$COLAREC_DISTRIBUTED). See colarec_jax/runtime/sharding.py and launch/.")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from colarec_jax.data.dataset import (PAD_TOKEN, TEST, TRAIN, VALID, ItemTable, RawInteractions,
-                                      build_dataset, kcore_mask)
+                                      build_dataset, content_string, kcore_mask)
+from colarec_jax.data.config import parse_text_fields
 from colarec_jax.runtime.errors import DataError
 
 
@@ -96,3 +97,13 @@ def test_cold_entities_dropped_and_counted():
   assert kept.report["cold_item_rows"] == 1 and kept.num_interactions == 5
   with pytest.raises(DataError, match=r"valid row has item 'z'.*cold_items='drop'"):
     build_dataset("t", given_split(), None, cold_users="drop", cold_items="error")
+
+
+def test_an_empty_label_writes_the_value_alone():
+  """'content:' in data.text_fields: a column that already holds a whole content string (the
+  authors' corpus, --mode=import_official) is written as it is, with no label before it."""
+  fields = parse_text_fields("content:,title,class:genres")
+  assert fields == (("content", ""), ("title", "title"), ("class", "genres"))
+  labels = [label for _, label in fields]
+  assert content_string(labels, ["title A brand B", "", "Drama"]) == "title A brand B genres Drama"
+  assert content_string(["", "brand"], ["", "Acme"]) == "brand Acme"

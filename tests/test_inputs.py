@@ -10,6 +10,7 @@ from colarec_jax.gid import builder
 from colarec_jax.gid.table import GidTable
 from colarec_jax.model.inputs import InputBuilder, InputConfig, epoch_order
 from colarec_jax.model.colarec import TASK_INDEX, TASK_REC, UNKNOWN_ITEM
+from colarec_jax.runtime.errors import ConfigError
 from configs import tiny
 
 
@@ -49,6 +50,32 @@ def test_history_truncated_to_length_budget(prepared, gids):
   assert row["mask"].sum() <= 20 and row["tokens"][row["mask"].sum() - 1] == prepared.eos_id
   kept = row["items"][row["items"] > 0].tolist()
   assert kept == [1, 2, 3, 4][:len(kept)] and len(kept) >= 1
+
+
+def test_token_cut_keeps_the_cut_items_slot_and_first_tokens(prepared, gids):
+  """history_cut='token' (the authors' tokenizer): [task] [slot content]... cut at length - 1
+  entries, then EOS; 'item' drops the item that does not fit whole."""
+  items = [1, 2, 3, 4]
+  full = [0]
+  for item in items:
+    full += [0] + make(prepared, gids).content[item].tolist()
+  length = len(full) - 3  # item 4 loses its last 4 tokens: 3, and 1 for the EOS
+  cut = make(prepared, gids, max_length=length, history_cut="token").rec_input(items)
+  expected = full[:length - 1] + [prepared.eos_id]
+  assert cut["tokens"].tolist() == expected and cut["mask"].all()
+  assert np.flatnonzero(cut["items"]).size == 4 and cut["items"][cut["items"] > 0][-1] == 4
+  whole = make(prepared, gids, max_length=length, history_cut="item").rec_input(items)
+  assert whole["items"][whole["items"] > 0].tolist() == [1, 2, 3]
+  assert whole["mask"].sum() == len(full) - 1 - len(make(prepared, gids).content[4]) + 1
+  # No room past the slot: the slot alone, then EOS.
+  slot_only = make(prepared, gids, max_length=len(full) - len(
+      make(prepared, gids).content[4]) + 1, history_cut="token").rec_input(items)
+  assert slot_only["items"][slot_only["mask"].sum() - 2] == 4
+  assert slot_only["tokens"][slot_only["mask"].sum() - 1] == prepared.eos_id
+  with pytest.raises(ConfigError, match="inputs.history_cut"):
+    InputConfig.from_config(type("C", (), dict(
+        max_history=10, eval_history=20, max_length=64, index_users=1, uad_on_item_inputs=True,
+        use_content=True, history_cut="words", history_codes=False, item_id_dropout=0.0))(), 12)
 
 
 def test_index_input_has_user_slots(prepared, gids):

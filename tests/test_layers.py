@@ -11,8 +11,8 @@ PACKAGE = os.path.join(REPO, "colarec_jax")
 # Rank of each module (or package): a module may import only modules of a lower or equal rank.
 RANKS = {
     "runtime": 0, "data": 1, "evaluate": 2, "cf": 3, "gid": 4, "model": 5, "ranking": 6,
-    "config": 7, "run": 8, "training": 9, "newitems": 10, "serving": 11, "cli": 12,
-    "studies": 13, "main": 14,
+    "config": 7, "run": 8, "training": 9, "newitems": 10, "official": 10, "serving": 11,
+    "cli": 12, "studies": 13, "main": 14,
 }
 
 

@@ -18,7 +18,8 @@ def settings():
 
 def test_the_modes_table_says_who_reads_and_who_writes():
   assert list(modes.MODES) == ["all", "prepare", "stats", "gid", "train", "evaluate",
-                               "recommend", "export", "serve", "add_items"]
+                               "recommend", "export", "serve", "add_items", "import_official"]
+  assert [n for n, m in modes.MODES.items() if m.own_stages] == ["import_official"]
   assert modes.READERS == ("evaluate", "recommend", "export", "serve", "add_items")
   shared = [name for name, mode in modes.MODES.items() if not mode.exclusive]
   assert shared == ["evaluate", "recommend", "export", "serve"]  # readers share the workdir

@@ -9,6 +9,7 @@ in the library module that owns it), and `main.py` defines its absl flags from t
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from colarec_jax.config.settings import Settings
 from colarec_jax.run import store
@@ -112,8 +113,30 @@ class AddItemsFlags:
                        "dataset's item format (an atomic .item file)")
 
 
+@dataclasses.dataclass(frozen=True)
+class ImportFlags:
+  """import_official: the authors' checkpoint folder, their data folder, the tokenizer."""
+
+  checkpoint: str = store.BEST
+  official_data: str = ""
+  tokenizer: str = ""
+
+  def check(self, settings: Settings) -> None:
+    del settings
+    if not os.path.exists(self.checkpoint):
+      raise UsageError("checkpoint", f"got {self.checkpoint!r}; give the authors' checkpoint: "
+                       "--checkpoint=DIR, an epochN/ folder their model_train.py saved "
+                       "(config.json and pytorch_model.bin)")
+    if not os.path.isdir(self.official_data):
+      raise UsageError("official_data", f"got {self.official_data!r}; give their data folder "
+                       "(corpus_512.json, train_time_inter.csv, valid_inter.csv, test_inter.csv)")
+    if not os.path.isfile(self.tokenizer):
+      raise UsageError("tokenizer", f"got {self.tokenizer!r}; give the tokenizer.json of the "
+                       "vocabulary their model was trained with (t5-small's for their code)")
+
+
 FLAGS = {"evaluate": EvaluateFlags, "recommend": RecommendFlags, "export": ExportFlags,
-         "serve": ServeFlags, "add_items": AddItemsFlags}
+         "serve": ServeFlags, "add_items": AddItemsFlags, "import_official": ImportFlags}
 
 
 def defaults() -> dict:

@@ -21,6 +21,7 @@ from colarec_jax.cli.flags import (
   AddItemsFlags,
   EvaluateFlags,
   ExportFlags,
+  ImportFlags,
   RecommendFlags,
   ServeFlags,
 )
@@ -30,6 +31,7 @@ from colarec_jax.data import fileio
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.dataset import TEST, VALID
 from colarec_jax.newitems import coldstart, indexing
+from colarec_jax.official import importer
 from colarec_jax.run import stages
 from colarec_jax.runtime import sharding
 from colarec_jax.runtime.errors import RequestError, UsageError
@@ -165,6 +167,12 @@ def _add_items(settings, workdir, flags: AddItemsFlags, prepared, gids, log) -> 
   add_items(settings, workdir, flags, log=log, prepared=prepared)
 
 
+def _import_official(settings, workdir, flags: ImportFlags, prepared, gids, log) -> None:
+  del prepared, gids  # it prepares its own, from their data folder
+  importer.import_official(settings, workdir, flags.checkpoint, flags.official_data,
+                           flags.tokenizer, log=log)
+
+
 def _stages_only(settings, workdir, flags, prepared, gids, log) -> None:
   """prepare, stats and gid: the cached stages did the work."""
   del settings, workdir, flags, prepared, gids, log
@@ -180,12 +188,15 @@ class Mode:
       (`config.base.READER_KEYS`).
     exclusive: holds the workdir's lock alone (it writes); readers share it.
     trains_colarec: its ColaRec batch size is checked before any stage is built.
+    own_stages: builds its own data and config (import_official): no cached stages first, and
+      the config a workdir holds is not compared (the mode refuses a workdir that has one).
   """
 
   run: Callable
   reads_model: bool = False
   exclusive: bool = True
   trains_colarec: bool = False
+  own_stages: bool = False
 
 
 MODES = {
@@ -199,6 +210,7 @@ MODES = {
     "export": Mode(_export, reads_model=True, exclusive=False),
     "serve": Mode(_serve, reads_model=True, exclusive=False),
     "add_items": Mode(_add_items, reads_model=True),
+    "import_official": Mode(_import_official, own_stages=True),
 }
 READERS = tuple(name for name, mode in MODES.items() if mode.reads_model)
 
@@ -216,7 +228,7 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **values) -> 
     check_batch_size(settings)  # before any data is prepared or model trained
   if spec.reads_model:  # the workdir's config, then flag mistakes, before any other file is read
     stored.check_reader(settings.full, workdir)
-  elif (saved := stored.stored(workdir)) is not None:
+  elif not spec.own_stages and (saved := stored.stored(workdir)) is not None:
     # A workdir that holds a trained model keeps the config it was trained with: a mode that
     # writes (prepare, gid, train, all) with other model keys is refused here, before a stage is
     # rebuilt under the trained checkpoints.
@@ -229,8 +241,10 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **values) -> 
   lock = (fileio.workdir_lock(workdir, exclusive=spec.exclusive, log=log)
           if sharding.is_main_process() else contextlib.nullcontext())
   with lock:
-    prepared, gids = sharding.main_first("colarec-cached-stages", lambda: _cached_stages(
-        mode, settings, workdir, spec.reads_model, log))
+    prepared, gids = None, None
+    if not spec.own_stages:
+      prepared, gids = sharding.main_first("colarec-cached-stages", lambda: _cached_stages(
+          mode, settings, workdir, spec.reads_model, log))
     spec.run(settings, workdir, flags, prepared, gids, log)
 
 

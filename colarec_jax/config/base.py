@@ -74,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   inputs.index_users = 1  # user-ID slots on an indexing input (official 1)
   inputs.uad_on_item_inputs = True  # paper; False = official code (uad only on the i+ input)
   inputs.use_content = True  # False: no item text, only atomic IDs (the w/o-content ablation)
+  # A history longer than max_length: 'item' drops the items that do not fit whole (ours);
+  # 'token' cuts the input mid-item at max_length - 1 tokens, then EOS (the authors' tokenizer),
+  # keeping the cut item's ID slot and first tokens.
+  inputs.history_cut = "item"
   # Not in the paper: each history item on a recommendation input also carries its GID codes,
   # embedded by the decoder's output codebook (so the decoder can learn "more of the clusters the
   # user already likes" directly). Never on indexing inputs, whose item's GID is the target.
@@ -140,7 +144,8 @@ def base_config() -> ml_collections.ConfigDict:
   data.rating_field = "rating"  # '' = no ratings
   data.min_rating = 0.0  # drop interactions rated below this (0 keeps all)
   # Item content fields, 'column[:label]' joined by commas, in content-string order; the content
-  # string is 'label value label value ...' (official format), a missing field is left out.
+  # string is 'label value label value ...' (official format), a missing field is left out;
+  # 'column:' (empty label) writes the value alone (a column holding whole content strings).
   data.text_fields = "movie_title:title,release_year:year,class:genres"
   data.kcore = -1  # k-core filter; -1 = auto: 5 for raw amazon/foodcom, none for atomic files
   data.split = "auto"  # auto (shipped split if any, else ratio) | ratio | given

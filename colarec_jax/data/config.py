@@ -29,15 +29,16 @@ def cache_root(configured: str = "") -> str:
 def parse_text_fields(spec: str) -> tuple[tuple[str, str], ...]:
   """'movie_title:title,class:genres' -> (('movie_title', 'title'), ('class', 'genres')).
 
-  A field without ':label' is labelled with its own column name.
+  A field without ':label' is labelled with its own column name; 'column:' (an empty label)
+  writes the value alone, for a column that already holds a whole content string.
   """
   fields = []
   for part in filter(None, (p.strip() for p in spec.split(","))):
-    column, _, label = part.partition(":")
+    column, colon, label = part.partition(":")
     if not column or " " in column or " " in label:
       raise ConfigError("data.text_fields", f"bad entry {part!r}; expected 'column[:label]' "
                         "entries joined by commas")
-    fields.append((column, label or column))
+    fields.append((column, label if colon else column))
   return tuple(fields)
 
 

@@ -148,12 +148,14 @@ class Dataset:
     return len(self.users)
 
   def content(self, item: int) -> str:
-    """The item's content string: `label value` for each non-empty field (official format)."""
+    """The item's content string: `label value` for each non-empty field (official format; the
+    value alone for a field with an empty label)."""
     return content_string(self.text_fields, self.item_text[item])
 
 
 def content_string(labels: Sequence[str], values: Sequence[str]) -> str:
-  return " ".join(f"{label} {value}" for label, value in zip(labels, values) if value)
+  return " ".join(f"{label} {value}" if label else value
+                  for label, value in zip(labels, values) if value)
 
 
 def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:

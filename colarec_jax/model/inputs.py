@@ -4,7 +4,8 @@ Layout of one encoder input (length fixed by the config, padded with 0 and maske
   recommendation  [task_rec] [iad_j, content_j ...] for each history item j ... [EOS]
   indexing        [task_index] [iad_i, content_i ...] [uad_u] for up to `index_users` users ... [EOS]
 Position 0 carries the task embedding, an iad slot the item's atomic embedding, a uad slot the
-user's. Histories that do not fit the length budget lose their last items. All randomness comes
+user's. Histories that do not fit the length budget lose their last items (`history_cut='item'`)
+or are cut mid-item before the EOS (`'token'`, the authors' layout). All randomness comes
 from the `numpy.random.Generator` passed in, seeded per epoch by the trainer.
 
 Items the model has no trained ID for (ids above `known_items`, added after training) fill their
@@ -27,6 +28,9 @@ from colarec_jax.model.colarec import TASK_INDEX, TASK_REC, UNKNOWN_ITEM
 from colarec_jax.runtime.errors import ConfigError
 
 
+HISTORY_CUTS = ("item", "token")
+
+
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
   """Input shapes and sampling: config.inputs, with data.max_item_tokens (the content tokens
@@ -39,6 +43,7 @@ class InputConfig:
   index_users: int = 1  # user-ID slots on an indexing input (official samples 1)
   uad_on_item_inputs: bool = True  # paper; False = official code (uad only on the i+ input)
   use_content: bool = True  # False: items are their ID slot alone (the w/o-content ablation)
+  history_cut: str = "item"  # item: drop what does not fit whole; token: cut mid-item (official)
   history_codes: bool = False  # history items also carry their GID codes (see the config)
   item_id_dropout: float = 0.0  # training: chance an item slot reads the unknown-item token
 
@@ -46,7 +51,11 @@ class InputConfig:
   def from_config(cls, cfg, max_item_tokens: int) -> "InputConfig":
     out = cls(int(cfg.max_history), int(cfg.eval_history), int(max_item_tokens),
               int(cfg.max_length), int(cfg.index_users), bool(cfg.uad_on_item_inputs),
-              bool(cfg.use_content), bool(cfg.history_codes), float(cfg.item_id_dropout))
+              bool(cfg.use_content), str(cfg.history_cut), bool(cfg.history_codes),
+              float(cfg.item_id_dropout))
+    if out.history_cut not in HISTORY_CUTS:
+      raise ConfigError("inputs.history_cut", f"got {out.history_cut!r}, expected one of "
+                        f"{', '.join(map(repr, HISTORY_CUTS))}")
     if not 0 <= out.item_id_dropout <= 1:
       raise ConfigError("inputs.item_id_dropout", f"got {out.item_id_dropout}, expected a "
                         "probability in [0, 1]")
@@ -97,8 +106,11 @@ class InputBuilder:
     pos = 1
     for item in items:
       content = self.content[item]
-      if pos + 1 + len(content) + 1 > length:
-        break  # keep room for EOS
+      if pos + 1 + len(content) + 1 > length:  # keep room for EOS
+        if self.cfg.history_cut == "token" and pos < length - 1:
+          content = content[:length - 2 - pos]  # the slot and what fits before the EOS
+        else:
+          break
       item_slots[pos] = item if item <= self.known_items else UNKNOWN_ITEM
       tokens[pos + 1:pos + 1 + len(content)] = content
       pos += 1 + len(content)

@@ -64,6 +64,62 @@ def _concat(*inputs: dict) -> dict:
   return {k: jnp.concatenate([x[k] for x in inputs]) for k in inputs[0]}
 
 
+def loss_terms(model: ColaRec, weights: LossWeights, params, batch: dict, *, total=None,
+               rngs: dict | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(the weighted objective, {term: value}) of one training batch: L_rec, L_index, L_bpr, L_c.
+
+  `total` is the number of real examples the terms divide by (default: this batch's); `rngs`
+  holds the dropout key, and without it the passes run deterministically (dropout off), as the
+  parity test against the authors' code does. A term whose weight is 0 is not computed, nor are
+  the encoder and decoder passes only it reads.
+  """
+  deterministic = rngs is None
+  mask = batch["mask"]
+  total = jnp.sum(mask) if total is None else total
+  b = mask.shape[0]
+  variables = {"params": params}
+  encode = lambda x: model.apply(variables, x, deterministic=deterministic, rngs=rngs,
+                                 method=ColaRec.encode)
+  decode = lambda enc, enc_mask, codes, last_items: model.apply(
+      variables, enc, enc_mask, codes, last_items, deterministic=deterministic, rngs=rngs,
+      method=ColaRec.decode_codes)
+  tied = "item_last_items" in batch  # model.tie_last_level
+  parts = {}
+  # Only the passes some weighted term reads run: a zero weight removes its term's work.
+  if weights.rec or weights.bpr:
+    enc_u = encode(batch["user"])
+  if weights.index or weights.bpr or weights.contrastive:
+    index_in = _concat(batch["item"], batch["neg"],
+                       *([batch["pos"]] if weights.contrastive else []))
+    enc_idx = encode(index_in)
+    h_i, h_n, *h_p = jnp.split(ColaRec.pool(enc_idx, index_in["mask"]),
+                               3 if weights.contrastive else 2)
+  if weights.rec:
+    logits_u = decode(enc_u, batch["user"]["mask"], batch["item_codes"],
+                      batch["item_last_items"] if tied else None)
+    parts["rec"] = losses.generation(logits=logits_u, codes=batch["item_codes"], mask=mask,
+                                     total=total, reduction=weights.generation_reduction)
+  if weights.index:
+    index_codes = jnp.concatenate([batch["item_codes"], batch["neg_codes"]])
+    index_items = (jnp.concatenate([batch["item_last_items"], batch["neg_last_items"]])
+                   if tied else None)
+    logits_idx = decode(enc_idx[:2 * b], index_in["mask"][:2 * b], index_codes, index_items)
+    parts["index"] = losses.generation(logits=logits_idx, codes=index_codes,
+                                       mask=jnp.concatenate([mask, mask]), total=total,
+                                       reduction=weights.generation_reduction)
+  if weights.bpr:
+    h_u = ColaRec.pool(enc_u, batch["user"]["mask"])
+    parts["bpr"] = losses.pairwise(anchor=h_u, positive=h_i, negative=h_n, mask=mask,
+                                   total=total, temperature=weights.pair_temperature,
+                                   form=weights.pair_form)
+  if weights.contrastive:
+    parts["contrastive"] = losses.pairwise(anchor=h_i, positive=h_p[0], negative=h_n,
+                                           mask=mask, total=total,
+                                           temperature=weights.pair_temperature,
+                                           form=weights.pair_form)
+  return losses.total_loss(parts, weights.as_dict()), parts
+
+
 @functools.lru_cache(maxsize=8)
 def make_train_step(model: ColaRec, weights: LossWeights, mesh=None, frozen: tuple[str, ...] = ()):
   """Returns jitted `(state, batch, key) -> (state, metrics)`; state is donated.
@@ -71,8 +127,8 @@ def make_train_step(model: ColaRec, weights: LossWeights, mesh=None, frozen: tup
   The top-level parameters named in `frozen` (e.g. the ID tables started from LightGCN) keep
   their values: neither the gradient nor the weight decay moves them.
 
-  Cached by (model, weights, mesh), so runs in one process share the compiled step. A loss term
-whose weight is 0 is not computed, nor are the encoder and decoder passes only it reads.
+  Cached by (model, weights, mesh), so runs in one process share the compiled step; the loss is
+  `loss_terms`.
 
   `batch` is `InputBuilder.training_batch` output (split over the mesh's 'data' axis when there
   is one); `key` is the run's dropout key, folded with the step number (and device index).
@@ -87,53 +143,11 @@ whose weight is 0 is not computed, nor are the encoder and decoder passes only i
     total = jnp.sum(mask)
     if axis is not None:
       total = jax.lax.psum(total, axis)
-    b = mask.shape[0]
 
     def loss_fn(params):
       if axis is not None:
         params = jax.lax.pcast(params, axis, to="varying")
-      variables = {"params": params}
-      rngs = {"dropout": key}
-      encode = lambda x: model.apply(variables, x, deterministic=False, rngs=rngs,
-                                     method=ColaRec.encode)
-      decode = lambda enc, enc_mask, codes, last_items: model.apply(
-          variables, enc, enc_mask, codes, last_items, deterministic=False, rngs=rngs,
-          method=ColaRec.decode_codes)
-      tied = "item_last_items" in batch  # model.tie_last_level
-      parts = {}
-      # Only the passes some weighted term reads run: a zero weight removes its term's work.
-      if weights.rec or weights.bpr:
-        enc_u = encode(batch["user"])
-      if weights.index or weights.bpr or weights.contrastive:
-        index_in = _concat(batch["item"], batch["neg"],
-                           *([batch["pos"]] if weights.contrastive else []))
-        enc_idx = encode(index_in)
-        h_i, h_n, *h_p = jnp.split(ColaRec.pool(enc_idx, index_in["mask"]),
-                                   3 if weights.contrastive else 2)
-      if weights.rec:
-        logits_u = decode(enc_u, batch["user"]["mask"], batch["item_codes"],
-                          batch["item_last_items"] if tied else None)
-        parts["rec"] = losses.generation(logits=logits_u, codes=batch["item_codes"], mask=mask,
-                                         total=total, reduction=weights.generation_reduction)
-      if weights.index:
-        index_codes = jnp.concatenate([batch["item_codes"], batch["neg_codes"]])
-        index_items = (jnp.concatenate([batch["item_last_items"], batch["neg_last_items"]])
-                       if tied else None)
-        logits_idx = decode(enc_idx[:2 * b], index_in["mask"][:2 * b], index_codes, index_items)
-        parts["index"] = losses.generation(logits=logits_idx, codes=index_codes,
-                                           mask=jnp.concatenate([mask, mask]), total=total,
-                                           reduction=weights.generation_reduction)
-      if weights.bpr:
-        h_u = ColaRec.pool(enc_u, batch["user"]["mask"])
-        parts["bpr"] = losses.pairwise(anchor=h_u, positive=h_i, negative=h_n, mask=mask,
-                                       total=total, temperature=weights.pair_temperature,
-                                       form=weights.pair_form)
-      if weights.contrastive:
-        parts["contrastive"] = losses.pairwise(anchor=h_i, positive=h_p[0], negative=h_n,
-                                               mask=mask, total=total,
-                                               temperature=weights.pair_temperature,
-                                               form=weights.pair_form)
-      return losses.total_loss(parts, weights.as_dict()), parts
+      return loss_terms(model, weights, params, batch, total=total, rngs={"dropout": key})
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {"loss": loss, **parts}

@@ -1,0 +1,26 @@
+"""The authors' code (Junewang0614/ColaRec) in its own layout and protocol, wherever it differs.
+
+For `--mode=import_official` (which sets the sizes, the GIDs and the data from their checkpoint
+and data folder, and keeps these keys) and for training in their exact setting. Each key below
+reproduces what their code does where colarec-jax's default does otherwise:
+  inputs.uad_on_item_inputs=False  their i and i- indexing inputs carry no user-ID slot (only i+)
+  inputs.history_cut='token'       their tokenizer cuts a long history mid-item at 255 tokens + EOS
+  data.max_item_tokens=29          their 30 tokens per item count the item-ID slot
+  eval.exclude_valid_at_test=False their test rankings keep the validation items
+Their loss forms and random init (loss.generation_reduction='mean', loss.pair_form='official',
+model.init='official') are set too. Their
+history tie order (pandas' unstable sort of equal timestamps) is reproduced by the import, which
+reads their CSVs; colarec-jax's own readers keep file order. Model size: t5-small, as theirs.
+"""
+
+from colarec_jax.config import base_config, t5_small
+
+
+def get_config():
+  config = t5_small(base_config())
+  config.inputs.update(uad_on_item_inputs=False, history_cut="token")
+  config.data.max_item_tokens = 29
+  config.eval.exclude_valid_at_test = False
+  config.loss.update(generation_reduction="mean", pair_form="official")
+  config.model.init = "official"
+  return config
