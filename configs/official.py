@@ -7,10 +7,10 @@ reproduces what their code does where colarec-jax's default does otherwise:
   inputs.history_cut='token'       their tokenizer cuts a long history mid-item at 255 tokens + EOS
   data.max_item_tokens=29          their 30 tokens per item count the item-ID slot
   eval.exclude_valid_at_test=False their test rankings keep the validation items
-Their loss forms and random init (loss.generation_reduction='mean', loss.pair_form='official',
-model.init='official') are set too. Their
-history tie order (pandas' unstable sort of equal timestamps) is reproduced by the import, which
-reads their CSVs; colarec-jax's own readers keep file order. Model size: t5-small, as theirs.
+  data.time_ties='quicksort'       equal timestamps in a history ordered as their pandas sort does
+  loss.pair_form='official'        their BPR form, -log(1e-10 + sigmoid(margin))
+Their loss scale and random init (loss.generation_reduction='mean', model.init='official') are
+colarec-jax's defaults. Model size: t5-small, as theirs.
 """
 
 from colarec_jax.config import base_config, t5_small
@@ -21,6 +21,6 @@ def get_config():
   config.inputs.update(uad_on_item_inputs=False, history_cut="token")
   config.data.max_item_tokens = 29
   config.eval.exclude_valid_at_test = False
-  config.loss.update(generation_reduction="mean", pair_form="official")
-  config.model.init = "official"
+  config.data.time_ties = "quicksort"
+  config.loss.pair_form = "official"
   return config

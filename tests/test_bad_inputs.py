@@ -236,7 +236,7 @@ CASES = [
      "config.gid.depth: got 1, expected >= 2"),
     ("gid-capacity", "a GID tree too small for the items",
      ["--mode=gid", "--config.gid.branching=3"],
-     "config.gid.branching: K^l = 3^3 = 27 codes cannot hold 36 items"),
+     "config.gid.depth: K^l = 3^3 = 27 codes cannot hold 36 items; set gid.depth=4"),
     ("gid-n-init", "no k-means seeds", ["--config.gid.n_init=0"],
      "config.gid.n_init: got 0, expected >= 1"),
     ("eval-metric", "a metric at an unlisted cut-off", ["--config.eval.metric=ndcg@50"],

@@ -107,3 +107,29 @@ def test_an_empty_label_writes_the_value_alone():
   labels = [label for _, label in fields]
   assert content_string(labels, ["title A brand B", "", "Drama"]) == "title A brand B genres Drama"
   assert content_string(["", "brand"], ["", "Acme"]) == "brand Acme"
+
+
+def test_quicksort_ties_order_histories_as_the_authors_pandas_sort_does():
+  """data.time_ties='quicksort': each user's rows as `df[df.user_id == u].sort_values(['time'])`
+  orders them (the authors' get_user_interlist), ties included; 'file' keeps file order."""
+  pd = pytest.importorskip("pandas")
+  rng = np.random.default_rng(0)
+  users, items, times = [], [], []
+  for u in range(6):
+    n = 40 if u % 2 else 7  # long runs of ties get past NumPy's insertion-sort cutoff
+    users += [f"u{u}"] * n
+    items += [f"i{u}_{k}" for k in range(n)]
+    times += rng.integers(0, 4, n).tolist()  # few distinct times: many ties
+  order = rng.permutation(len(users))  # users interleaved in the file
+  users, items, times = ([x[i] for i in order] for x in (users, items, times))
+  frame = pd.DataFrame({"user_id": users, "item_id": items, "time": times})
+  for ties in ("quicksort", "file"):
+    ds = build_dataset("t", raw(users, items, times), None, time_ties=ties)
+    for n, user in enumerate(ds.user_ids[1:].tolist(), 1):
+      ours = ds.item_ids[ds.items[ds.users == n]].tolist()
+      if ties == "quicksort":
+        theirs = frame[frame["user_id"] == user].sort_values(["time"])["item_id"].tolist()
+      else:
+        theirs = frame[frame["user_id"] == user].sort_values(["time"], kind="stable")[
+            "item_id"].tolist()
+      assert ours == theirs, (ties, user)

@@ -12,7 +12,7 @@ from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.config.settings import Settings
 from colarec_jax.run import stages
 from colarec_jax.runtime.errors import DataError
-from colarec_jax.gid import sources
+from colarec_jax.gid import builder, sources
 from conftest import REPO
 from configs import phones, tiny
 
@@ -116,5 +116,21 @@ def test_cli_gid_mode_prints_summary(tmp_path):
        f"--workdir={tmp_path}", "--mode=gid", "--config.gid.branching=3"],
       cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2
-  assert result.stderr.strip() == ("error: config.gid.branching: K^l = 3^3 = 27 codes cannot "
-                                   "hold 36 items; raise gid.branching or gid.depth")
+  assert result.stderr.strip() == ("error: config.gid.depth: K^l = 3^3 = 27 codes cannot "
+                                   "hold 36 items; set gid.depth=4 (or 0: the smallest that "
+                                   "fits) or raise gid.branching")
+  # gid.depth=0: the smallest depth that holds the 36 items (3^4 = 81 >= 36 > 27).
+  result = subprocess.run(
+      [sys.executable, "-m", "colarec_jax.main", "--config=configs/tiny.py",
+       f"--workdir={tmp_path / 'auto'}", "--mode=gid", "--config.gid.source=random",
+       "--config.gid.branching=3", "--config.gid.depth=0"], cwd=REPO, capture_output=True,
+      text=True)
+  assert result.returncode == 0, result.stderr
+  assert "GIDs (random, K=3, l=4): 36 items" in result.stdout
+
+
+def test_fitting_depth_is_the_smallest_that_holds_the_catalogue():
+  for n, k in ((36, 3), (1_000_000, 32), (32_768, 32), (32_769, 32), (5, 4), (10, 10)):
+    depth = builder.fitting_depth(n, k)
+    assert k ** depth >= n and depth >= 2 and (depth == 2 or k ** (depth - 1) < n)
+  assert builder.fitting_depth(1_000_000, 32) == 4 and builder.fitting_depth(32_768, 32) == 3

@@ -16,10 +16,16 @@ def test_generation_loss_hand_computed():
   lse = lambda row: math.log(sum(math.exp(v) for v in row))
   ex0 = -(2 - lse([0, 1, 2])) - (1 - lse([1, 1, 1]))
   ex1 = -(5 - lse([5, 0, 0])) - (9 - lse([0, 0, 9]))
-  got = losses.generation(logits=logits, codes=codes, mask=jnp.array([1.0, 1.0]), total=2)
+  # 'sum' over the 2 code positions, averaged over examples.
+  got = losses.generation(logits=logits, codes=codes, mask=jnp.array([1.0, 1.0]), total=2,
+                          reduction="sum")
   assert float(got) == pytest.approx((ex0 + ex1) / 2, rel=1e-6)
-  masked = losses.generation(logits=logits, codes=codes, mask=jnp.array([1.0, 0.0]), total=1)
+  masked = losses.generation(logits=logits, codes=codes, mask=jnp.array([1.0, 0.0]), total=1,
+                             reduction="sum")
   assert float(masked) == pytest.approx(ex0, rel=1e-6)
+  # The default, 'mean' over batch x positions (the authors' CrossEntropyLoss).
+  got = losses.generation(logits=logits, codes=codes, mask=jnp.array([1.0, 1.0]), total=2)
+  assert float(got) == pytest.approx((ex0 + ex1) / 4, rel=1e-6)
 
 
 def test_pairwise_loss_hand_computed():
@@ -72,7 +78,7 @@ def test_mean_reduction_divides_the_generation_loss_by_the_code_positions():
   official = -picked[:3].mean()  # PyTorch's CrossEntropyLoss(mean) over the 3 x 2 real targets
   got = losses.generation(logits=logits, codes=codes, mask=mask, total=3, reduction="mean")
   assert float(got) == pytest.approx(official, rel=1e-5)
-  summed = losses.generation(logits=logits, codes=codes, mask=mask, total=3)
+  summed = losses.generation(logits=logits, codes=codes, mask=mask, total=3, reduction="sum")
   assert float(summed) == pytest.approx(2 * official, rel=1e-5)
 
 

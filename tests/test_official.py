@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from colarec_jax.config import stored
+from colarec_jax.config import base_config, stored
 from colarec_jax.config.settings import LossWeights, Settings
-from colarec_jax.model.colarec import create_model
+from colarec_jax.model.colarec import ModelConfig, create_model
 from colarec_jax.model.inputs import stack
 from colarec_jax.official import importer, weights
 from colarec_jax.ranking import decode
@@ -38,9 +38,11 @@ FIXTURE = os.path.join(ROOT, "tests", "fixtures", "official")
 MODEL, DATA, TOKENIZER = (os.path.join(FIXTURE, p) for p in ("model", "data", "tokenizer.json"))
 with open(os.path.join(FIXTURE, "parity.json")) as _f:
   RECORD = json.load(_f)
-# Their objective: 0.08 (L_index + L_rec) + L_bpr + 0.1 L_c, CrossEntropyLoss means, their BPR.
-THEIRS = LossWeights(rec=0.08, index=0.08, bpr=1.0, contrastive=0.1,
-                     generation_reduction="mean", pair_form="official")
+# Their objective, 0.08 (L_index + L_rec) + L_bpr + 0.1 L_c with CrossEntropyLoss means, is the
+# default config's loss (their BPR form, -log(1e-10 + sigmoid), is a switch: the default's
+# log-sigmoid differs only below margins of about -23).
+DEFAULTS = LossWeights.from_config(base_config().loss)
+THEIRS = dataclasses.replace(DEFAULTS, pair_form="official")
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
 
@@ -188,6 +190,11 @@ def _losses_and_grads(model, params, batch):
   return float(total), {k: float(v) for k, v in terms.items()}, grads
 
 
+def test_the_default_loss_weights_are_theirs():
+  assert DEFAULTS.as_dict() == {"rec": 0.08, "index": 0.08, "bpr": 1.0, "contrastive": 0.1}
+  assert DEFAULTS.generation_reduction == "mean"
+
+
 def test_the_four_losses_equal_theirs(imported):
   _, parts, params, _ = imported
   total, terms, _ = _losses_and_grads(parts.model, params, _batch(parts.builder, parts))
@@ -270,16 +277,20 @@ def test_the_parity_check_fails_when_a_switch_is_set_back(imported, change):
 
 
 def test_the_official_init_draws_like_theirs(imported):
-  """Every tensor's spread at init against their initial weights: equal with
-  model.init='official' (the import's and the default's), far off with 'colarec' for the code
-  heads and the relative-position tables."""
+  """Every tensor's spread at init against their initial weights: equal with the default config's
+  model.init ('official'), far off with 'colarec' for the code heads and the relative-position
+  tables."""
   settings, parts, _, _ = imported
   _, tensors = weights.read_checkpoint(MODEL)
   transformer = parts.model.config.transformer
   one = parts.example()
 
-  def initial(init: str):
-    cfg = dataclasses.replace(settings.model, init=init)
+  default = ModelConfig.from_config(base_config().model)
+  sizes = {k: getattr(settings.model, k) for k in ("d_model", "d_ff", "num_heads",
+                                                    "num_encoder_layers", "num_decoder_layers")}
+
+  def initial(init: str | None):
+    cfg = dataclasses.replace(default, **sizes, **({"init": init} if init else {}))
     model = create_model(cfg, vocab_size=transformer.vocab_size,
                          num_items=parts.model.config.num_items,
                          num_users=parts.model.config.num_users,
@@ -301,7 +312,7 @@ def test_the_official_init_draws_like_theirs(imported):
     return out
 
   theirs = {name: float(np.std(t)) for name, t in tensors.items()}
-  for init, should_match in (("official", True), ("colarec", False)):
+  for init, should_match in ((None, True), ("colarec", False)):
     ours = spread(initial(init))
     off = []
     for name, (std, size) in ours.items():

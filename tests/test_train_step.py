@@ -203,14 +203,17 @@ def test_freezing_random_id_tables_is_refused():
 
 
 def test_the_authors_reduction_reaches_the_step(setup):
-  """loss.generation_reduction='mean': the step's L_rec and L_index are the default step's
-  divided by the l = 3 code positions, L_bpr and L_c unchanged, and the total reweighted."""
+  """loss.generation_reduction='mean' (the default, the authors'): the step's L_rec and L_index
+  are the 'sum' step's divided by the l = 3 code positions, L_bpr and L_c unchanged, and the
+  total reweighted."""
   settings, model, batch, _, step_fns = setup
   state = lambda: init_state(model, step_lib.create_optimizer(settings.optim), batch,
                              jax.random.key(0))
-  _, full = step_fns[None](state(), batch, jax.random.key(1))
-  mean = dataclasses.replace(LossWeights(), generation_reduction="mean")
-  _, got = step_lib.make_train_step(model, mean, None)(state(), batch, jax.random.key(1))
+  summed = dataclasses.replace(LossWeights(), generation_reduction="sum")
+  _, full = step_lib.make_train_step(model, summed, None)(state(), batch, jax.random.key(1))
+  mean = LossWeights()
+  assert mean.generation_reduction == "mean"
+  _, got = step_fns[None](state(), batch, jax.random.key(1))
   depth = batch["item_codes"].shape[1]
   for name in ("rec", "index"):
     assert float(got[name]) == pytest.approx(float(full[name]) / depth, rel=1e-5)

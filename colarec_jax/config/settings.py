@@ -93,7 +93,7 @@ class LossWeights:
   contrastive: float = 0.1
   # L_bpr and L_c score pairs by dot product (official, 0) or by cosine / this temperature.
   pair_temperature: float = 0.0
-  generation_reduction: str = "sum"  # over code positions: sum | mean (the authors')
+  generation_reduction: str = "mean"  # over code positions: mean (the authors') | sum
   pair_form: str = "log_sigmoid"  # log_sigmoid | official (-log(1e-10 + sigmoid))
 
   @classmethod

@@ -10,6 +10,7 @@ from colarec_jax.runtime.errors import ConfigError
 SOURCES = ("movielens", "atomic", "amazon", "foodcom")
 SPLITS = ("auto", "ratio", "given")
 SPLIT_ORDERS = ("random", "temporal")
+TIME_TIES = ("file", "quicksort")
 COLD_USERS = ("error", "drop")
 COLD_ITEMS = ("keep", "drop", "error")
 
@@ -68,6 +69,7 @@ class DataConfig:
   vocab_size: int
   max_item_tokens: int
   lowercase: bool
+  time_ties: str = "file"
 
   @property
   def cache_root(self) -> str:
@@ -110,4 +112,5 @@ class DataConfig:
         cold_items=_choice("data.cold_items", data.cold_items, COLD_ITEMS),
         cold_item_fraction=float(data.cold_item_fraction),
         tokenizer=str(data.tokenizer), vocab_size=int(data.vocab_size),
-        max_item_tokens=int(data.max_item_tokens), lowercase=bool(data.lowercase))
+        max_item_tokens=int(data.max_item_tokens), lowercase=bool(data.lowercase),
+        time_ties=_choice("data.time_ties", data.time_ties, TIME_TIES))

@@ -75,9 +75,10 @@ def manifest_key(cfg: DataConfig, files: list[str]) -> dict:
   """What a prepared folder depends on: format, data config, input checksums."""
   config = dataclasses.asdict(cfg)
   config.pop("cache_dir")  # where the inputs live does not change them; their checksums do
-  if not config["cold_item_fraction"]:
-    # Off, a key added later leaves the key (and the folder prepared before it) as they were.
-    config.pop("cold_item_fraction")
+  # Off, a key added later leaves the key (and the folder prepared before it) as they were.
+  for key, off in (("cold_item_fraction", 0.0), ("time_ties", "file")):
+    if config[key] == off:
+      config.pop(key)
   inputs = {os.path.basename(f): sha256_file(f) for f in files}
   if cfg.tokenizer:
     inputs["tokenizer:" + os.path.basename(cfg.tokenizer)] = sha256_file(cfg.tokenizer)

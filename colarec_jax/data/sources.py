@@ -54,7 +54,8 @@ def load_dataset(cfg: DataConfig, log=print) -> Dataset:
     items = _select_fields(items, cfg.text_fields)
   kcore = cfg.kcore if cfg.kcore >= 0 else RAW_SOURCE_KCORE.get(cfg.source, 0)
   return build_dataset(cfg.name, raw, items, kcore=kcore, min_rating=cfg.min_rating,
-                       cold_users=cfg.cold_users, cold_items=cfg.cold_items)
+                       cold_users=cfg.cold_users, cold_items=cfg.cold_items,
+                       time_ties=cfg.time_ties)
 
 
 def _select_fields(items: ItemTable, wanted: tuple[tuple[str, str], ...]) -> ItemTable:

@@ -16,15 +16,30 @@ from colarec_jax.gid import kmeans
 from colarec_jax.runtime.errors import ConfigError
 
 
+def fitting_depth(num_items: int, branching: int) -> int:
+  """The smallest l >= 2 with K^l >= num_items (what `gid.depth=0` asks for)."""
+  depth = 2
+  while branching ** depth < num_items:
+    depth += 1
+  return depth
+
+
+def resolve_depth(num_items: int, branching: int, depth: int) -> int:
+  """`depth`, or the smallest that holds the catalogue when it is 0 (`gid.depth=0`)."""
+  return fitting_depth(num_items, branching) if depth == 0 else depth
+
+
 def check_capacity(num_items: int, branching: int, depth: int) -> None:
   """K^l must hold every item, and K, l >= 2."""
   if branching < 2:
     raise ConfigError("gid.branching", f"got {branching}, expected >= 2")
   if depth < 2:
-    raise ConfigError("gid.depth", f"got {depth}, expected >= 2")
+    raise ConfigError("gid.depth", f"got {depth}, expected >= 2 (or 0: the smallest that fits)")
   if branching ** depth < num_items:
-    raise ConfigError("gid.branching", f"K^l = {branching}^{depth} = {branching ** depth} codes "
-                      f"cannot hold {num_items} items; raise gid.branching or gid.depth")
+    raise ConfigError("gid.depth", f"K^l = {branching}^{depth} = {branching ** depth} codes "
+                      f"cannot hold {num_items} items; set gid.depth="
+                      f"{fitting_depth(num_items, branching)} (or 0: the smallest that fits) or "
+                      "raise gid.branching")
 
 
 def hierarchical_codes(embeddings: np.ndarray, *, branching: int, depth: int, key: jax.Array,

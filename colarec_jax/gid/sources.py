@@ -45,9 +45,11 @@ class GidConfig:
     if gid.source not in SOURCES:
       raise ConfigError("gid.source", f"got {gid.source!r}, expected one of "
                         f"{', '.join(map(repr, SOURCES))}")
-    for key in ("branching", "depth"):
-      if int(gid[key]) < 2:
-        raise ConfigError(f"gid.{key}", f"got {gid[key]}, expected >= 2")
+    if int(gid.branching) < 2:
+      raise ConfigError("gid.branching", f"got {gid.branching}, expected >= 2")
+    if int(gid.depth) < 2 and int(gid.depth) != 0:
+      raise ConfigError("gid.depth", f"got {gid.depth}, expected >= 2, or 0 for the smallest "
+                        "depth whose K^l holds the catalogue")
     for key in ("n_init", "max_iters", "content_dim"):
       if int(gid[key]) < 1:
         raise ConfigError(f"gid.{key}", f"got {gid[key]}, expected >= 1")
@@ -155,6 +157,10 @@ def build_gid_table(prepared: Prepared, workdir: str, gid_cfg: GidConfig, *, lig
     log: where the summary line goes.
     read_only: use the folder as it is or fail (see `fileio.cached_stage`); never build.
   """
+  # gid.depth=0: the smallest depth that holds the catalogue, keyed as that depth (so an explicit
+  # gid.depth of the same value reuses the folder).
+  gid_cfg = dataclasses.replace(gid_cfg, depth=builder.resolve_depth(
+      prepared.dataset.num_items, gid_cfg.branching, gid_cfg.depth))
   builder.check_capacity(prepared.dataset.num_items, gid_cfg.branching, gid_cfg.depth)
   key = stage_key(prepared.manifest["key"], gid_cfg, lightgcn_key)
 

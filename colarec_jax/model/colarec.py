@@ -48,7 +48,7 @@ class ModelConfig:
   pooled_start: bool = False  # the decoder's start input also holds the pooled encoding h(X)
   freeze_ids: bool = False  # keep the ID tables as they started (with id_init='lightgcn')
   tie_last_level: bool = False  # the last level also scores each code's item by its ID embedding
-  init: str = "colarec"  # colarec | official: the random init of code heads and position tables
+  init: str = "official"  # official (the authors') | colarec: code heads' and position tables' init
 
   @classmethod
   def from_config(cls, model) -> "ModelConfig":
@@ -88,7 +88,7 @@ class ModelConfig:
         d_kv=self.d_model // self.num_heads, num_encoder_layers=self.num_encoder_layers,
         num_decoder_layers=self.num_decoder_layers, dropout_rate=self.dropout_rate,
         dtype=DTYPES[self.dtype],
-        relative_init_std=self.d_model ** -0.5 if self.init == "official" else 1.0)
+        relative_init_std=0.0 if self.init == "official" else 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,7 @@ class ColaRecConfig:
   depth: int  # l: decoder steps
   pooled_start: bool = False  # the decoder's start input also holds h(X) (model.pooled_start)
   tie_last_level: bool = False  # the last level also scores items by ID (model.tie_last_level)
-  official_heads: bool = False  # code heads initialised as the authors' nn.Linear (model.init)
+  official_heads: bool = True  # code heads initialised as the authors' nn.Linear (model.init)
 
 
 class ColaRec(nn.Module):
@@ -124,7 +124,8 @@ class ColaRec(nn.Module):
     self.code_embed = self.param("code_embed", nn.initializers.normal(1.0), shape)
     # The authors' heads are PyTorch nn.Linear layers: weight and bias U(+-1/sqrt(d)) by default,
     # so their initial code logits are ~14x narrower than N(0, 1) weights give (initial L_rec
-    # per position ln(K + 1) rather than above it); model.init='official' starts from theirs.
+    # per position ln(K + 1) rather than above it). model.init='official' (the default) starts
+    # from theirs, so a run of ours starts where theirs does; 'colarec' keeps N(0, 1) and 0.
     if cfg.official_heads:
       bound = transformer.d_model ** -0.5
       uniform = lambda key, s, dtype=jnp.float32: jax.random.uniform(key, s, dtype, -bound, bound)

@@ -34,9 +34,9 @@ class TransformerConfig:
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
   dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
-  # The relative-position tables' initial std: 1 (this project's first choice) or d_model^-0.5,
-  # Hugging Face's T5 init, which the authors' random-init model used (`model.init='official'`).
-  relative_init_std: float = 1.0
+  # The relative-position tables' initial std; 0: d_model^-0.5, Hugging Face's T5 init, which the
+  # authors' random-init model used (`model.init='official'`, the default); 'colarec' passes 1.
+  relative_init_std: float = 0.0
 
 
 def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,
@@ -110,7 +110,8 @@ class RelativeBias(nn.Module):
   @nn.compact
   def __call__(self, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
     cfg = self.config
-    table = self.param("rel_embedding", nn.initializers.normal(cfg.relative_init_std),
+    std = cfg.relative_init_std or cfg.d_model ** -0.5
+    table = self.param("rel_embedding", nn.initializers.normal(std),
                        (cfg.relative_attention_num_buckets, cfg.num_heads))
     buckets = relative_position_bucket(
         k_positions[None, :] - q_positions[:, None], bidirectional=self.bidirectional,

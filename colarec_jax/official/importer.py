@@ -7,8 +7,9 @@ import turns both into a workdir that evaluates, recommends, exports and serves 
 trained:
 
   1. their data as atomic files in `<workdir>/official_data/` (the content string whole, the GID
-     as the `gid.source=file` column, their split as given), each user's training rows in the
-     order their pandas sort gives them (NumPy's quicksort over the time column, ties included);
+     as the `gid.source=file` column, their split as given, rows in their files' order), read
+     with `data.time_ties='quicksort'` so that each user's history is in the order their pandas
+     sort gives it, ties included;
   2. the data and GID stages over those files, with the tokenizer given (`--tokenizer`: theirs is
      t5-small's vocabulary, as a tokenizer.json);
   3. their tensors mapped onto the model (`official.weights`), saved as the checkpoint of their
@@ -108,16 +109,6 @@ def _read_csv(folder: str, name: str, with_time: bool) -> tuple[np.ndarray, np.n
   return table[:, 0], table[:, 1], times
 
 
-def _their_order(users: np.ndarray, times: np.ndarray) -> np.ndarray:
-  """Row order of each user's training items as their `get_user_interlist` builds it: the rows
-  of a user in file order, sorted by pandas' default (NumPy quicksort, not stable)."""
-  order = []
-  for user in dict.fromkeys(users.tolist()):
-    rows = np.flatnonzero(users == user)
-    order.append(rows[np.argsort(times[rows], kind="quicksort")])
-  return np.concatenate(order) if order else np.zeros(0, np.int64)
-
-
 def write_atomic(folder: str, out: str, depth: int) -> dict[str, int]:
   """Their data folder as `<out>/official.{item,train.inter,valid.inter,test.inter}`.
 
@@ -137,11 +128,10 @@ def write_atomic(folder: str, out: str, depth: int) -> dict[str, int]:
     unknown = sorted(set(items.tolist()) - set(corpus))
     if unknown:
       raise DataError(os.path.join(folder, name), f"item {unknown[0]} is not in {CORPUS}")
-    order = _their_order(users, times) if split == "train" else np.arange(len(users))
-    with open(os.path.join(out, f"{NAME}.{split}.inter"), "w") as f:
+    with open(os.path.join(out, f"{NAME}.{split}.inter"), "w") as f:  # in their file order
       f.write("user_id:token\titem_id:token\ttimestamp:float\n")
-      for r in order.tolist():
-        f.write(f"{users[r]}\t{items[r]}\t{times[r]}\n")
+      for user, item, time in zip(users.tolist(), items.tolist(), times.tolist()):
+        f.write(f"{user}\t{item}\t{time}\n")
     seen.update(items.tolist())
     users_all.update(users.tolist())
   with open(os.path.join(out, f"{NAME}.item"), "w") as f:
@@ -160,6 +150,7 @@ def import_settings(settings: Settings, their_config: dict, data_dir: str,
   config.data.update(source="atomic", name=NAME, dir=data_dir, text_fields="content:",
                      time_field="timestamp", rating_field="", min_rating=0.0, kcore=0,
                      split="given", tokenizer=tokenizer, cold_item_fraction=0.0,
+                     time_ties="quicksort",
                      max_item_tokens=int(their_config.get("max_info_len", 30)) - 1)
   config.gid.update(source="file", file_column=GID_COLUMN,
                     branching=int(their_config.get("cid_token_num", 0)),

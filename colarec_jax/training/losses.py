@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 
 def generation(*, logits: jax.Array, codes: jax.Array, mask: jax.Array, total,
-               reduction: str = "sum") -> jax.Array:
+               reduction: str = "mean") -> jax.Array:
   """-sum_t log p(code_t | X, code_<t), averaged over examples ('sum'), or that divided by the l
   positions ('mean': the authors' CrossEntropyLoss over batch x positions).
 
