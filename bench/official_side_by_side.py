@@ -12,14 +12,15 @@ under their protocol (validation items kept in rankings: `eval.exclude_valid_at_
       --their_train_log=train.log --their_eval=official_test.json \\
       --out=bench/results/official_side_by_side.json
 
---their_train_log: run_official.py train's output (its TRAIN_WALL_SECONDS line, and their
-  model_train loop's batch size and steps); --their_eval: run_official.py eval's JSON (their
-  beam search's top-100 lists and seconds on sampled users).
+--their_train_log: run_official.py train's output (their logged batch times give the steady
+  rate; run it alone, e.g. one epoch, for a clean figure); --their_eval: run_official.py eval's
+  JSON (their beam search's top-100 lists and seconds on sampled users).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -74,12 +75,20 @@ def _paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
 
 
 def _their_train(log_path: str, steps: int) -> dict:
+  """Their training speed from run_official.py train's output: the steady rate between the first
+  and the last logged batch (their logger stamps every print_steps batches), and the whole wall
+  time (data loading and model building included)."""
   text = open(log_path).read()
   seconds = float(re.search(r"TRAIN_WALL_SECONDS ([\d.]+)", text).group(1))
   batch = int(re.search(r"'batch_size': (\d+)", text).group(1))
   epochs = int(re.search(r"'n_epochs': (\d+)", text).group(1))
-  return {"seconds": seconds, "examples": batch * epochs * steps,
-          "examples_per_second": batch * epochs * steps / seconds}
+  stamps = [(int(m.group(2)), datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"))
+            for m in re.finditer(r"^(\S+ \S+)\s+--INFO --the current batch (\d+),", text, re.M)]
+  (first, t0), (last, t1) = stamps[0], stamps[-1]
+  return {"wall_seconds": seconds, "examples": batch * epochs * steps,
+          "wall_examples_per_second": batch * epochs * steps / seconds,
+          "examples_per_second": (last - first) * batch / (t1 - t0).total_seconds(),
+          "rate_over_batches": [first, last]}
 
 
 def _same_lists(parts, params, their_eval: dict) -> dict:

@@ -53,8 +53,8 @@ def test_similar_items_share_prefixes():
 
 
 def test_capacity_errors_name_the_key():
-  with pytest.raises(ConfigError, match=r"config\.gid\.branching: K\^l = 4\^2 = 16 codes cannot "
-                     "hold 17 items"):
+  with pytest.raises(ConfigError, match=r"config\.gid\.depth: K\^l = 4\^2 = 16 codes cannot "
+                     r"hold 17 items; set gid\.depth=3"):
     builder.check_capacity(17, 4, 2)
   with pytest.raises(ConfigError, match=r"config\.gid\.depth: got 1"):
     builder.check_capacity(3, 4, 1)

@@ -30,7 +30,7 @@ from colarec_jax.official import importer, weights
 from colarec_jax.ranking import decode
 from colarec_jax.run import parts as parts_lib
 from colarec_jax.run.store import BEST
-from colarec_jax.runtime.errors import UsageError
+from colarec_jax.runtime.errors import DataError, UsageError
 from colarec_jax.training import step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -355,10 +355,15 @@ def test_the_imported_workdir_recommends_their_lists(imported):
     assert [int(i) for i in got.items] == expected
 
 
-def test_the_imported_workdir_evaluates_through_the_cli(imported):
-  _, _, _, workdir = imported
+def test_the_imported_workdir_evaluates_and_exports_through_the_cli(imported, tmp_path):
+  _, parts, _, workdir = imported
   result = _cli("--mode=evaluate", f"--workdir={workdir}", "--split=valid")
   assert "valid metrics" in result.stdout or "valid metrics" in result.stderr
+  out = tmp_path / "top.jsonl"
+  _cli("--mode=export", f"--workdir={workdir}", f"--output={out}", "--top_n=5")
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(rows) == parts.prepared.dataset.num_users
+  assert all(len(r["items"]) == 5 for r in rows)
 
 
 def test_import_refuses_bad_input_with_one_line(imported, tmp_path):
@@ -380,6 +385,23 @@ def test_import_refuses_bad_input_with_one_line(imported, tmp_path):
   corpus["3"].pop("cid")
   (data / "corpus_512.json").write_text(json.dumps(corpus))
   from configs.tiny import get_config
-  with pytest.raises(Exception, match="corpus_512.json.*item '3' lacks"):
+  with pytest.raises(DataError, match="corpus_512.json.*item '3' lacks"):
     importer.import_official(Settings.parse(get_config()), str(tmp_path / "w2"), MODEL,
                              str(data), TOKENIZER, log=lambda *_: None)
+
+
+def test_content_strings_are_written_verbatim(tmp_path):
+  """Their content strings reach the tokenizer as they are (a double space changes BPE tokens);
+  only a tab or line break, which would end the atomic field, becomes a space."""
+  data = tmp_path / "data"
+  shutil.copytree(DATA, data)
+  corpus = json.loads((data / "corpus_512.json").read_text())
+  corpus["1"]["content"] = "title  two  spaces brand Acme "
+  corpus["2"]["content"] = "title a\ttab"
+  (data / "corpus_512.json").write_text(json.dumps(corpus))
+  counts = importer.write_atomic(str(data), str(tmp_path / "out"), 3)
+  assert counts["respaced_items"] == 1
+  from colarec_jax.data import atomic
+  table = atomic.read_atomic(str(tmp_path / "out" / "official.item"))
+  text = {row[0]: row[1] for row in table.rows}
+  assert text["1"] == "title  two  spaces brand Acme " and text["2"] == "title a tab"

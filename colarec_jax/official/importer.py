@@ -113,8 +113,9 @@ def write_atomic(folder: str, out: str, depth: int) -> dict[str, int]:
   """Their data folder as `<out>/official.{item,train.inter,valid.inter,test.inter}`.
 
   Returns:
-    {'items', 'users', 'unused_items'}: counts (unused: corpus items without any interaction,
-    which colarec-jax's catalogue leaves out).
+    {'items', 'users', 'unused_items', 'respaced_items'}: counts (unused: corpus items without
+    any interaction, which colarec-jax's catalogue leaves out; respaced: content strings whose
+    tabs or line breaks became spaces).
   """
   corpus = _read_corpus(folder)
   bad = [item for item, (_, codes) in corpus.items() if len(codes) != depth]
@@ -134,13 +135,17 @@ def write_atomic(folder: str, out: str, depth: int) -> dict[str, int]:
         f.write(f"{user}\t{item}\t{time}\n")
     seen.update(items.tolist())
     users_all.update(users.tolist())
+  changed = 0
   with open(os.path.join(out, f"{NAME}.item"), "w") as f:
     f.write(f"item_id:token\tcontent:token_seq\t{GID_COLUMN}:token_seq\n")
     for item in sorted(corpus):
       content, codes = corpus[item]
-      text = " ".join(content.split())  # one line, single spaces: tabs or newlines would break it
+      # Verbatim (double spaces change the tokens), but a tab or line break would end the field.
+      text = re.sub(r"[\t\r\n]", " ", content)
+      changed += text != content
       f.write(f"{item}\t{text}\t{' '.join(map(str, codes))}\n")
-  return {"items": len(corpus), "users": len(users_all), "unused_items": len(set(corpus) - seen)}
+  return {"items": len(corpus), "users": len(users_all), "unused_items": len(set(corpus) - seen),
+          "respaced_items": changed}
 
 
 def import_settings(settings: Settings, their_config: dict, data_dir: str,
@@ -190,6 +195,9 @@ def import_official(settings: Settings, workdir: str, checkpoint_path: str, offi
   their_config, tensors = weights.read_checkpoint(checkpoint_path)
   data_dir = os.path.join(os.path.abspath(workdir), DATA_DIR)
   counts = write_atomic(official_data, data_dir, int(their_config.get("code_length", 0)))
+  if counts["respaced_items"]:
+    log(f"warning: {counts['respaced_items']} content strings hold tabs or line breaks, written "
+        "as spaces (the atomic item file cannot hold them); their tokens may differ from theirs")
   if counts["unused_items"]:
     log(f"warning: {counts['unused_items']} of {counts['items']} items in {CORPUS} have no "
         "interaction; colarec-jax's catalogue leaves them out, theirs ranks them too")
