@@ -50,7 +50,7 @@ def _load(workdir: str):
 
 
 def _test(parts, params) -> tuple[dict, float]:
-  """(per-user test metrics keyed by raw user id, users/s of the ranking)."""
+  """(per-user test metrics keyed by raw user id, users/s of the ranking, the report)."""
   split, inputs = parts.eval_data(TEST)
   ranker = parts.ranker(params)
   rows = ranker.batch_size  # one batch first: the timed pass runs compiled

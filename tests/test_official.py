@@ -204,20 +204,27 @@ def test_the_four_losses_equal_theirs(imported):
   np.testing.assert_allclose(total, expected["total"], **TOLERANCE)
 
 
-def _our_grad_norms(grads, transformer) -> dict[str, float]:
-  """Per-tensor gradient norms under their tensor names."""
-  flat = traverse_util.flatten_dict(jax.device_get(grads))
+_LEVEL_TABLES = {"code_embed": "cid_embed_list.{}.weight", "codebook": "centroids.{}.weight",
+                 "codebook_bias": "centroids.{}.bias"}
+
+
+def _by_their_name(tree, transformer) -> dict[str, np.ndarray]:
+  """Our parameter-shaped tree as {their tensor name: array}, the per-level tables split."""
   out = {}
-  for path, grad in flat.items():
+  for path, value in traverse_util.flatten_dict(jax.device_get(tree)).items():
     name = weights.their_name(path, transformer)
     if name is not None:
-      out[name] = float(np.linalg.norm(grad))
-      continue
-    table = {"code_embed": "cid_embed_list.{}.weight", "codebook": "centroids.{}.weight",
-             "codebook_bias": "centroids.{}.bias"}[path[0]]
-    for level, rows in enumerate(grad):
-      out[table.format(level)] = float(np.linalg.norm(rows))
-  out["(global)"] = float(np.sqrt(sum(np.sum(np.square(g)) for g in flat.values())))
+      out[name] = value
+    else:
+      out.update({_LEVEL_TABLES[path[0]].format(level): rows for level, rows in enumerate(value)})
+  return out
+
+
+def _our_grad_norms(grads, transformer) -> dict[str, float]:
+  """Per-tensor gradient norms under their tensor names."""
+  named = _by_their_name(grads, transformer)
+  out = {name: float(np.linalg.norm(g)) for name, g in named.items()}
+  out["(global)"] = float(np.sqrt(sum(np.sum(np.square(g)) for g in named.values())))
   return out
 
 
@@ -298,18 +305,8 @@ def test_the_official_init_draws_like_theirs(imported):
     return model.init(jax.random.key(1), one["user"], one["item_codes"])["params"]
 
   def spread(params):
-    flat = traverse_util.flatten_dict(jax.device_get(params))
-    out = {}
-    for path, value in flat.items():
-      name = weights.their_name(path, transformer)
-      if name is not None:
-        out[name] = (float(np.std(value)), value.size)
-      else:
-        table = {"code_embed": "cid_embed_list.{}.weight", "codebook": "centroids.{}.weight",
-                 "codebook_bias": "centroids.{}.bias"}[path[0]]
-        for level, rows in enumerate(value):
-          out[table.format(level)] = (float(np.std(rows)), rows.size)
-    return out
+    return {name: (float(np.std(v)), v.size)
+            for name, v in _by_their_name(params, transformer).items()}
 
   theirs = {name: float(np.std(t)) for name, t in tensors.items()}
   for init, should_match in ((None, True), ("colarec", False)):

@@ -226,9 +226,8 @@ def build_dataset(name: str, raw: RawInteractions, items: ItemTable | None, *, k
   time_key = raw.timestamps if raw.timestamps is not None else np.zeros(len(raw))
   time_key = np.where(np.isnan(time_key), np.inf, time_key)
   file_position = np.arange(len(raw))
-  chrono = np.lexsort((file_position, time_key, split_key))
-  if time_ties == "quicksort":
-    chrono = _quicksort_ties(raw.users, split_key, time_key, chrono)
+  chrono = (_quicksort_ties(raw.users, split_key, time_key) if time_ties == "quicksort"
+            else np.lexsort((file_position, time_key, split_key)))
   raw = raw.select(chrono)
   file_position = file_position[chrono]
 
@@ -292,12 +291,11 @@ def build_dataset(name: str, raw: RawInteractions, items: ItemTable | None, *, k
       text_fields=tuple(fields), item_text=text.astype(str), report=report)
 
 
-def _quicksort_ties(users: np.ndarray, split_key: np.ndarray, time_key: np.ndarray,
-                    chrono: np.ndarray) -> np.ndarray:
+def _quicksort_ties(users: np.ndarray, split_key: np.ndarray,
+                    time_key: np.ndarray) -> np.ndarray:
   """A row order, by split part and user, with each user's rows of a part ordered as NumPy's
   quicksort of their times orders them from file order (later steps only need the order inside
   a user; a loop over the groups: only this switch takes it)."""
-  del chrono  # replaced: the order inside each group is the quicksort's, not the stable one
   codes, _ = _codes(users)
   grouped = np.lexsort((np.arange(len(users)), codes, split_key))  # file order inside groups
   key = codes[grouped] * 4 + split_key[grouped]
