@@ -120,8 +120,15 @@ def long_tail_users(train_counts: np.ndarray, users: np.ndarray, fraction: float
   return train_counts[users] <= threshold, threshold
 
 
+# Most scores one call of `top_k_items` holds (2^26: 256 MB of float32, with the exclusion mask's
+# 64 MB): 1,024 users against a million items would hold 4 GB of scores, twice over for the masked
+# copy (bench/results/scale.json).
+MAX_SCORES = 1 << 26
+
+
 def top_k_items(score_fn: Callable[[np.ndarray], jax.Array], users: np.ndarray, exclude: Csr,
-                num_items: int, k: int, batch_size: int = 1024) -> np.ndarray:
+                num_items: int, k: int, batch_size: int = 1024,
+                max_scores: int = MAX_SCORES) -> np.ndarray:
   """Top-k items per user by score, excluded items (and padding item 0) never returned.
 
   Args:
@@ -131,11 +138,13 @@ def top_k_items(score_fn: Callable[[np.ndarray], jax.Array], users: np.ndarray, 
     exclude: items to drop per user (e.g. training items).
     num_items: number of items.
     k: list length.
-    batch_size: users per device call.
+    batch_size: users per device call, at most.
+    max_scores: fewer users per call when batch_size x (num_items + 1) scores would exceed this.
 
   Returns:
     [n, k] int32 item ids, best first.
   """
+  batch_size = max(1, min(batch_size, max_scores // (num_items + 1)))
   out = np.zeros((len(users), k), np.int32)
   for rows, real in padded_batches(np.arange(len(users)), batch_size):
     batch = users[rows]

@@ -221,8 +221,8 @@ CASES = [
      ["--config.train.checkpoint_every_steps=-1"],
      "config.train.checkpoint_every_steps: got -1, expected >= 0"),
     # config.cf, config.gid, config.eval
-    ("cf-batch", "a LightGCN batch of 0", ["--config.cf.batch_size=0"],
-     "config.cf.batch_size: got 0, expected >= 1"),
+    ("cf-batch", "a negative LightGCN batch", ["--config.cf.batch_size=-1"],
+     "config.cf.batch_size: got -1, expected >= 1, or 0 for a batch"),
     ("cf-epochs", "LightGCN epochs fewer than its validation interval",
      ["--config.cf.epochs=2", "--config.cf.eval_every=5"],
      "config.cf.epochs: got 2, expected >= cf.eval_every = 5"),

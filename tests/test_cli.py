@@ -236,3 +236,26 @@ def test_recommend_for_a_user_leaves_out_everything_the_user_has(trained):
     got = set(modes.recommend(settings, str(workdir), RecommendFlags(user=raw, top_n=20),
                                  log=lambda *_: None).items)
     assert got and not got & known, (raw, got & known)
+
+
+def test_split_id_tables_train_and_rank_on_any_mesh(tmp_path):
+  """model.shard_ids through the CLI: trained on 4 fake CPU devices with the ID tables split by
+  rows, the run tests itself; `--mode=evaluate` restores the split checkpoint onto 4 devices (the
+  same metrics) and onto 2 (each holding half the rows; ties aside, the same)."""
+  workdir = tmp_path / "split"
+  trained = cli(*TINY_TRAINED, "--config.model.shard_ids=True", f"--workdir={workdir}",
+                "--mode=train")
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  with open(workdir / "colarec" / "metrics.json") as f:
+    expected = json.load(f)["test"]["overall"]["ndcg@10"]
+  for devices, used in ((0, "4 cpu devices"), (2, "2 cpu devices")):
+    result = cli(f"--workdir={workdir}", "--mode=evaluate", f"--config.cpu_devices={devices}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"on {used}" in result.stdout
+    lines = result.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("colarec "))
+    header = next(line for line in lines if line.startswith("model "))
+    users = int(row.split()[header.split().index("users")])
+    tolerance = 1e-4 if devices == 0 else 1 / users + 1e-4
+    assert float(row.split()[header.split().index("ndcg@10")]) == pytest.approx(
+        expected, abs=tolerance)

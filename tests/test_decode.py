@@ -93,11 +93,35 @@ def test_blocked_nodes_are_the_subtrees_of_excluded_items_only():
       node = gids.children[node, gids.codes[item, t]]
       assert paths[item, t] == node
   blocked = decode.blocked_nodes(gids, [np.asarray([1, 2]), np.asarray([3]), np.asarray([])])
+  listed = [row[row != decode.NO_NODE].tolist() for row in blocked]
   # Row 0: items 1 and 2 fill the subtree [1, 1], so it and both leaves are blocked; [1] is not.
-  assert set(np.flatnonzero(blocked[0])) == {paths[1, 1], paths[1, 2], paths[2, 2]}
+  assert listed[0] == sorted([paths[1, 1], paths[1, 2], paths[2, 2]])
   # Row 1: item 3 is alone under [1, 2]: that node and its leaf.
-  assert set(np.flatnonzero(blocked[1])) == {paths[3, 1], paths[3, 2]}
-  assert not blocked[2].any() and blocked.shape == (3, len(gids.children) + 1)
+  assert listed[1] == sorted([paths[3, 1], paths[3, 2]])
+  # Rows are padded to one width whatever the catalogue's size (a power of two, at least
+  # MIN_BLOCKED, so most batches share one compiled search).
+  assert listed[2] == [] and blocked.shape == (3, decode.MIN_BLOCKED)
+  wide = decode.blocked_nodes(gids, [np.arange(1, 5)] * 2)
+  assert wide.shape == (2, decode.MIN_BLOCKED)
+
+
+def test_blocked_nodes_match_the_dense_definition_on_a_random_tree():
+  """Against a dense NumPy reference: a node is blocked when every item under it is excluded."""
+  rng = np.random.default_rng(0)
+  gids = GidTable.from_codes(random_codes(300, branching=4, depth=5, seed=1), 4)
+  exclude = [rng.choice(np.arange(1, 301), n, replace=False) for n in (0, 1, 7, 60, 299)]
+  blocked = decode.blocked_nodes(gids, exclude)
+  nodes = len(gids.children)
+  under = [set() for _ in range(nodes)]
+  for item in range(1, 301):
+    for node in [0, *gids.item_paths[item]]:
+      under[node].add(item)
+  longest = 0
+  for row, items in zip(blocked, exclude):
+    expected = [n for n in range(nodes) if under[n] and under[n] <= set(items.tolist())]
+    assert row[row != decode.NO_NODE].tolist() == expected
+    longest = max(longest, len(expected))
+  assert longest > decode.MIN_BLOCKED and blocked.shape[1] == 1 << (longest - 1).bit_length()
 
 
 def test_excluded_items_are_skipped_inside_the_search(setup):

@@ -74,6 +74,27 @@ def test_top_k_excludes_and_ranks():
     np.testing.assert_array_equal(got[n], np.argsort(-scores, kind="stable")[:5])
 
 
+def test_top_k_holds_at_most_max_scores_per_call():
+  """Users per call shrink so that a call's [users, num_items + 1] scores stay under max_scores,
+  whatever batch_size asks (1,024 users x a million items was 4 GB); the lists are unchanged."""
+  rng = np.random.default_rng(1)
+  num_users, num_items = 9, 12
+  table = rng.normal(size=(num_users + 1, num_items + 1)).astype(np.float32)
+  exclude = Csr.from_pairs(np.array([2, 4, 4]), np.array([3, 1, 9]), num_users)
+  users = np.arange(1, num_users + 1)
+  shapes = []
+
+  def score_fn(batch):
+    shapes.append(len(batch))
+    return _scores(jnp.asarray(table), batch)
+
+  capped = evaluate.top_k_items(score_fn, users, exclude, num_items, k=4, batch_size=1024,
+                                max_scores=3 * (num_items + 1) + 5)
+  assert set(shapes) == {3}
+  full = evaluate.top_k_items(functools.partial(_scores, jnp.asarray(table)), users, exclude,
+                              num_items, k=4, batch_size=1024)
+  np.testing.assert_array_equal(capped, full)
+
 def test_long_tail_threshold_and_report():
   counts = np.array([0, 3, 1, 1, 8, 2, 5, 1, 9, 4, 6])  # users 1..10
   users = np.arange(1, 11)

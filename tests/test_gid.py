@@ -111,3 +111,42 @@ def test_table_save_load_and_bad_codes(tmp_path):
   bad[4, 1] = 7
   with pytest.raises(DataError, match=r"src: item 5 has GID \[.*\]; expected codes in 1\.\.3"):
     GidTable.from_codes(bad, 3, source="src")
+
+
+def _inserted_one_by_one(codes, branching):
+  """The reference trie: items inserted in row order, a node created when a prefix is first met."""
+  children, node_depth, leaf_item = [[-1] * (branching + 1)], [0], [0]
+  parents = [0]
+  for item, gid in enumerate(codes.tolist(), start=1):
+    node = 0
+    for t, code in enumerate(gid):
+      if t == len(gid) - 1:
+        parents.append(node)
+      if children[node][code] < 0:
+        children[node][code] = len(children)
+        children.append([-1] * (branching + 1))
+        node_depth.append(t + 1)
+        leaf_item.append(0)
+      node = children[node][code]
+    leaf_item[node] = item
+  return np.array(children), np.array(node_depth), np.array(leaf_item), np.array(parents)
+
+
+@pytest.mark.parametrize("n,branching,depth", [(1, 32, 3), (40, 2, 6), (500, 4, 5),
+                                               (3000, 32, 3), (20, 32, 13)])
+def test_table_numbers_nodes_as_inserting_items_in_order(n, branching, depth):
+  """The vectorised build gives the trie of inserting the items one by one (the numbering the
+  per-item loop it replaced gave, 6.5 s at a million items), including a depth whose prefixes
+  exceed an int64 key (K=32, l=13)."""
+  rng = np.random.default_rng(n)
+  if branching ** depth >= 10 * n:
+    codes = np.unique(rng.integers(1, branching + 1, (3 * n, depth)), axis=0)
+    codes = codes[rng.permutation(len(codes))[:n]]
+  else:
+    codes = builder.random_codes(n, branching=branching, depth=depth, seed=n)
+  table = GidTable.from_codes(codes, branching)
+  children, node_depth, leaf_item, parents = _inserted_one_by_one(codes, branching)
+  np.testing.assert_array_equal(table.children, children)
+  np.testing.assert_array_equal(table.node_depth, node_depth)
+  np.testing.assert_array_equal(table.leaf_item, leaf_item)
+  np.testing.assert_array_equal(table.item_leaf_parent, parents)

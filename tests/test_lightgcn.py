@@ -161,3 +161,17 @@ def test_epoch_batches_cover_every_row_once():
   got = sorted(zip(np.concatenate([b["users"] for b in batches])[real].tolist(),
                    np.concatenate([b["pos"] for b in batches])[real].tolist()))
   assert got == sorted(zip(users.tolist(), items.tolist()))
+
+
+def test_auto_batch_grows_with_the_rows():
+  """cf.batch_size=0: 2048 while 512 steps of it cover the rows, then the next multiple of 2048
+  that does, so an epoch stays at most 512 full-graph steps; a set batch is kept."""
+  auto = lightgcn.LightGCNConfig(batch_size=0)
+  assert lightgcn.batch_size_for(auto, 10) == 2048
+  assert lightgcn.batch_size_for(auto, 512 * 2048) == 2048
+  assert lightgcn.batch_size_for(auto, 512 * 2048 + 1) == 4096
+  for rows in (10**6, 8 * 10**6, 10**8):
+    batch = lightgcn.batch_size_for(auto, rows)
+    assert batch % 2048 == 0 and -(-rows // batch) <= 512
+    assert batch == 2048 or -(-rows // (batch - 2048)) > 512  # the smallest such multiple
+  assert lightgcn.batch_size_for(lightgcn.LightGCNConfig(batch_size=64), 10**8) == 64

@@ -13,6 +13,7 @@ from colarec_jax.cli import modes
 from colarec_jax.ranking import decode
 from colarec_jax.training import loop as train_lib
 from colarec_jax.runtime.errors import DataError
+from colarec_jax.data import fileio
 from colarec_jax.gid import overlay
 from colarec_jax.model.colarec import UNKNOWN_ITEM
 from colarec_jax.config.settings import Settings
@@ -198,7 +199,7 @@ def test_an_overlay_written_with_fixed_width_text_still_loads(workdir):
   path = os.path.join(workdir, overlay.FILE)
   with np.load(path) as z:
     arrays = {k: z[k] for k in z.files}
-  arrays["item_text"] = overlay._unpack(arrays).astype(str)  # the old layout: a unicode array
+  arrays["item_text"] = fileio.unpack_text(arrays, "text").astype(str)  # the old layout: a unicode array
   for key in ("text_bytes", "text_offsets", "text_shape"):
     del arrays[key]
   np.savez(path, **arrays)

@@ -221,3 +221,74 @@ def test_the_authors_reduction_reaches_the_step(setup):
     assert float(got[name]) == pytest.approx(float(full[name]), rel=1e-6)
   expected = sum(w * float(got[name]) for name, w in mean.as_dict().items())
   assert float(got["loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sharded_id_tables_match_one_device_and_stay_split(setup, tmp_path):
+  """model.shard_ids on 4 devices: the ID tables and their Adam moments are split by rows (each
+  device holds a quarter of the padded rows, the rest of the state is replicated); 3 steps give
+  one device's losses and parameters (the same padded model, unsplit) to float rounding; the
+  state stays split; a checkpoint restores split; beam search over the split tables returns one
+  device's lists."""
+  from colarec_jax.ranking import decode
+  from colarec_jax.run.store import state_arrays
+  from colarec_jax.runtime import checkpoint
+
+  settings, model, batch, mesh, _ = setup
+  split_model = ColaRec(dataclasses.replace(model.config, shard_ids=True))
+  cfg = split_model.config
+  rows, d = cfg.id_rows(cfg.num_items), cfg.transformer.d_model
+  assert rows == 1024 and cfg.id_rows(cfg.num_users) == 1024  # padded to the row multiple
+  optimizer = step_lib.create_optimizer(settings.optim)
+  one = init_state(split_model, optimizer, batch, jax.random.key(0))
+  four = init_state(split_model, optimizer, batch, jax.random.key(0), mesh)
+
+  def placements(state):
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state_arrays(state))[0]:
+      name = jax.tree_util.keystr(path)
+      out[name] = (leaf.sharding.spec, {s.data.shape for s in leaf.addressable_shards})
+    return out
+
+  def check_split(state):
+    placed = placements(state)
+    tables = {k: v for k, v in placed.items() if "item_embed" in k or "user_embed" in k}
+    assert len(tables) == 6  # each table, and its two Adam moments
+    for spec, shapes in tables.values():  # P('data', None), which JAX may write P('data',)
+      assert tuple(spec)[:1] == ("data",) and not any(tuple(spec)[1:])
+      assert shapes == {(rows // 4, d)}
+    for name, (spec, _) in placed.items():
+      if name not in tables:
+        assert not any(tuple(spec)), name
+
+  check_split(four)
+  step_one = step_lib.make_train_step(split_model, LossWeights(), None)
+  step_four = step_lib.make_train_step(split_model, LossWeights(), mesh)
+  for _ in range(3):
+    one, m1 = step_one(one, batch, jax.random.key(1))
+    four, m4 = step_four(four, sharding.shard_rows(batch, mesh), jax.random.key(1))
+    for name in ("loss", "rec", "index", "bpr", "contrastive", "grad_norm"):
+      assert float(m4[name]) == pytest.approx(float(m1[name]), rel=1e-5), name
+  check_split(four)
+  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                                       one.params, four.params))
+  assert max(diffs) < 1e-5
+
+  manager = checkpoint.create_manager(str(tmp_path / "ckpt"), checkpoint.BEST)
+  checkpoint.save(manager, 1, state_arrays(four), {}, score=0.0)
+  manager.wait_until_finished()
+  shapes = jax.eval_shape(lambda: four.params)
+  target = jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p), shapes,
+                        sharding.state_shardings(shapes, mesh, True))
+  reader = checkpoint.create_manager(str(tmp_path / "ckpt"), checkpoint.BEST)  # as readers do
+  restored = checkpoint.restore_params(reader, 1, target)
+  table = restored["item_embed"]["embedding"]
+  assert table.sharding.is_equivalent_to(four.params["item_embed"]["embedding"].sharding, 2)
+  assert {s.data.shape for s in table.addressable_shards} == {(rows // 4, d)}
+  np.testing.assert_array_equal(np.asarray(table), np.asarray(four.params["item_embed"]["embedding"]))
+
+  gids = GidTable.from_codes(builder.random_codes(cfg.num_items, branching=4, depth=3, seed=0), 4)
+  single = decode.beam_search(split_model, one.params, batch["user"], decode.Trie.build(gids, 8))
+  split = decode.beam_search(split_model, restored, sharding.shard_rows(batch["user"], mesh),
+                             decode.Trie.build(gids, 8, mesh))
+  np.testing.assert_array_equal(np.asarray(split[0]), np.asarray(single[0]))
+  np.testing.assert_allclose(np.asarray(split[1]), np.asarray(single[1]), atol=1e-4)

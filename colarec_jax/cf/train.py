@@ -130,11 +130,12 @@ def _train(prepared: Prepared, workdir: str, cfg: lightgcn.LightGCNConfig, eval_
   # Every process of a multi-process run trains the same LightGCN on its own devices.
   mesh = sharding.make_mesh(num_devices, local=True)
   shards = sharding.num_shards(mesh)
-  if cfg.batch_size % shards:
-    raise ConfigError("cf.batch_size", f"got {cfg.batch_size}, expected a multiple of the "
-                      f"{shards} devices")
   ds = prepared.dataset
   train_users, train_items = prepared.rows(TRAIN)
+  batch_size = lightgcn.batch_size_for(cfg, len(train_users))
+  if batch_size % shards:
+    raise ConfigError("cf.batch_size", f"got {batch_size}, expected a multiple of the "
+                      f"{shards} devices")
   graph = lightgcn.place_graph(
       lightgcn.build_graph(train_users, train_items, ds.num_users, ds.num_items, shards), mesh)
   optimizer = lightgcn.make_optimizer(cfg)
@@ -154,13 +155,13 @@ def _train(prepared: Prepared, workdir: str, cfg: lightgcn.LightGCNConfig, eval_
 
   run = Progress()
   best_params, best_report, epoch_seconds = None, None, []
-  steps_per_epoch = -(-len(train_users) // cfg.batch_size)
+  steps_per_epoch = -(-len(train_users) // batch_size)
   while run.epoch < cfg.epochs and not run.stopped:
     # Each epoch draws from its own generator, so its batches depend on (seed, epoch) only.
     rng = np.random.default_rng([seed, run.epoch])
     start = time.perf_counter()
     sums = {}
-    bar = tqdm.tqdm(epoch_batches(train_users, train_items, sampler, cfg.batch_size, rng),
+    bar = tqdm.tqdm(epoch_batches(train_users, train_items, sampler, batch_size, rng),
                     total=steps_per_epoch, desc=f"lightgcn epoch {run.epoch + 1}", leave=False,
                     disable=None if progress else True)
     # Device metrics are summed on device and fetched once an epoch: no host sync per step.

@@ -73,6 +73,11 @@ def base_config() -> ml_collections.ConfigDict:
   # NDCG@20 at the cpu budget (phones 0.0441 against 0.0457, beauty 0.0319 against 0.0349);
   # --config.loss.generation_reduction=sum --config.model.init=colarec gives the old defaults.
   model.init = "official"
+  # On a mesh: the item and user ID tables (and their optimizer state) split by rows over the
+  # devices instead of copied to each; their rows are padded to a multiple of 1,024 so any device
+  # count up to 1,024 that divides it splits them evenly. The tables are what grows with the data
+  # (10M items at t5-small: 150 GB of state; docs/scaling.md). Off: replicated, as before.
+  model.shard_ids = False
 
   # ColaRec inputs.
   inputs = config.inputs = ml_collections.ConfigDict()
@@ -182,7 +187,9 @@ def base_config() -> ml_collections.ConfigDict:
   cf.num_layers = 3
   cf.learning_rate = 1e-3  # Adam
   cf.reg_weight = 1e-4  # L2 on the batch's layer-0 embeddings
-  cf.batch_size = 2048
+  cf.batch_size = 2048  # 0: grows with the training rows, an epoch of at most 512 steps (2048 up
+  # to ~1M rows); every step propagates over the whole graph, so a fixed batch makes an epoch
+  # quadratic in the data (bench/README.md, scale)
   cf.epochs = 300  # at most; early stopping usually ends sooner
   cf.eval_every = 1  # validate every this many epochs
   cf.patience = 10  # validations without improvement before stopping

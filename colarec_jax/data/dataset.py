@@ -288,7 +288,7 @@ def build_dataset(name: str, raw: RawInteractions, items: ItemTable | None, *, k
       items=(item_code[order] + 1).astype(np.int32),
       timestamps=None if raw.timestamps is None else raw.timestamps[order],
       split=None if raw.split is None else raw.split[order].astype(np.int8),
-      text_fields=tuple(fields), item_text=text.astype(str), report=report)
+      text_fields=tuple(fields), item_text=text, report=report)
 
 
 def _quicksort_ties(users: np.ndarray, split_key: np.ndarray,

@@ -13,6 +13,8 @@ import socket
 import tempfile
 import time
 
+import numpy as np
+
 from colarec_jax.runtime.errors import ConfigError, DataError, UsageError, WorkdirInUse
 
 
@@ -247,3 +249,36 @@ def workdir_lock(workdir: str, *, exclusive: bool = True, log=print):
           os.rmdir(workdir)
   finally:
     os.close(fd)  # releases the lock
+
+
+def text_array(rows) -> np.ndarray:
+  """[m, fields] object array of Python strings: each cell as long as its own text, where a NumPy
+  unicode array would give every cell the longest one's width (a million items of two fields with
+  one 500-character title: 4 GB instead of ~0.2 GB)."""
+  rows = [tuple(str(x) for x in row) for row in rows]
+  out = np.empty((len(rows), len(rows[0]) if rows else 0), object)
+  for n, row in enumerate(rows):
+    out[n, :] = row
+  return out
+
+
+def pack_text(text: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
+  """A text array as `<prefix>_bytes` (UTF-8), `<prefix>_offsets` ([cells + 1]) and
+  `<prefix>_shape`, for `np.savez`: no pickles, no fixed width."""
+  cells = [str(x).encode("utf-8") for x in text.reshape(-1)]
+  offsets = np.zeros(len(cells) + 1, np.int64)
+  offsets[1:] = np.cumsum([len(c) for c in cells])
+  return {f"{prefix}_bytes": np.frombuffer(b"".join(cells), np.uint8),
+          f"{prefix}_offsets": offsets, f"{prefix}_shape": np.asarray(text.shape, np.int64)}
+
+
+def unpack_text(arrays, prefix: str, legacy: str | None = None) -> np.ndarray:
+  """The object array `pack_text` stored under `prefix`; a file written before text was stored
+  variable-length holds a unicode array under `legacy` instead."""
+  if legacy is not None and legacy in arrays:
+    return text_array(arrays[legacy].tolist())
+  data, offsets = arrays[f"{prefix}_bytes"].tobytes(), arrays[f"{prefix}_offsets"]
+  cells = [data[offsets[n]:offsets[n + 1]].decode("utf-8") for n in range(len(offsets) - 1)]
+  out = np.empty(len(cells), object)
+  out[:] = cells
+  return out.reshape(tuple(int(x) for x in arrays[f"{prefix}_shape"]))

@@ -17,7 +17,7 @@ import numpy as np
 from colarec_jax.data import tokenizer as tokenizer_lib
 from colarec_jax.data.config import DataConfig
 from colarec_jax.data.dataset import TEST, TRAIN, VALID, Csr, Dataset
-from colarec_jax.data.fileio import cached_stage, sha256_file
+from colarec_jax.data.fileio import cached_stage, pack_text, sha256_file, unpack_text
 from colarec_jax.data.sources import load_dataset, source_files
 from colarec_jax.data.split import HeldOutItems, hold_out_items, ratio_split
 from colarec_jax.runtime.errors import ConfigError
@@ -146,10 +146,10 @@ def _build(cfg: DataConfig, out: str, log) -> dict:
                   else np.full(dataset.num_interactions, np.nan)),
       has_timestamps=np.array(dataset.timestamps is not None),
       given_split=np.array(dataset.split is not None), user_ids=dataset.user_ids,
-      item_ids=dataset.item_ids, item_text=dataset.item_text, item_tokens=tokens,
-      item_token_len=lengths,
+      item_ids=dataset.item_ids, **pack_text(dataset.item_text, "item_text"),
+      item_tokens=tokens, item_token_len=lengths,
       # Only with the cold-start protocol on: off, the arrays are those prepared before it existed.
-      **({"held_out_item_ids": held_out.item_ids, "held_out_item_text": held_out.item_text,
+      **({"held_out_item_ids": held_out.item_ids, **pack_text(held_out.item_text, "held_out_item_text"),
           "held_out_users": held_out.users, "held_out_items": held_out.items}
          if len(held_out) else {}))
   special = tokenizer_lib.special_ids(tok)
@@ -185,13 +185,15 @@ def load_prepared(directory: str) -> Prepared:
       users=arrays["users"], items=arrays["items"],
       timestamps=arrays["timestamps"] if arrays["has_timestamps"] else None,
       split=arrays["split"] if arrays["given_split"] else None,
-      text_fields=tuple(manifest["text_fields"]), item_text=arrays["item_text"],
+      text_fields=tuple(manifest["text_fields"]),
+      item_text=unpack_text(arrays, "item_text", legacy="item_text"),
       report=manifest["report"])
   return Prepared(dataset=dataset, split=arrays["split"], item_tokens=arrays["item_tokens"],
                   item_token_len=arrays["item_token_len"], pad_id=manifest["pad_id"],
                   eos_id=manifest["eos_id"], vocab_size=manifest["vocab_size"],
                   directory=directory, manifest=manifest, held_out=HeldOutItems(
-                      arrays["held_out_item_ids"], arrays["held_out_item_text"],
+                      arrays["held_out_item_ids"],
+                      unpack_text(arrays, "held_out_item_text", legacy="held_out_item_text"),
                       arrays["held_out_users"], arrays["held_out_items"])
                   if "held_out_item_ids" in arrays else HeldOutItems.none(len(dataset.text_fields)))
 

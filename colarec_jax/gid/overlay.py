@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from colarec_jax.data.fileio import pack_text, text_array, unpack_text
 from colarec_jax.gid.table import GidTable
 from colarec_jax.runtime.errors import UsageError
 
@@ -27,41 +28,10 @@ MAX_FIELD_CHARS = 4096
 MAX_ID_CHARS = 256
 
 
-def text_array(rows) -> np.ndarray:
-  """[m, fields] object array of Python strings: each cell as long as its own text, where a NumPy
-  unicode array would give every cell the longest one's width."""
-  rows = [tuple(str(x) for x in row) for row in rows]
-  out = np.empty((len(rows), len(rows[0]) if rows else 0), object)
-  for n, row in enumerate(rows):
-    out[n, :] = row
-  return out
-
-
 def staging_path(workdir: str) -> str:
   """Where `save` writes before renaming; one left there was killed mid-save (the writer holds
   the workdir alone, so a later writer may remove it)."""
   return os.path.join(workdir, FILE + ".tmp.npz")
-
-
-def _pack(text: np.ndarray) -> dict[str, np.ndarray]:
-  """A [m, fields] text array as UTF-8 bytes and [m * fields + 1] offsets (no pickles, no
-  fixed width)."""
-  cells = [str(x).encode("utf-8") for x in text.reshape(-1)]
-  offsets = np.zeros(len(cells) + 1, np.int64)
-  offsets[1:] = np.cumsum([len(c) for c in cells])
-  return {"text_bytes": np.frombuffer(b"".join(cells), np.uint8),
-          "text_offsets": offsets, "text_shape": np.asarray(text.shape, np.int64)}
-
-
-def _unpack(z) -> np.ndarray:
-  if "item_text" in z:  # files written before text was stored variable-length
-    return text_array(z["item_text"].tolist())
-  data, offsets = z["text_bytes"].tobytes(), z["text_offsets"]
-  cells = [data[offsets[n]:offsets[n + 1]].decode("utf-8") for n in range(len(offsets) - 1)]
-  shape = tuple(int(x) for x in z["text_shape"])
-  out = np.empty(len(cells), object)
-  out[:] = cells
-  return out.reshape(shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +71,7 @@ class NewItems:
     path = os.path.join(workdir, FILE)
     staging = staging_path(workdir)
     arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    arrays.update(_pack(arrays.pop("item_text")))
+    arrays.update(pack_text(arrays.pop("item_text"), "text"))
     np.savez(staging, fingerprint=np.array(json.dumps(fingerprint, sort_keys=True)), **arrays)
     # Staged then renamed: a reader never sees half an overlay, even if this process is killed.
     os.replace(staging, path)
@@ -120,7 +90,7 @@ class NewItems:
     try:
       with np.load(path) as z:
         saved = json.loads(str(z["fingerprint"]))
-        items = cls(**{f.name: _unpack(z) if f.name == "item_text" else z[f.name]
+        items = cls(**{f.name: unpack_text(z, "text", legacy="item_text") if f.name == "item_text" else z[f.name]
                        for f in dataclasses.fields(cls)})
     except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
       raise UsageError("workdir", f"{path} is unreadable ({type(e).__name__}); remove it and add "

@@ -59,29 +59,42 @@ class GidTable:
       row = int(np.argmax((codes < 1).any(1) | (codes > branching).any(1)))
       raise DataError(source, f"item {row + 1} has GID {codes[row].tolist()}; expected codes in "
                       f"1..{branching}")
-    children = [np.full(branching + 1, -1, np.int32)]
-    node_depth, leaf_item = [0], [0]
+    # Nodes are numbered as inserting the items one by one, in row order, would number them: a
+    # prefix's node is created by its first item, level after level. Vectorised over the items
+    # (a Python loop over a million items took 6.8 s at every load).
+    first, inverse = [], []
+    for t in range(depth):
+      _, first_t, inverse_t = np.unique(_prefix_keys(codes[:, :t + 1], branching),
+                                        return_index=True, return_inverse=True)
+      first.append(first_t)
+      inverse.append(inverse_t.reshape(-1))
+    created = np.concatenate([np.stack([f, np.full(len(f), t)], 1)
+                              for t, f in enumerate(first)]) if n else np.zeros((0, 2), int)
+    order = np.lexsort((created[:, 1], created[:, 0]))  # by first item, then level
+    node_of = np.empty(len(created), np.int64)
+    node_of[order] = np.arange(1, len(created) + 1)
+    offsets = np.cumsum([0] + [len(f) for f in first])
+    # [n, depth] node of each item's prefix of each length.
+    path = (np.stack([node_of[offsets[t] + inverse[t]] for t in range(depth)], 1) if n
+            else np.zeros((0, depth), np.int64))
+    num_nodes = len(created) + 1
+    if n and len(first[-1]) < n:
+      leaf_first = first[-1][inverse[-1]]
+      item = int(np.flatnonzero(leaf_first != np.arange(n))[0])
+      raise DataError(source, f"items {leaf_first[item] + 1} and {item + 1} share the GID "
+                      f"{codes[item].tolist()}; expected unique GIDs")
+    children = np.full((num_nodes, branching + 1), -1, np.int32)
+    node_depth = np.zeros(num_nodes, np.int32)
+    leaf_item = np.zeros(num_nodes, np.int32)
+    parent = np.concatenate([np.zeros((n, 1), np.int64), path[:, :-1]], 1)
+    children[parent.ravel(), codes.ravel()] = path.ravel()
+    node_depth[path.ravel()] = np.tile(np.arange(1, depth + 1), n)
+    if n:
+      leaf_item[path[:, -1]] = np.arange(1, n + 1)
     parents = np.zeros(n + 1, np.int32)
-    for item, gid in enumerate(codes.tolist(), start=1):
-      node = 0
-      for t, code in enumerate(gid):
-        if t == depth - 1:
-          parents[item] = node
-        nxt = children[node][code]
-        if nxt < 0:
-          nxt = len(children)
-          children[node][code] = nxt
-          children.append(np.full(branching + 1, -1, np.int32))
-          node_depth.append(t + 1)
-          leaf_item.append(0)
-        node = nxt
-      if leaf_item[node]:
-        raise DataError(source, f"items {leaf_item[node]} and {item} share the GID {gid}; "
-                        "expected unique GIDs")
-      leaf_item[node] = item
-    return cls(np.concatenate([np.zeros((1, depth), np.int32), codes]), branching,
-               np.stack(children), np.asarray(node_depth, np.int32),
-               np.asarray(leaf_item, np.int32), parents)
+    parents[1:] = parent[:, -1]
+    return cls(np.concatenate([np.zeros((1, depth), np.int32), codes]), branching, children,
+               node_depth, leaf_item, parents)
 
   @functools.cached_property
   def item_paths(self) -> np.ndarray:
@@ -92,6 +105,11 @@ class GidTable:
       node = np.where(np.arange(len(self.codes)) > 0, self.children[node, self.codes[:, t]], 0)
       out[:, t] = node
     return out
+
+  @functools.cached_property
+  def leaves_under(self) -> np.ndarray:
+    """[num_nodes] int64: the number of items under each trie node (1 at a leaf)."""
+    return np.bincount(self.item_paths[1:].ravel(), minlength=len(self.children))
 
   def last_level_items(self, items: np.ndarray) -> np.ndarray:
     """[n, K + 1] int32: under each item's leaf parent (its first l-1 codes), the item each last
@@ -135,3 +153,13 @@ class GidTable:
   def load(cls, path: str) -> "GidTable":
     with np.load(path) as z:
       return cls.from_codes(z["codes"], int(z["branching"]), source=os.fspath(path))
+
+
+def _prefix_keys(prefixes: np.ndarray, branching: int) -> np.ndarray:
+  """One int64 per row of [n, t] codes in 1..K, equal exactly when the rows are (rows of a
+  structured view when K^t would not fit an int64)."""
+  if prefixes.shape[1] * np.log2(branching + 1) < 62:
+    return (prefixes.astype(np.int64) * (branching + 1) ** np.arange(prefixes.shape[1])[::-1]
+            ).sum(1)
+  rows = np.ascontiguousarray(prefixes)
+  return rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()

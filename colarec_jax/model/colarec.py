@@ -29,6 +29,9 @@ MODEL_NAMES = ("colarec", "lightgcn", "mostpop")  # what config.model.name may t
 INITS = ("colarec", "official")
 ID_INITS = ("random", "lightgcn")  # where config.model.id_init starts the ID embeddings
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# model.shard_ids pads the ID tables' rows to a multiple of this: every device count that divides
+# it splits them evenly, so a checkpoint restores on any such mesh.
+ID_ROW_MULTIPLE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,7 @@ class ModelConfig:
   freeze_ids: bool = False  # keep the ID tables as they started (with id_init='lightgcn')
   tie_last_level: bool = False  # the last level also scores each code's item by its ID embedding
   init: str = "official"  # official (the authors') | colarec: code heads' and position tables' init
+  shard_ids: bool = False  # ID tables split by rows over the mesh (rows padded to ID_ROW_MULTIPLE)
 
   @classmethod
   def from_config(cls, model) -> "ModelConfig":
@@ -56,7 +60,7 @@ class ModelConfig:
               int(model.num_encoder_layers), int(model.num_decoder_layers),
               float(model.dropout_rate), str(model.dtype), str(model.init_from),
               str(model.id_init), bool(model.pooled_start), bool(model.freeze_ids),
-              bool(model.tie_last_level), str(model.init))
+              bool(model.tie_last_level), str(model.init), bool(model.shard_ids))
     if out.init not in INITS:
       raise ConfigError("model.init", f"got {out.init!r}, expected one of "
                         f"{', '.join(map(repr, INITS))}")
@@ -103,6 +107,12 @@ class ColaRecConfig:
   pooled_start: bool = False  # the decoder's start input also holds h(X) (model.pooled_start)
   tie_last_level: bool = False  # the last level also scores items by ID (model.tie_last_level)
   official_heads: bool = True  # code heads initialised as the authors' nn.Linear (model.init)
+  shard_ids: bool = False  # model.shard_ids: ID table rows padded to ID_ROW_MULTIPLE
+
+  def id_rows(self, count: int) -> int:
+    """Rows of an ID table of `count` ids (+ row 0): padded when the tables are sharded."""
+    rows = count + 1
+    return -(-rows // ID_ROW_MULTIPLE) * ID_ROW_MULTIPLE if self.shard_ids else rows
 
 
 class ColaRec(nn.Module):
@@ -116,8 +126,9 @@ class ColaRec(nn.Module):
     embed = lambda n, name: nn.Embed(n, transformer.d_model, embedding_init=nn.initializers.normal(1.0),
                                      name=name)
     self.shared = embed(transformer.vocab_size, "shared")
-    self.item_embed = embed(cfg.num_items + 1, "item_embed")  # row 0: the unknown-item token
-    self.user_embed = embed(cfg.num_users + 1, "user_embed")
+    # Row 0: the unknown-item (no-user) token; rows past num_items + 1: model.shard_ids's padding.
+    self.item_embed = embed(cfg.id_rows(cfg.num_items), "item_embed")
+    self.user_embed = embed(cfg.id_rows(cfg.num_users), "user_embed")
     self.task_embed = embed(2, "task_embed")
     # Decoder input table per position (position 0 holds the start code 0) and codebook per level.
     shape = (cfg.depth, cfg.branching + 1, transformer.d_model)
@@ -236,4 +247,4 @@ def create_model(cfg: ModelConfig, *, vocab_size: int, num_items: int, num_users
                                num_users=num_users, branching=branching, depth=depth,
                                pooled_start=cfg.pooled_start,
                                tie_last_level=cfg.tie_last_level,
-                               official_heads=cfg.init == "official"))
+                               official_heads=cfg.init == "official", shard_ids=cfg.shard_ids))

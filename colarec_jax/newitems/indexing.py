@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from colarec_jax.data import atomic
+from colarec_jax.data import atomic, fileio
 from colarec_jax.data import prepare as prepare_lib
 from colarec_jax.data.config import DataConfig
 from colarec_jax.data.dataset import content_string
@@ -60,7 +60,7 @@ def read_items_file(path: str, data_cfg: DataConfig, known_ids: np.ndarray, *,
   if cut:
     log(f"{path}: {cut} item(s) have a text field longer than {cap} characters; kept the first "
         f"{cap} of each (the tokenizer reads only data.max_item_tokens tokens)")
-  text = overlay.text_array([tuple(field[:cap] for field in row) for row in rows])
+  text = fileio.text_array([tuple(field[:cap] for field in row) for row in rows])
   return np.array(items.order, dtype=str), text, list(table.lines)
 
 

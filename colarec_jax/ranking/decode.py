@@ -99,19 +99,51 @@ class Trie:
     return self.children.shape[0] - 1
 
 
-def blocked_nodes(gids: GidTable, exclude: list[np.ndarray]) -> np.ndarray:
-  """[len(exclude), num_nodes + 1] bool: the trie nodes all of whose items are in the row's
-  `exclude` (leaves of excluded items and the subtrees they fill); the last column is the
-  search's dead node, never blocked."""
+# Pads `blocked_nodes` rows: larger than any node id, so no child ever matches it.
+NO_NODE = np.iinfo(np.int32).max
+# The narrowest `blocked_nodes` width: every batch of users with up to ~60 excluded items each
+# (4 nodes per item at l=4) has this one shape, so the search compiles once for them.
+MIN_BLOCKED = 256
+
+
+def blocked_width(most_items: int, depth: int) -> int:
+  """The `blocked_nodes` width that holds any row of at most `most_items` excluded items (each
+  blocks at most its `depth` path nodes): a power of two, at least `MIN_BLOCKED`."""
+  return max(MIN_BLOCKED, 1 << max(0, most_items * depth - 1).bit_length())
+
+
+def blocked_nodes(gids: GidTable, exclude: list[np.ndarray], width: int = 0) -> np.ndarray:
+  """[len(exclude), m] int32: per row, the sorted trie nodes all of whose items are in the row's
+  `exclude` (leaves of excluded items and the subtrees they fill), padded with `NO_NODE` to m: `width`,
+  or when 0 the smallest power of two that holds the longest row and at least `MIN_BLOCKED` (few
+  shapes, few compiles; a caller ranking many batches passes one `blocked_width` for all).
+
+  The cost is in the excluded items (their paths), not the catalogue: a dense row per user over
+  every trie node made each request's work and transfer grow with the catalogue
+  (bench/results/scale.json).
+  """
   paths = gids.item_paths
-  leaves_under = np.bincount(paths[1:].ravel(), minlength=len(gids.children))
-  out = np.zeros((len(exclude), len(gids.children) + 1), bool)
-  for row, items in enumerate(exclude):
+  leaves_under = gids.leaves_under
+  rows = []
+  for items in exclude:
     items = np.asarray(items, np.int64)
     items = items[(items > 0) & (items <= gids.num_items)]
-    counts = np.bincount(paths[items].ravel(), minlength=len(gids.children))
-    out[row, :-1] = (counts == leaves_under) & (counts > 0)
+    nodes, counts = np.unique(paths[items].ravel(), return_counts=True)
+    rows.append(nodes[counts == leaves_under[nodes]])
+  longest = max((len(r) for r in rows), default=0)
+  width = width or blocked_width(longest, 1)
+  if longest > width:
+    raise ValueError(f"width {width} cannot hold a row of {longest} blocked nodes")
+  out = np.full((len(rows), width), NO_NODE, np.int32)
+  for n, row in enumerate(rows):
+    out[n, :len(row)] = row
   return out
+
+
+def _is_blocked(blocked: jax.Array, nodes: jax.Array) -> jax.Array:
+  """[b, n] bool: whether each of `nodes` [b, n] is in its row of `blocked` [b, m] (sorted)."""
+  at = jax.vmap(jnp.searchsorted)(blocked, nodes)
+  return jnp.take_along_axis(blocked, jnp.minimum(at, blocked.shape[1] - 1), axis=1) == nodes
 
 
 def _reorder_cache(cache, parent: jax.Array):
@@ -174,7 +206,7 @@ def _encode(model: ColaRec, params, inputs: dict, chunks: int) -> jax.Array:
 def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, position,
           new_width: int, renormalize: bool, blocked=None) -> BeamState:
   """Extends every beam by one code and keeps the best `new_width` of all extensions; codes
-  leading to a `blocked` node ([b, num_nodes + 1] bool, or None) are invalid."""
+  leading to a `blocked` node ([b, m] sorted node ids, `blocked_nodes`, or None) are invalid."""
   b, width = state.scores.shape
   k1 = trie.children.shape[1]
   previous = jnp.where(position > 0,
@@ -190,7 +222,7 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
   logits = logits.reshape(b, width, k1)
   valid = child >= 0
   if blocked is not None:
-    closed = jnp.take_along_axis(blocked, jnp.maximum(child, 0).reshape(b, width * k1), axis=1)
+    closed = _is_blocked(blocked, jnp.maximum(child, 0).reshape(b, width * k1))
     valid &= ~closed.reshape(b, width, k1)
   if renormalize:
     logp = jax.nn.log_softmax(jnp.where(valid, logits, -jnp.inf), axis=-1)
@@ -277,8 +309,8 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
     steps: stop after this many of the l steps (default: all): the beams are then GID
       prefixes (codes beyond `steps` are 0, items 0), exactly the beams the full search holds
       after that step (the diagnostics of bench/quality.py).
-    blocked: [b, num_nodes + 1] bool, trie nodes every item under which must not be returned
-      (`blocked_nodes` of each user's excluded items): codes leading to them are invalid, so
+    blocked: [b, m] int32 sorted trie nodes every item under which must not be returned
+      (`blocked_nodes` of each user's excluded items, padded with `NO_NODE`): codes leading to them are invalid, so
       no beam is spent on an item that would be dropped afterwards.
 
   Returns:

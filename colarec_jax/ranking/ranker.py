@@ -92,12 +92,16 @@ class Ranker:
       if progress is not None:
         progress(real)
 
+    # One width of blocked-node lists for the whole call: one compiled search for its batches.
+    width = decode.blocked_width(max((len(e) for e in exclude), default=0),
+                                 self.builder.gids.depth)
     pending = None
     for rows, real in padded_batches(np.arange(n), self.batch_size):
       batch = {name: jnp.asarray(v[rows]) for name, v in inputs.items()}
       if in_search and any(len(exclude[r]) for r in rows[:real]):
         batch["blocked"] = jnp.asarray(decode.blocked_nodes(
-            self.builder.gids, [exclude[r] for r in rows[:real]] + [[]] * (len(rows) - real)))
+            self.builder.gids, [exclude[r] for r in rows[:real]] + [[]] * (len(rows) - real),
+            width))
       batch = sharding.shard_rows(batch, self.mesh)
       blocked = batch.pop("blocked", None)
       items, scores, _ = decode.beam_search(self.model, self.params, batch, self.trie,

@@ -69,14 +69,18 @@ class RunParts:
     return {"user": self.builder.eval_inputs(np.asarray([1])), "item_codes": self.gids.codes[1:2]}
 
   def abstract_params(self):
-    """Shapes, dtypes and (replicated) shardings of the parameters, without initialising them."""
+    """Shapes, dtypes and shardings of the parameters (replicated; the ID tables split by rows
+    with model.shard_ids), without initialising them."""
     one = self.example()
     shapes = jax.eval_shape(lambda: self.model.init(jax.random.key(0), one["user"],
                                                     one["item_codes"])["params"])
-    placement = (jax.sharding.NamedSharding(self.mesh, jax.P()) if self.mesh is not None
-                 else jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement),
-                        shapes)
+    if self.mesh is None:
+      placement = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+                               shapes)
+    else:
+      placement = sharding.state_shardings(shapes, self.mesh, self.model.config.shard_ids)
+    return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p),
+                        shapes, placement)
 
   def eval_data(self, part: int) -> tuple[EvalSplit, dict]:
     """An evaluation split and its encoder inputs, built once per part."""

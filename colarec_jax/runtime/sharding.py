@@ -122,6 +122,33 @@ def replicate(tree, mesh: jax.sharding.Mesh | None):
   return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.P()))
 
 
+# Parameters `model.shard_ids` splits by rows over the mesh (the ID tables, which grow with the
+# data); their optimizer state, whose tree paths end in the same names, goes alike.
+ID_TABLES = ("item_embed", "user_embed")
+
+
+def _is_id_table(path) -> bool:
+  return any(getattr(key, "key", getattr(key, "name", None)) in ID_TABLES for key in path)
+
+
+def state_shardings(tree, mesh: jax.sharding.Mesh, shard_ids: bool):
+  """A NamedSharding per leaf of a parameter or train-state tree: the ID tables' [rows, d] leaves
+  (parameters, gradients, Adam moments) split by rows over `data` when `shard_ids`, everything
+  else replicated."""
+  def spec(path, leaf):
+    split = shard_ids and _is_id_table(path) and getattr(leaf, "ndim", 0) == 2
+    return jax.sharding.NamedSharding(mesh, jax.P("data", None) if split else jax.P())
+  return jax.tree_util.tree_map_with_path(spec, tree)
+
+
+def place_state(tree, mesh: jax.sharding.Mesh | None, shard_ids: bool = False):
+  """`replicate`, except the ID tables (and their optimizer state) split by rows with
+  `shard_ids` (see `state_shardings`)."""
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, state_shardings(tree, mesh, shard_ids))
+
+
 def shard_rows(tree, mesh: jax.sharding.Mesh | None):
   """Every leaf split by its first axis over the mesh's `data` axis (sizes must divide).
 

@@ -21,7 +21,8 @@ PARAMS_STREAM, DROPOUT_STREAM = 0, 1  # jax.random.fold_in(key(seed), stream)
 def init_state(model: ColaRec, optimizer, example_batch: dict, key: jax.Array,
                mesh=None, init_from: str = "", id_tables: dict | None = None
                ) -> train_state.TrainState:
-  """Parameters initialised from one example of `example_batch`, replicated on the mesh.
+  """Parameters initialised from one example of `example_batch`, replicated on the mesh (the ID
+  tables split by rows over it with model.shard_ids).
 
   With `init_from` (a Hugging Face T5 folder) the encoder-decoder's weights are loaded from it;
   ColaRec's own parameters keep their fresh initialisation. `id_tables` ({'item_embed': [n, d],
@@ -32,16 +33,19 @@ def init_state(model: ColaRec, optimizer, example_batch: dict, key: jax.Array,
   if init_from:
     params = pretrained.init_from_pretrained(params, init_from, model.config.transformer)
   for name, table in (id_tables or {}).items():
-    if table.shape != params[name]["embedding"].shape:
+    rows, width = params[name]["embedding"].shape
+    if table.shape[1] != width or not 0 < table.shape[0] <= rows:
       raise ValueError(f"{name}: got a table of shape {table.shape}, expected "
                        f"{params[name]['embedding'].shape}")
-    params = {**params, name: {"embedding": jnp.asarray(table, jnp.float32)}}
+    # model.shard_ids pads the table's rows; the padding rows are never read.
+    table = np.pad(np.asarray(table, np.float32), ((0, rows - table.shape[0]), (0, 0)))
+    params = {**params, name: {"embedding": jnp.asarray(table)}}
   # No apply_fn: the step calls the model itself, and a bound method (compared by identity) would
   # give every run's state a new tree structure, hence a new compile of the same step.
   state = train_state.TrainState.create(apply_fn=None, params=params, tx=optimizer)
   # A concrete int32 step (not a Python int) so the first step's input matches later ones.
   state = state.replace(step=jnp.zeros((), jnp.int32))
-  return sharding.replicate(state, mesh)
+  return sharding.place_state(state, mesh, model.config.shard_ids)
 
 
 def id_embeddings(embeddings: np.ndarray, d_model: int, seed: int) -> np.ndarray:

@@ -133,7 +133,10 @@ def make_train_step(model: ColaRec, weights: LossWeights, mesh=None, frozen: tup
   `batch` is `InputBuilder.training_batch` output (split over the mesh's 'data' axis when there
   is one); `key` is the run's dropout key, folded with the step number (and device index).
   """
-  axis = "data" if mesh is not None else None
+  # model.shard_ids: the step is written for one device and XLA partitions it over the mesh (see
+  # the end); otherwise each device runs its share under `shard_map` and sums over `data`.
+  placed = mesh is not None and model.config.shard_ids
+  axis = "data" if mesh is not None and not placed else None
 
   def local_step(state, batch, key):
     key = jax.random.fold_in(key, state.step)
@@ -163,6 +166,16 @@ def make_train_step(model: ColaRec, weights: LossWeights, mesh=None, frozen: tup
 
   if mesh is None:
     return jax.jit(local_step, donate_argnums=0)
+  if placed:
+    # The ID tables split by rows: a gather from them, and the gradient's scatter-add into them,
+    # need collectives that XLA's partitioner inserts from the inputs' placements (the batch's
+    # rows over `data`, the tables' rows over `data`, the rest replicated); the constraint keeps
+    # the new state where the old one was. Same numbers as one device, to float rounding.
+    def placed_step(state, batch, key):
+      new, metrics = local_step(state, batch, key)
+      return (jax.lax.with_sharding_constraint(new, sharding.state_shardings(new, mesh, True)),
+              metrics)
+    return jax.jit(placed_step, donate_argnums=0)
   rep, dat = jax.P(), jax.P("data")
   sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(rep, dat, rep), out_specs=(rep, rep))
   replicated = jax.sharding.NamedSharding(mesh, rep)
