@@ -133,3 +133,22 @@ def test_quicksort_ties_order_histories_as_the_authors_pandas_sort_does():
         theirs = frame[frame["user_id"] == user].sort_values(["time"], kind="stable")[
             "item_id"].tolist()
       assert ours == theirs, (ties, user)
+
+
+@pytest.mark.parametrize("with_position", [False, True])
+def test_codes_number_ids_by_first_appearance(with_position):
+  """`_codes` (one dict pass) against a plain loop: ids numbered in order of first appearance,
+  by index or by a distinct position, and the uniques in that order."""
+  from colarec_jax.data.dataset import _codes
+  rng = np.random.default_rng(5)
+  values = np.array([f"id{v}" for v in rng.integers(0, 300, 5000)], dtype=object)
+  position = rng.permutation(5000) if with_position else None
+  codes, uniques = _codes(values, position)
+  order = np.argsort(position) if with_position else np.arange(5000)
+  expected, seen = np.empty(5000, np.int64), []
+  for row in order:
+    if values[row] not in seen:
+      seen.append(values[row])
+    expected[row] = seen.index(values[row])
+  np.testing.assert_array_equal(codes, expected)
+  assert uniques.tolist() == seen and uniques.dtype == object

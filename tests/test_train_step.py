@@ -263,6 +263,10 @@ def test_sharded_id_tables_match_one_device_and_stay_split(setup, tmp_path):
   check_split(four)
   step_one = step_lib.make_train_step(split_model, LossWeights(), None)
   step_four = step_lib.make_train_step(split_model, LossWeights(), mesh)
+  # No device ever holds a whole table, not even inside the step (partitioning a plain gather,
+  # XLA all-gathered both tables there).
+  hlo = step_four.lower(four, sharding.shard_rows(batch, mesh), jax.random.key(1))
+  assert f"f32[{rows},{d}]" not in hlo.compile().as_text()
   for _ in range(3):
     one, m1 = step_one(one, batch, jax.random.key(1))
     four, m4 = step_four(four, sharding.shard_rows(batch, mesh), jax.random.key(1))

@@ -74,9 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   # --config.loss.generation_reduction=sum --config.model.init=colarec gives the old defaults.
   model.init = "official"
   # On a mesh: the item and user ID tables (and their optimizer state) split by rows over the
-  # devices instead of copied to each; their rows are padded to a multiple of 1,024 so any device
-  # count up to 1,024 that divides it splits them evenly. The tables are what grows with the data
-  # (10M items at t5-small: 150 GB of state; docs/scaling.md). Off: replicated, as before.
+  # devices instead of copied to each, and looked up where their rows live (no device ever holds
+  # a whole table); their rows are padded to a multiple of 1,024 so any device count that divides
+  # it splits them evenly. The tables are what grows with the data (10M items at t5-small: 150 GB
+  # of state; docs/scaling.md). Off: replicated, as before.
   model.shard_ids = False
 
   # ColaRec inputs.

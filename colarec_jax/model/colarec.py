@@ -115,6 +115,29 @@ class ColaRecConfig:
     return -(-rows // ID_ROW_MULTIPLE) * ID_ROW_MULTIPLE if self.shard_ids else rows
 
 
+def row_split_take(table: jax.Array, ids: jax.Array) -> jax.Array:
+  """`table[ids]` for a [rows, d] table split by rows over the context mesh's 'data' axis: each
+  device takes the ids that fall in its rows (zeros for the others) and a `psum` gives every
+  device the whole lookup. Its gradient is a scatter-add into each device's own rows only.
+
+  Args:
+    table: [rows, d], placed P('data', None).
+    ids: integer ids of any shape (gathered to every device: they are small).
+
+  Returns:
+    [*ids.shape, d], replicated.
+  """
+  def local(shard, ids):
+    rows = shard.shape[0]
+    local_ids = ids - jax.lax.axis_index("data") * rows
+    held = (local_ids >= 0) & (local_ids < rows)
+    found = jnp.take(shard, jnp.clip(local_ids, 0, rows - 1), axis=0)
+    return jax.lax.psum(jnp.where(held[..., None], found, 0), "data")
+
+  return jax.shard_map(local, in_specs=(jax.P("data", None), jax.P()), out_specs=jax.P())(
+      table, ids)
+
+
 class ColaRec(nn.Module):
   """Encoder-decoder over content + atomic IDs, generating GIDs level by level."""
 
@@ -148,13 +171,25 @@ class ColaRec(nn.Module):
     self.encoder = Encoder(transformer, name="encoder")
     self.decoder = Decoder(transformer, decode=self.decode, max_length=cfg.depth, name="decoder")
 
+  def id_rows(self, table: nn.Embed, ids: jax.Array) -> jax.Array:
+    """Rows of an ID table. With model.shard_ids, traced under a mesh (`jax.set_mesh`) whose
+    'data' axis splits the table by rows: each device looks up the ids among the rows it holds
+    and a sum over the axis joins them (`row_split_take`), so the table is never gathered whole
+    (partitioning a plain gather, XLA all-gathers the table on every device)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not self.config.shard_ids or mesh.empty or mesh.shape.get("data", 1) == 1:
+      return table(ids)
+    return row_split_take(table.embedding, ids)
+
   def embed_inputs(self, inputs: dict) -> jax.Array:
     """[b, L, d]: content tokens, with item/user ID embeddings in their slots, task at 0."""
     x = self.shared(inputs["tokens"])
     items = inputs["items"]
     # Slots (items != 0) read their item's row; UNKNOWN_ITEM reads row 0, the unknown-item token.
-    x = jnp.where((items != 0)[..., None], self.item_embed(jnp.maximum(items, 0)), x)
-    x = jnp.where((inputs["users"] > 0)[..., None], self.user_embed(inputs["users"]), x)
+    x = jnp.where((items != 0)[..., None], self.id_rows(self.item_embed, jnp.maximum(items, 0)),
+                  x)
+    x = jnp.where((inputs["users"] > 0)[..., None],
+                  self.id_rows(self.user_embed, inputs["users"]), x)
     if "codes" in inputs:  # inputs.history_codes: add each history item's GID codes, read
       # through the decoder's output codebook, so "what the user's items are" and "what to
       # generate" share one space
@@ -190,7 +225,7 @@ class ColaRec(nn.Module):
     (0: none, or an item added after training, which has no ID row)."""
     scaled = hidden.astype(jnp.float32) * self.config.transformer.d_model ** -0.5
     known = (items > 0) & (items <= self.config.num_items)
-    rows = self.item_embed(jnp.where(known, items, 0)).astype(jnp.float32)
+    rows = self.id_rows(self.item_embed, jnp.where(known, items, 0)).astype(jnp.float32)
     return jnp.where(known, jnp.einsum("nd,nkd->nk", scaled, rows), 0.0)
 
   def decode_codes(self, encoded, mask, codes, last_items=None, *,

@@ -7,6 +7,9 @@ items, and validation items at test time when configured) are dropped and the fi
 
 from __future__ import annotations
 
+import contextlib
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -59,6 +62,13 @@ class Ranker:
     # call means one compile.
     self.batch_size = -(-rows // shards) * shards
 
+  def _split_tables(self):
+    """With model.shard_ids on a mesh, the search traced under it, so the ID tables are read where
+    their rows live (`ColaRec.id_rows`); else nothing."""
+    if self.mesh is None or not self.model.config.shard_ids:
+      return contextlib.nullcontext()
+    return jax.set_mesh(self.mesh)
+
   def ranked(self, inputs: dict, exclude: list[np.ndarray], k: int, progress=None,
              in_search: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top items for stacked encoder inputs, excluded items dropped.
@@ -104,9 +114,10 @@ class Ranker:
             width))
       batch = sharding.shard_rows(batch, self.mesh)
       blocked = batch.pop("blocked", None)
-      items, scores, _ = decode.beam_search(self.model, self.params, batch, self.trie,
-                                            renormalize=self.eval_cfg.renormalize,
-                                            blocked=blocked)
+      with self._split_tables():
+        items, scores, _ = decode.beam_search(self.model, self.params, batch, self.trie,
+                                              renormalize=self.eval_cfg.renormalize,
+                                              blocked=blocked)
       if pending is not None:
         collect(*pending)
       pending = rows, real, (items, scores)

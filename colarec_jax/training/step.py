@@ -120,6 +120,12 @@ def loss_terms(model: ColaRec, weights: LossWeights, params, batch: dict, *, tot
   return losses.total_loss(parts, weights.as_dict()), parts
 
 
+def under_mesh_lower(jitted, mesh, *args):
+  """`jitted.lower(*args)` traced under `mesh` (as the step it belongs to runs)."""
+  with jax.set_mesh(mesh):
+    return jitted.lower(*args)
+
+
 @functools.lru_cache(maxsize=8)
 def make_train_step(model: ColaRec, weights: LossWeights, mesh=None, frozen: tuple[str, ...] = ()):
   """Returns jitted `(state, batch, key) -> (state, metrics)`; state is donated.
@@ -167,15 +173,23 @@ def make_train_step(model: ColaRec, weights: LossWeights, mesh=None, frozen: tup
   if mesh is None:
     return jax.jit(local_step, donate_argnums=0)
   if placed:
-    # The ID tables split by rows: a gather from them, and the gradient's scatter-add into them,
-    # need collectives that XLA's partitioner inserts from the inputs' placements (the batch's
-    # rows over `data`, the tables' rows over `data`, the rest replicated); the constraint keeps
-    # the new state where the old one was. Same numbers as one device, to float rounding.
+    # The ID tables split by rows: the model looks their rows up where they live
+    # (`ColaRec.id_rows`), and XLA's partitioner places the rest from the inputs' placements (the
+    # batch's rows over `data`, the tables' rows over `data`, the rest replicated); the
+    # constraint keeps the new state where the old one was. Same numbers as one device, to float
+    # rounding.
     def placed_step(state, batch, key):
       new, metrics = local_step(state, batch, key)
       return (jax.lax.with_sharding_constraint(new, sharding.state_shardings(new, mesh, True)),
               metrics)
-    return jax.jit(placed_step, donate_argnums=0)
+
+    jitted = jax.jit(placed_step, donate_argnums=0)
+
+    def under_mesh(state, batch, key):
+      with jax.set_mesh(mesh):  # traced under it: the model's ID lookups split by rows
+        return jitted(state, batch, key)
+    under_mesh.lower = lambda *args: under_mesh_lower(jitted, mesh, *args)
+    return under_mesh
   rep, dat = jax.P(), jax.P("data")
   sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(rep, dat, rep), out_specs=(rep, rep))
   replicated = jax.sharding.NamedSharding(mesh, rep)
