@@ -185,20 +185,24 @@ def _codes(values: np.ndarray, position: np.ndarray | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
   """Integer codes for raw ids in order of first appearance: (codes [n], uniques).
 
-  Appearance is by `position` (distinct, e.g. the row's place in the file) when given, else by
-  index. One pass with a dict: `np.unique` on an object array of strings sorts with Python
-  comparisons and grew as n^1.25 (1.8 s at a million ids, ~30 s at ten million).
+  Appearance is by `position` (e.g. the row's place in the file) when given, else by index.
+  One dict pass over the ids in their array order (sequential reads of the strings), then the
+  numbering is reordered by each id's first position: `np.unique` on an object array sorts with
+  Python comparisons, and grew as n^1.25 on ids in random order (bench/results/scale_fixes.json).
   """
-  order = None if position is None else np.argsort(position, kind="stable")
-  seen = values.tolist() if order is None else values[order].tolist()
   index: dict = {}
-  in_order = np.fromiter((index.setdefault(v, len(index)) for v in seen), np.int64, len(seen))
-  codes = in_order if order is None else np.empty(len(values), np.int64)
-  if order is not None:
-    codes[order] = in_order
-  uniques = np.empty(len(index), values.dtype if values.dtype == object else object)
+  codes = np.fromiter((index.setdefault(v, len(index)) for v in values.tolist()), np.int64,
+                      len(values))
+  uniques = np.empty(len(index), object)
   uniques[:] = list(index)
-  return codes, uniques.astype(values.dtype) if values.dtype != object else uniques
+  if position is not None:
+    first = np.full(len(uniques), np.iinfo(np.int64).max)
+    np.minimum.at(first, codes, position)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    codes, uniques = rank[codes], uniques[order]
+  return codes, uniques if values.dtype == object else uniques.astype(values.dtype)
 
 
 def build_dataset(name: str, raw: RawInteractions, items: ItemTable | None, *, kcore: int = 0,
