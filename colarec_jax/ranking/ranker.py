@@ -104,7 +104,7 @@ class Ranker:
 
     # One width of blocked-node lists for the whole call: one compiled search for its batches.
     width = decode.blocked_width(max((len(e) for e in exclude), default=0),
-                                 self.builder.gids.depth)
+                                 self.builder.gids.depth) if in_search else 0
     pending = None
     for rows, real in padded_batches(np.arange(n), self.batch_size):
       batch = {name: jnp.asarray(v[rows]) for name, v in inputs.items()}

@@ -120,12 +120,6 @@ def loss_terms(model: ColaRec, weights: LossWeights, params, batch: dict, *, tot
   return losses.total_loss(parts, weights.as_dict()), parts
 
 
-def under_mesh_lower(jitted, mesh, *args):
-  """`jitted.lower(*args)` traced under `mesh` (as the step it belongs to runs)."""
-  with jax.set_mesh(mesh):
-    return jitted.lower(*args)
-
-
 @functools.lru_cache(maxsize=8)
 def make_train_step(model: ColaRec, weights: LossWeights, mesh=None, frozen: tuple[str, ...] = ()):
   """Returns jitted `(state, batch, key) -> (state, metrics)`; state is donated.
@@ -185,10 +179,11 @@ def make_train_step(model: ColaRec, weights: LossWeights, mesh=None, frozen: tup
 
     jitted = jax.jit(placed_step, donate_argnums=0)
 
-    def under_mesh(state, batch, key):
-      with jax.set_mesh(mesh):  # traced under it: the model's ID lookups split by rows
-        return jitted(state, batch, key)
-    under_mesh.lower = lambda *args: under_mesh_lower(jitted, mesh, *args)
+    def under_mesh(state, batch, key, method=None):
+      # Traced under the mesh: the model's ID lookups split by rows. `method='lower'` lowers.
+      with jax.set_mesh(mesh):
+        return (jitted.lower if method == "lower" else jitted)(state, batch, key)
+    under_mesh.lower = functools.partial(under_mesh, method="lower")
     return under_mesh
   rep, dat = jax.P(), jax.P("data")
   sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(rep, dat, rep), out_specs=(rep, rep))
