@@ -39,6 +39,8 @@ class EvalConfig:
   valid_sample: int = 0  # validate on this many users (a fixed sample); 0 = all. Tests use all.
   exclude_in_search: bool = False  # beam search skips excluded items (official: drops them after)
   new_item_score: str = "model"  # an added item's last step: model | sibling_mean (decode.py)
+  search_width: int = 0  # prefixes kept before the last step (0: beam_size; decode.py)
+  encoder_weight: float = 0.0  # the beam's items rescored by + w h(X_u).h(X_i) (ranker.py)
 
   @classmethod
   def from_config(cls, section) -> "EvalConfig":
@@ -46,7 +48,8 @@ class EvalConfig:
               float(section.long_tail_fraction), bool(section.exclude_valid_at_test),
               int(section.batch_size), int(section.beam_size), bool(section.renormalize),
               int(section.decode_batch_size), int(section.valid_sample),
-              bool(section.exclude_in_search), str(section.new_item_score))
+              bool(section.exclude_in_search), str(section.new_item_score),
+              int(section.search_width), float(section.encoder_weight))
     if out.new_item_score not in NEW_ITEM_SCORES:
       raise ConfigError("eval.new_item_score", f"got {out.new_item_score!r}, expected one of "
                         f"{', '.join(map(repr, NEW_ITEM_SCORES))}")
@@ -62,6 +65,11 @@ class EvalConfig:
       raise ConfigError("eval.decode_batch_size", f"got {out.decode_batch_size}, expected >= 1")
     if out.valid_sample < 0:
       raise ConfigError("eval.valid_sample", f"got {out.valid_sample}, expected >= 0 (0 = all)")
+    if out.search_width < 0:
+      raise ConfigError("eval.search_width", f"got {out.search_width}, expected >= 0 (0 = the "
+                        "beam size)")
+    if not out.encoder_weight >= 0:
+      raise ConfigError("eval.encoder_weight", f"got {section.encoder_weight}, expected >= 0")
     return out
 
   def score_ranking_key(self) -> dict:

@@ -365,3 +365,22 @@ def test_sibling_mean_scores_new_items_as_their_trained_siblings_mean(setup):
       else:  # a parent with only new items keeps the decoder's own score
         expected = exact[b, item]
       np.testing.assert_allclose(got[item], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_search_width_past_the_prefixes_makes_a_narrow_beam_exact(setup):
+  """Keeping every depth-(l-1) prefix, the last step's beam of 4 is the exhaustive top 4, which
+  the plain beam of 4 (pruning at every step) misses for some inputs."""
+  gids, _, params = setup
+  inputs = make_inputs(b=16, seed=5)
+  reference = exhaustive_scores(params, inputs, gids, renormalize=False)
+  prefixes = int((gids.node_depth == DEPTH - 1).sum())
+  exact = decode.Trie.build(gids, 4, search_width=K ** (DEPTH - 1))
+  assert exact.widths == (1, K, prefixes, 4)
+  assert decode.Trie.build(gids, 4).widths == (1, K, 4, 4)
+  items, scores, _ = map(np.asarray, decode.beam_search(MODEL, params, inputs, exact))
+  plain, _, _ = map(np.asarray, decode.beam_search(MODEL, params, inputs,
+                                                   decode.Trie.build(gids, 4)))
+  expected = np.argsort(-reference[:, 1:], axis=1, kind="stable")[:, :4] + 1
+  np.testing.assert_array_equal(items, expected)
+  np.testing.assert_allclose(scores, np.take_along_axis(reference, expected, 1), atol=1e-4)
+  assert (plain != expected).any(axis=1).any()

@@ -1,6 +1,7 @@
 """The quality diagnostics on a tiny trained run, against independent computations: prefix
 survival against the final beams and the prefix counts, the encoder ranking against NumPy."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -9,6 +10,7 @@ from colarec_jax.runtime import checkpoint
 from colarec_jax.studies import diagnose
 from colarec_jax.training import loop as train_lib
 from colarec_jax.data.dataset import VALID
+from colarec_jax.model.colarec import ColaRec
 from colarec_jax.model.inputs import stack
 from colarec_jax.config.settings import Settings
 from colarec_jax.run import parts as parts_lib
@@ -58,7 +60,10 @@ def test_encoder_report_ranks_by_pooled_dot_products(run):
   # NumPy reference: pool every input one at a time, rank all items, drop training items.
   rng = np.random.default_rng(0)
   n = ws.prepared.dataset.num_items
-  pool = lambda x: np.asarray(diagnose._pooled(ws.model, params, x, batch_size=1))
+  encoder = jax.jit(lambda x: ColaRec.pool(ws.model.apply({"params": params}, x,
+                                                           method=ColaRec.encode), x["mask"]))
+  pool = lambda x: np.concatenate([np.asarray(encoder({k: v[r:r + 1] for k, v in x.items()}))
+                                   for r in range(len(x["mask"]))])
   h_items = pool(stack([ws.builder.index_input(i, ws.builder.sample_users(i, rng))
                         for i in range(1, n + 1)]))
   h_users = pool(inputs)
@@ -130,3 +135,31 @@ def test_level_nll_by_teacher_forcing_and_the_popularity_reference(run):
     reference.append(np.mean([-np.log(max(joint[tuple(g[:t + 1])], 1)
                                       / max(prefix[tuple(g[:t])], 1)) for g in codes.tolist()]))
   np.testing.assert_allclose(diagnose.popularity_level_nll(ws, split), reference, rtol=1e-9)
+
+
+def test_encoder_weight_reranks_the_beam_by_pooled_dot_products(run):
+  """eval.encoder_weight: the beam's lists re-sorted by log p + w h(X_u).h(X_i), against NumPy
+  over the plain beam's lists, with each input pooled alone (X_i without user slots)."""
+  workdir, params = run
+  c = _config(False)
+  c.eval.encoder_weight = 0.5
+  ws = parts_lib.build(Settings.parse(c), workdir, log=lambda *_: None)
+  split, inputs = ws.eval_data(VALID)
+  exclude = [split.exclude.row(u) for u in split.users]
+  plain_ws = parts_lib.build(Settings.parse(_config(False)), workdir, log=lambda *_: None)
+  items, scores = plain_ws.ranker(params).ranked(inputs, exclude, 20)
+  encoder = jax.jit(lambda x: ColaRec.pool(ws.model.apply({"params": params}, x,
+                                                          method=ColaRec.encode), x["mask"]))
+  pool = lambda x: np.concatenate([np.asarray(encoder({k: v[r:r + 1] for k, v in x.items()}))
+                                   for r in range(len(x["mask"]))])
+  n = ws.prepared.dataset.num_items
+  h_items = np.concatenate([np.zeros((1, ws.model.config.transformer.d_model)),
+                            pool(stack([ws.builder.index_input(i, []) for i in range(1, n + 1)]))])
+  h_users = pool(inputs)
+  total = np.where(items > 0, scores + 0.5 * np.einsum("nd,nkd->nk", h_users, h_items[items]),
+                   -np.inf)
+  order = np.argsort(-total, axis=1, kind="stable")
+  got_items, got_scores = ws.ranker(params).ranked(inputs, exclude, 20)
+  np.testing.assert_array_equal(got_items, np.take_along_axis(items, order, 1))
+  np.testing.assert_allclose(got_scores, np.take_along_axis(total, order, 1), atol=1e-4)
+  assert (got_items != items).any()  # the weight changed some order

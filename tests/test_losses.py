@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -95,3 +96,34 @@ def test_the_official_pair_form_is_log_of_epsilon_plus_sigmoid():
   # where log-sigmoid keeps growing.
   assert expected < 12 < float(losses.pairwise(anchor=a, positive=p, negative=n,
                                                mask=jnp.ones(2), total=2))
+
+
+def test_in_batch_softmax_against_numpy_with_padding_rows():
+  """loss.pair_negatives='in_batch': each anchor's positive against every real row's positive
+  and negative; a padding row is neither an anchor nor a candidate, and its gradient is 0."""
+  rng = np.random.default_rng(0)
+  a, p, n = (rng.normal(size=(4, 3)) for _ in range(3))
+  mask = np.array([1.0, 1.0, 0.0, 1.0])
+  real = mask > 0
+  expected = []
+  for r in np.flatnonzero(real):
+    candidates = np.concatenate([p[real], n[real]]) @ a[r]
+    own = p[r] @ a[r]
+    expected.append(-(own - np.log(np.exp(candidates).sum())))
+  got = losses.in_batch(anchor=jnp.asarray(a), positive=jnp.asarray(p), negative=jnp.asarray(n),
+                        mask=jnp.asarray(mask), total=3)
+  assert float(got) == pytest.approx(np.mean(expected), rel=1e-5)
+  grads = jax.grad(lambda x: losses.in_batch(anchor=x, positive=jnp.asarray(p),
+                                             negative=jnp.asarray(n), mask=jnp.asarray(mask),
+                                             total=3))(jnp.asarray(a))
+  assert np.all(np.isfinite(grads)) and not np.asarray(grads)[2].any()
+  # With a temperature: cosine similarities / t, as `pairwise` scores them.
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  t = 0.5
+  scores = unit(a) @ np.concatenate([unit(p), unit(n)]).T / t
+  scores[:, ~np.concatenate([real, real])] = -np.inf
+  rows = np.flatnonzero(real)
+  want = -np.mean([scores[r, r] - np.log(np.exp(scores[r]).sum()) for r in rows])
+  got = losses.in_batch(anchor=jnp.asarray(a), positive=jnp.asarray(p), negative=jnp.asarray(n),
+                        mask=jnp.asarray(mask), total=3, temperature=t)
+  assert float(got) == pytest.approx(want, rel=1e-5)

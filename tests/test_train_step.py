@@ -296,3 +296,26 @@ def test_sharded_id_tables_match_one_device_and_stay_split(setup, tmp_path):
                              decode.Trie.build(gids, 8, mesh))
   np.testing.assert_array_equal(np.asarray(split[0]), np.asarray(single[0]))
   np.testing.assert_allclose(np.asarray(split[1]), np.asarray(single[1]), atol=1e-4)
+
+
+def test_in_batch_negatives_reach_the_step(setup):
+  """loss.pair_negatives='in_batch': the step's L_bpr and L_c are the in-batch softmax of the
+  batch's pooled encodings (each pooled here on its own), L_rec and L_index unchanged."""
+  settings, model, batch, _, _ = setup
+  state = init_state(model, step_lib.create_optimizer(settings.optim), batch, jax.random.key(0))
+  weights = dataclasses.replace(LossWeights(), pair_negatives="in_batch")
+  _, single = step_lib.loss_terms(model, LossWeights(), state.params, batch)
+  _, got = step_lib.loss_terms(model, weights, state.params, batch)
+  pool = lambda x: ColaRec.pool(model.apply({"params": state.params}, x, method=ColaRec.encode),
+                                x["mask"])
+  h = {k: pool(batch[k]) for k in ("user", "item", "neg", "pos")}
+  mask, total = batch["mask"], np.sum(batch["mask"])
+  want = {"bpr": losses.in_batch(anchor=h["user"], positive=h["item"], negative=h["neg"],
+                                 mask=mask, total=total),
+          "contrastive": losses.in_batch(anchor=h["item"], positive=h["pos"], negative=h["neg"],
+                                         mask=mask, total=total)}
+  for name in ("bpr", "contrastive"):
+    assert float(got[name]) == pytest.approx(float(want[name]), rel=1e-4)
+    assert float(got[name]) != pytest.approx(float(single[name]), rel=1e-2)
+  for name in ("rec", "index"):
+    assert float(got[name]) == pytest.approx(float(single[name]), rel=1e-6)

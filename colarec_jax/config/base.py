@@ -146,6 +146,11 @@ def base_config() -> ml_collections.ConfigDict:
   # L_bpr and L_c: -log_sigmoid(margin) ('log_sigmoid') or the authors' -log(1e-10 + sigmoid)
   # ('official'), whose gradient vanishes below a margin of about -23.
   loss.pair_form = "log_sigmoid"
+  # Not in the paper: L_bpr and L_c against 'single' sampled negatives (the paper's BPR) or
+  # 'in_batch': a softmax over the anchor's positive, every other row's positive and every row's
+  # sampled negative (2b - 1 negatives per anchor; on a mesh, the rows of the anchor's device).
+  # pair_form applies to 'single' only.
+  loss.pair_negatives = "single"
 
   # Data: where interactions and item text come from, and how they are split and tokenised.
   data = config.data = ml_collections.ConfigDict()
@@ -231,6 +236,15 @@ def base_config() -> ml_collections.ConfigDict:
   # constrained decoding); 'sibling_mean': their last step scores the mean probability of their
   # leaf parent's trained items (an average sibling). Trained items are scored alike either way.
   evaluation.new_item_score = "model"
+  # Not in the paper: prefixes kept at the steps before the last (0 = beam_size). The paper's beam
+  # keeps 100 of the up to 1,024 (K=32, l=3) prefixes after two steps, and an item whose prefix
+  # falls out cannot be returned; a width of at least K^(l-1) ranks every valid GID exactly (the
+  # last step still returns beam_size items). Costs decoder work at the last step.
+  evaluation.search_width = 0
+  # Not in the paper: the beam's items rescored by log p(GID) + w * h(X_u).h(X_i), the user-item
+  # score the encoder learns through L_bpr (h: the pooled encoding; X_i the item's indexing input
+  # without user slots, encoded once per loaded model). 0 = the GID's log-probability alone.
+  evaluation.encoder_weight = 0.0
   return config
 
 

@@ -25,6 +25,7 @@ from colarec_jax.runtime.errors import ConfigError
 SCHEDULES = ("constant", "warmup_cosine")
 REDUCTIONS = ("sum", "mean")
 PAIR_FORMS = ("log_sigmoid", "official")
+PAIR_NEGATIVES = ("single", "in_batch")
 
 
 def _at_least(section: str, view, minimum: int, *names: str) -> None:
@@ -95,13 +96,15 @@ class LossWeights:
   pair_temperature: float = 0.0
   generation_reduction: str = "mean"  # over code positions: mean (the authors') | sum
   pair_form: str = "log_sigmoid"  # log_sigmoid | official (-log(1e-10 + sigmoid))
+  pair_negatives: str = "single"  # single (the paper's BPR) | in_batch (softmax over the batch)
 
   @classmethod
   def from_config(cls, loss) -> "LossWeights":
     out = cls(float(loss.rec_weight), float(loss.index_weight), float(loss.bpr_weight),
               float(loss.contrastive_weight), float(loss.pair_temperature),
-              str(loss.generation_reduction), str(loss.pair_form))
-    for key, choices in (("generation_reduction", REDUCTIONS), ("pair_form", PAIR_FORMS)):
+              str(loss.generation_reduction), str(loss.pair_form), str(loss.pair_negatives))
+    for key, choices in (("generation_reduction", REDUCTIONS), ("pair_form", PAIR_FORMS),
+                         ("pair_negatives", PAIR_NEGATIVES)):
       if getattr(out, key) not in choices:
         raise ConfigError(f"loss.{key}", f"got {getattr(out, key)!r}, expected one of "
                           f"{', '.join(map(repr, choices))}")

@@ -13,6 +13,9 @@ instead of the decoder's probability of its own code; 'model' (the default) keep
 
 Beam widths grow with the tree: step t can only hold as many distinct prefixes as the trie has
 nodes at depth t, at most K^t, so widths are 1, min(beam, K), ... and the first steps are cheap.
+A `search_width` wider than the beam keeps that many prefixes at the steps before the last (the
+last still returns `beam_size` items): at least the trie's nodes at depth l-1 (K^(l-1) at most,
+1,024 at K=32, l=3) makes the search exact, the best `beam_size` of every valid GID.
 Steps of equal width run in a `lax.fori_loop` over a `BeamState`; a step that widens the beam
 changes the state's shape and is traced on its own.
 
@@ -66,7 +69,8 @@ class Trie:
     children: [num_nodes + 1, K + 1] next node per code, -1 where the code is invalid; the last
       row (the dead node) is all -1.
     leaf_item: [num_nodes + 1] item at a leaf, else 0.
-    widths: beam width before each step and after the last, (1, ..., w_l), given the beam size.
+    widths: beam width before each step and after the last, (1, ..., w_l), given the beam size
+      (and `build`'s search width).
     beam_size: beams kept per input (official 100): the searches over this trie return as many.
     known_items: 0, or the items the model was trained on: leaves of later items then score as
       their trained siblings' mean (see the module docstring).
@@ -80,14 +84,16 @@ class Trie:
 
   @classmethod
   def build(cls, gids: GidTable, beam_size: int, mesh: jax.sharding.Mesh | None = None,
-            known_items: int = 0) -> "Trie":
+            known_items: int = 0, search_width: int = 0) -> "Trie":
     """The arrays go on every device of `mesh` once, not to the devices on every search.
-    `known_items` > 0 scores the leaves of items after them as their siblings' mean."""
+    `known_items` > 0 scores the leaves of items after them as their siblings' mean;
+    `search_width` > `beam_size` keeps that many prefixes before the last step."""
     dead = np.full((1, gids.branching + 1), -1, np.int32)
     per_depth = np.bincount(gids.node_depth, minlength=gids.depth + 1)
     widths = [1]
     for t in range(1, gids.depth + 1):
-      widths.append(int(min(beam_size, widths[-1] * gids.branching, per_depth[t])))
+      kept = beam_size if t == gids.depth else max(beam_size, search_width)
+      widths.append(int(min(kept, widths[-1] * gids.branching, per_depth[t])))
     children, leaf_item = sharding_lib.replicate(
         (np.concatenate([gids.children, dead]), np.append(gids.leaf_item, 0).astype(np.int32)),
         mesh)
@@ -261,10 +267,10 @@ def _sibling_mean(logp: jax.Array, leaf: jax.Array, valid: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize",
-                                             "chunks", "steps", "known_items"))
+                                             "chunks", "steps", "known_items", "pooled"))
 def _search(params, inputs, children, leaf_item, blocked=None, *, model: ColaRec,
             widths: tuple[int, ...], beam_size: int, renormalize: bool, chunks: int, steps: int,
-            known_items: int = 0):
+            known_items: int = 0, pooled: bool = False):
   trie = Trie(children, leaf_item, widths, beam_size, known_items)
   depth = steps
   encoded = _encode(model, params, inputs, chunks)
@@ -293,11 +299,14 @@ def _search(params, inputs, children, leaf_item, blocked=None, *, model: ColaRec
   items = jnp.pad(items, ((0, 0), (0, pad)))
   scores = jnp.pad(state.scores, ((0, 0), (0, pad)), constant_values=-jnp.inf)
   codes = jnp.pad(state.codes, ((0, 0), (0, pad), (0, 0)))
+  if pooled:
+    return items, scores, codes, ColaRec.pool(encoded, mask).astype(jnp.float32)
   return items, scores, codes
 
 
 def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize: bool = False,
-                steps: int | None = None, blocked: jax.Array | None = None):
+                steps: int | None = None, blocked: jax.Array | None = None,
+                pooled: bool = False):
   """Top `trie.beam_size` items for each input by constrained beam search.
 
   Args:
@@ -312,10 +321,12 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
     blocked: [b, m] int32 sorted trie nodes every item under which must not be returned
       (`blocked_nodes` of each user's excluded items, padded with `NO_NODE`): codes leading to them are invalid, so
       no beam is spent on an item that would be dropped afterwards.
+    pooled: also return the pooled encodings h(X_u) [b, d] float32 (the search computes them).
 
   Returns:
     (items [b, beam] int32, best first, 0 where fewer items exist; scores [b, beam]
-    log-probabilities, -inf for those; codes [b, beam, l] the items' GIDs), beam = trie.beam_size.
+    log-probabilities, -inf for those; codes [b, beam, l] the items' GIDs), beam = trie.beam_size;
+    with `pooled`, h(X_u) after them.
   """
   mask = inputs["mask"]
   sharding = getattr(mask, "sharding", None)
@@ -327,4 +338,4 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
   return _search(params, inputs, trie.children, trie.leaf_item, blocked, model=model,
                  widths=trie.widths, beam_size=trie.beam_size, renormalize=renormalize,
                  chunks=chunks, steps=len(trie.widths) - 1 if steps is None else int(steps),
-                 known_items=trie.known_items)
+                 known_items=trie.known_items, pooled=pooled)

@@ -3,11 +3,15 @@ user or for an ad-hoc history of items (a new user, no retraining).
 
 Beam search returns `beam_size` items per user, best first; the user's excluded items (training
 items, and validation items at test time when configured) are dropped and the first N kept.
+With `eval.encoder_weight` w > 0 the beam's items are first re-sorted by log p(GID) +
+w h(X_u).h(X_i) (`rescored`): the user-item score the encoder learns through L_bpr, with h(X_i)
+the pooled encoding of the item's indexing input (no user slots), computed once per Ranker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +50,32 @@ def drop_excluded(items: np.ndarray, scores: np.ndarray, exclude: list[np.ndarra
   return out, out_scores
 
 
+def rescored(items: np.ndarray, scores: np.ndarray, users: np.ndarray, item_codes: np.ndarray,
+             weight: float) -> tuple[np.ndarray, np.ndarray]:
+  """Beam lists re-sorted by score + weight * h(X_u).h(X_i) (ties keep the beam's order).
+
+  Args:
+    items: [n, beam] ranked items, 0 where there is none.
+    scores: [n, beam] their log-probabilities.
+    users: [n, d] the users' pooled encodings h(X_u).
+    item_codes: [num_items + 1, d] every item's pooled encoding h(X_i) (`Ranker.item_encodings`).
+    weight: w.
+
+  Returns:
+    ([n, beam] items, [n, beam] float32 combined scores, -inf where there is no item), best first.
+  """
+  dots = np.einsum("nd,nbd->nb", users, item_codes[items])
+  total = np.where(items > 0, scores + weight * dots, -np.inf).astype(np.float32)
+  order = np.argsort(-total, axis=1, kind="stable")
+  return np.take_along_axis(items, order, axis=1), np.take_along_axis(total, order, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _pooled(params, inputs, *, model: ColaRec):
+  encoded = model.apply({"params": params}, inputs, method=ColaRec.encode)
+  return ColaRec.pool(encoded, inputs["mask"]).astype(jnp.float32)
+
+
 class Ranker:
   """Beam-search ranking with fixed parameters; one compile per (batch, input length)."""
 
@@ -61,6 +91,32 @@ class Ranker:
     # Rounded up to whole rows per device: the mesh splits a batch evenly, and one shape for every
     # call means one compile.
     self.batch_size = -(-rows // shards) * shards
+    self._item_codes = None
+
+  def encode(self, inputs: dict, batch_size: int = 0) -> np.ndarray:
+    """[n, d] float32 pooled encodings h(X) of stacked encoder inputs, `batch_size` rows per call
+    (0: the search's batch size)."""
+    shards = sharding.num_shards(self.mesh)
+    rows = -(-(batch_size or self.batch_size) // shards) * shards
+    n = len(inputs["mask"])
+    out = []
+    for order, real in padded_batches(np.arange(n), rows):
+      batch = sharding.shard_rows({k: jnp.asarray(v[order]) for k, v in inputs.items()}, self.mesh)
+      with self._split_tables():
+        out.append(sharding.to_host(_pooled(self.params, batch, model=self.model))[:real])
+    return np.concatenate(out) if out else np.zeros((0, self.model.config.transformer.d_model),
+                                                    np.float32)
+
+  def item_encodings(self) -> np.ndarray:
+    """[num_items + 1, d] float32: h(X_i) of every item's indexing input without user slots
+    (items added after training read the unknown-item token); row 0 (no item) zeros. Computed on
+    first use."""
+    if self._item_codes is None:
+      items = range(1, self.builder.num_items + 1)
+      inputs = stack([self.builder.index_input(i, []) for i in items])
+      encoded = self.encode(inputs, batch_size=1024)
+      self._item_codes = np.concatenate([np.zeros_like(encoded[:1]), encoded])
+    return self._item_codes
 
   def _split_tables(self):
     """With model.shard_ids on a mesh, the search traced under it, so the ID tables are read where
@@ -87,7 +143,8 @@ class Ranker:
 
     Returns:
       ([n, k] int32 items, 0-padded; [n, k] float32 beam scores, the items' GID
-      log-probabilities, -inf where there is no item).
+      log-probabilities (plus the weighted encoder score with eval.encoder_weight), -inf where
+      there is no item).
     """
     if not 1 <= k <= self.trie.beam_size:
       raise ValueError(f"k={k}: a search over this trie returns {self.trie.beam_size} items")
@@ -95,8 +152,13 @@ class Ranker:
     out = np.zeros((n, k), np.int32), np.full((n, k), -np.inf, np.float32)
     in_search = self.eval_cfg.exclude_in_search if in_search is None else in_search
 
+    weight = self.eval_cfg.encoder_weight
+    item_codes = self.item_encodings() if weight else None
+
     def collect(rows, real, found):
-      items, scores = sharding.to_host(found)
+      items, scores, *users = sharding.to_host(found)
+      if weight:
+        items, scores = rescored(items, scores, users[0], item_codes, weight)
       kept = drop_excluded(items[:real], scores[:real], [exclude[r] for r in rows[:real]], k)
       out[0][rows[:real]], out[1][rows[:real]] = kept
       if progress is not None:
@@ -115,12 +177,12 @@ class Ranker:
       batch = sharding.shard_rows(batch, self.mesh)
       blocked = batch.pop("blocked", None)
       with self._split_tables():
-        items, scores, _ = decode.beam_search(self.model, self.params, batch, self.trie,
-                                              renormalize=self.eval_cfg.renormalize,
-                                              blocked=blocked)
+        items, scores, _, *users = decode.beam_search(
+            self.model, self.params, batch, self.trie, renormalize=self.eval_cfg.renormalize,
+            blocked=blocked, pooled=bool(weight))
       if pending is not None:
         collect(*pending)
-      pending = rows, real, (items, scores)
+      pending = rows, real, (items, scores, *users)
     if pending is not None:
       collect(*pending)
     return out

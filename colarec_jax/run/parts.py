@@ -31,13 +31,14 @@ from colarec_jax.runtime import sharding
 
 
 def make_trie(gids: GidTable, model: ColaRec, eval_cfg: EvalConfig, mesh) -> Trie:
-  """The GID trie searched with `eval_cfg.beam_size` beams; with eval.new_item_score=
+  """The GID trie searched with `eval_cfg.beam_size` beams (`eval.search_width` prefixes before
+  the last step); with eval.new_item_score=
   'sibling_mean', items past the model's trained ones score their last step as their trained
   siblings' mean."""
   trained = model.config.num_items
   known = (trained if eval_cfg.new_item_score == "sibling_mean" and gids.num_items > trained
            else 0)
-  return Trie.build(gids, eval_cfg.beam_size, mesh, known)
+  return Trie.build(gids, eval_cfg.beam_size, mesh, known, eval_cfg.search_width)
 
 
 @dataclasses.dataclass(frozen=True)

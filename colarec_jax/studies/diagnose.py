@@ -61,22 +61,6 @@ def greedy_report(parts: RunParts, params, split: EvalSplit, inputs: dict) -> ev
       split, inputs)
 
 
-def _pooled(model: ColaRec, params, inputs: dict, batch_size: int = 256) -> np.ndarray:
-  """[n, d] h(X) of stacked encoder inputs."""
-  @jax.jit
-  def pool(batch):
-    encoded = model.apply({"params": params}, batch, method=ColaRec.encode)
-    return ColaRec.pool(encoded, batch["mask"])
-
-  n = len(inputs["mask"])
-  out = None
-  for rows, real in padded_batches(np.arange(n), batch_size):
-    h = np.asarray(pool({k: jnp.asarray(v[rows]) for k, v in inputs.items()}), np.float32)
-    out = np.zeros((n, h.shape[1]), np.float32) if out is None else out
-    out[rows[:real]] = h[:real]
-  return out
-
-
 def encoder_report(parts: RunParts, params, split: EvalSplit, inputs: dict,
                    seed: int = 0) -> evaluate.Report:
   """The split's metrics when every item is ranked by h(X_u) . h(X_i)."""
@@ -84,10 +68,11 @@ def encoder_report(parts: RunParts, params, split: EvalSplit, inputs: dict,
   rng = np.random.default_rng(seed)
   items = stack([builder.index_input(i, builder.sample_users(i, rng))
                  for i in range(1, num_items + 1)])
+  ranker = parts.ranker(params)
   h_items = np.concatenate([np.zeros((1, parts.model.config.transformer.d_model), np.float32),
-                            _pooled(parts.model, params, items)])
+                            ranker.encode(items, batch_size=256)])
   h_users = np.zeros((parts.prepared.dataset.num_users + 1, h_items.shape[1]), np.float32)
-  h_users[split.users] = _pooled(parts.model, params, inputs)
+  h_users[split.users] = ranker.encode(inputs, batch_size=256)
   table_u, table_i = jnp.asarray(h_users), jnp.asarray(h_items)
   score = jax.jit(lambda users: table_u[users] @ table_i.T)
   return evaluate.evaluate_scores(score, split, num_items, parts.eval)

@@ -55,6 +55,22 @@ def pairwise(*, anchor: jax.Array, positive: jax.Array, negative: jax.Array, mas
   return -jnp.sum(jax.nn.log_sigmoid(margin) * mask) / total
 
 
+def in_batch(*, anchor: jax.Array, positive: jax.Array, negative: jax.Array, mask: jax.Array,
+             total, temperature: float = 0.0) -> jax.Array:
+  """-log softmax of a_r.p_r among a_r's scores against every real row's positive and sampled
+  negative (in-batch negatives: each anchor's softmax has 2b - 1 negatives), averaged over
+  examples; `loss.pair_negatives='in_batch'` for L_bpr and L_c. Arguments as `pairwise`."""
+  anchor, positive, negative = (x.astype(jnp.float32) for x in (anchor, positive, negative))
+  if temperature:
+    unit = lambda x: x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+    anchor, positive, negative = unit(anchor) / temperature, unit(positive), unit(negative)
+  scores = anchor @ jnp.concatenate([positive, negative]).T  # [b, 2b]
+  # Padding rows are no candidates (a large negative, not -inf: no inf - inf in the gradient).
+  scores = jnp.where(jnp.concatenate([mask, mask])[None] > 0, scores, -1e9)
+  own = jnp.diagonal(scores[:, :anchor.shape[0]])
+  return -jnp.sum((own - jax.nn.logsumexp(scores, axis=-1)) * mask) / total
+
+
 def total_loss(parts: dict[str, jax.Array], weights: dict[str, float]) -> jax.Array:
   """sum of weights[name] * parts[name] over the terms computed (official: 0.08 L_rec +
   0.08 L_index + L_bpr + 0.1 L_c)."""

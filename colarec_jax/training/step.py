@@ -107,16 +107,15 @@ def loss_terms(model: ColaRec, weights: LossWeights, params, batch: dict, *, tot
     parts["index"] = losses.generation(logits=logits_idx, codes=index_codes,
                                        mask=jnp.concatenate([mask, mask]), total=total,
                                        reduction=weights.generation_reduction)
+  pair = (functools.partial(losses.pairwise, form=weights.pair_form)
+          if weights.pair_negatives == "single" else losses.in_batch)
   if weights.bpr:
     h_u = ColaRec.pool(enc_u, batch["user"]["mask"])
-    parts["bpr"] = losses.pairwise(anchor=h_u, positive=h_i, negative=h_n, mask=mask,
-                                   total=total, temperature=weights.pair_temperature,
-                                   form=weights.pair_form)
+    parts["bpr"] = pair(anchor=h_u, positive=h_i, negative=h_n, mask=mask, total=total,
+                        temperature=weights.pair_temperature)
   if weights.contrastive:
-    parts["contrastive"] = losses.pairwise(anchor=h_i, positive=h_p[0], negative=h_n,
-                                           mask=mask, total=total,
-                                           temperature=weights.pair_temperature,
-                                           form=weights.pair_form)
+    parts["contrastive"] = pair(anchor=h_i, positive=h_p[0], negative=h_n, mask=mask,
+                                total=total, temperature=weights.pair_temperature)
   return losses.total_loss(parts, weights.as_dict()), parts
 
 
