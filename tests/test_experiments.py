@@ -122,6 +122,35 @@ def test_a_run_with_a_finished_twin_anywhere_under_the_root_reuses_its_row(tmp_p
     assert "ColaRec seed 0 is levers/as_configured/seed0." in f.read()
 
 
+def test_a_run_that_only_ranks_another_way_ranks_its_twins_model_again(tmp_path):
+  """An arm differing from a finished run only in eval.* trains nothing: it tests a copy of that
+  run's best checkpoint with its own ranking, as `--mode=evaluate` on the twin would, and leaves
+  the twin's files as they were."""
+  from colarec_jax.cli import modes
+  from colarec_jax.cli.flags import EvaluateFlags
+  from colarec_jax.config.settings import Settings
+  root, logs = str(tmp_path), []
+  first = runner.run_suite(small_config(), "", root, [0], arms=["as configured"],
+                           study="levers", log=logs.append)[0]
+  twin = os.path.join(root, "levers", "as_configured", "seed0")
+  with open(os.path.join(twin, "colarec", "metrics.json")) as f:
+    twin_metrics = f.read()
+  logs.clear()
+  row = runner.run_suite(small_config(), "", root, [0], arms=["rescored:eval.encoder_weight=2.0"],
+                         study="ranking", log=logs.append)[0]
+  assert row["ranked_from"] == os.path.join("levers", "as_configured", "seed0")
+  assert "reused_from" not in row and not any("colarec epoch" in line for line in logs)
+  assert row["curve"] == first["curve"] and row["wall_seconds"] >= first["wall_seconds"]
+  config = small_config()
+  config.eval.encoder_weight = 2.0
+  expected = modes.evaluate_checkpoint(Settings.parse(config), twin, EvaluateFlags(split="test"),
+                                       log=lambda *_: None)
+  assert row["test"] == json.loads(json.dumps(expected.to_json()))
+  assert row["test"] != first["test"]
+  with open(os.path.join(twin, "colarec", "metrics.json")) as f:
+    assert f.read() == twin_metrics
+
+
 def make_row(folder, variant, order, seed, overall, long_tail, per_user, ks=(5, 10, 20),
              selection=None):
   run = os.path.join(folder, variants.Variant(variant).slug, f"seed{seed}")

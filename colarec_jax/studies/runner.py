@@ -14,7 +14,10 @@ with the same key (hard-linked; the stage checks it as it would its own). A fini
 `row.json` and is skipped next time (an error naming the key if it ran another config: its row
 would be stale); an interrupted one resumes from its checkpoints; a ColaRec run whose whole
 config (seed included) a finished run anywhere under the root already trained takes that run's
-row (`reused_from` says which), so a suite's reference arm trains once. Rows
+row (`reused_from` says which), so a suite's reference arm trains once; one whose config differs
+from a finished run's only in `eval.*` (how a trained model ranks) starts from a copy of that
+run's training, which is then only ranked again (`ranked_from`: its best checkpoint, chosen
+under the twin's ranking, is tested with this run's). Rows
 record the config overrides, seed, commit, budget, wall time, examples seen and the metrics
 overall and on long-tail users; `<root>/<suite>/report.md` and its figures are rebuilt from all
 rows after every run (`report.py`). The arms themselves are `variants.py`'s.
@@ -49,6 +52,7 @@ from colarec_jax.studies.variants import (
   sweep_variants,
   variant_config,
 )
+from colarec_jax.run import parts as parts_lib
 from colarec_jax.run import stages
 from colarec_jax.runtime.errors import ConfigError, UsageError, WorkdirInUse
 
@@ -110,7 +114,10 @@ def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, sui
   twin = _finished_twin(root, workdir, settings)
   if twin is not None:
     return _reuse(twin, workdir, root, suite=suite, variant=variant, order=order, log=log)
+  trained = _finished_twin(root, workdir, settings, but=stored.READER_KEYS)
   with fileio.workdir_lock(workdir, log=log):
+    if trained is not None:
+      _copy_training(trained, workdir, root, log)
     _share_stages(root, workdir, settings, log)
     with _wall_clock(workdir) as clock:
       results = modes.train_models(settings, workdir, [settings.model.name], log=log)
@@ -131,6 +138,8 @@ def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, sui
          "long_tail_rule": f"the {settings.eval.long_tail_fraction:.0%} of test users with the "
                            f"fewest training interactions (<= {test.long_tail_threshold})",
          "curve": _curve(workdir, settings)}
+  if trained is not None:
+    row["ranked_from"] = os.path.relpath(trained, root)
   return _write_row(row, workdir)
 
 
@@ -157,23 +166,46 @@ def _wall_clock(workdir: str):
     os.replace(path + ".tmp", path)
 
 
-def _finished_twin(root: str, workdir: str, settings: Settings) -> str | None:
+def _finished_twin(root: str, workdir: str, settings: Settings,
+                   but: tuple[str, ...] = ()) -> str | None:
   """A finished ColaRec run under `root` whose stored config is this run's, whole (seed and
-  evaluation included; keys added since it ran count as their defaults), or None.
+  evaluation included; keys added since it ran count as their defaults) except the sections in
+  `but`, or None.
 
   The same config trains the same model, so a suite's reference arm (the full model in
-  `ablation`, LightGCN GIDs in `gid`) or a study's adopted arm is trained once, not per study.
+  `ablation`, LightGCN GIDs in `gid`) or a study's adopted arm is trained once, not per study;
+  with `but=READER_KEYS`, a run that trained this run's model and ranked it another way.
   """
   if settings.model.name != "colarec":
     return None
+  keep = lambda full: {k: v for k, v in full.items() if k not in but}
   for row_path in _files(root, "row.json", skip=("colarec", "data", "gid", "lightgcn",
                                                   "tensorboard")):
     source = os.path.dirname(row_path)
     if os.path.samefile(source, workdir) or not os.path.isfile(stored.path(source)):
       continue
-    if _stored_full(source) == settings.full:
+    with open(row_path) as f:
+      if but and "ranked_from" in json.load(f):
+        continue  # a copy itself: take the run that trained
+    if keep(_stored_full(source)) == keep(settings.full):
       return source
   return None
+
+
+def _copy_training(source: str, workdir: str, root: str, log) -> None:
+  """Copies the finished training of `source` (its run folder and wall time) into `workdir`,
+  which has none yet: training there resumes after its last epoch and only tests again. Real
+  copies, not links: testing rewrites files of the run folder."""
+  target = parts_lib.run_dir(workdir)
+  if os.path.exists(target):
+    return
+  staged = target + ".copying"
+  shutil.rmtree(staged, ignore_errors=True)
+  shutil.copytree(parts_lib.run_dir(source), staged)
+  os.replace(staged, target)
+  if os.path.exists(os.path.join(source, WALL)) and not os.path.exists(os.path.join(workdir, WALL)):
+    shutil.copy(os.path.join(source, WALL), os.path.join(workdir, WALL))
+  log(f"trained as {os.path.relpath(source, root)}, which finished: ranking its model again")
 
 
 def _stored_full(workdir: str) -> dict:
