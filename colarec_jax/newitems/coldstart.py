@@ -15,6 +15,7 @@ rows' long-tail threshold. Held-out items without text cannot be indexed: they s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -99,10 +100,50 @@ def content_ranking(texts: list[str], histories: list[np.ndarray], exclude: list
   return out
 
 
-def cold_start_report(settings: Settings, workdir: str, *, prepared: Prepared | None = None,
-                      gids: GidTable | None = None, log=print) -> str:
-  """Indexes the held-out items with the best ColaRec checkpoint, ranks the test users with every
-  model, writes `<workdir>/cold_results.json` and returns the table.
+@dataclasses.dataclass(frozen=True)
+class ColdTest:
+  """The protocol's test, set up once: the run with its held-out items indexed, and who is ranked.
+
+  Attributes:
+    parts: the run's parts with the held-out items added (`catalogue.with_new_items`).
+    params: the best checkpoint's parameters.
+    users: every user with a test interaction (the split's or a held-out item's).
+    exclude: per user, the items the main table's ranking leaves out.
+    everything: each user's test items, the held-out ones included.
+    cold: each user's held-out test items; `cold_users` the users who have some.
+    split: the main table's test split (its exclusions and training counts).
+    indexed, held_out: held-out items indexed from their text, and all of them.
+    interactions: the held-out items' interactions.
+  """
+
+  parts: RunParts
+  params: object
+  users: np.ndarray
+  exclude: list
+  everything: Csr
+  cold: Csr
+  cold_users: np.ndarray
+  split: evaluate.EvalSplit
+  indexed: int
+  held_out: int
+  interactions: int
+
+  def rows(self, name: str, lists: np.ndarray, ev=None) -> dict:
+    """{name: overall Report, name + ' cold items': the held-out interactions' Report} of ranked
+    `lists` [len(users), k] (`ev`: the metrics' config, default the run's)."""
+    ev = ev or self.parts.eval
+    overall = evaluate.evaluate_ranking(lists, self.users, self.everything,
+                                        self.split.train_counts, ev.ks, ev.long_tail_fraction)
+    cold = evaluate.evaluate_ranking(
+        lists[np.isin(self.users, self.cold_users)], self.cold_users, self.cold,
+        self.split.train_counts, ev.ks, ev.long_tail_fraction,
+        long_tail_threshold=overall.long_tail_threshold)
+    return {name: overall, name + COLD: cold}
+
+
+def cold_test(settings: Settings, workdir: str, *, prepared: Prepared | None = None,
+              gids: GidTable | None = None, log=print) -> ColdTest:
+  """Indexes the held-out items with the best ColaRec checkpoint (in memory) and sets up the test.
 
   Raises:
     ConfigError: the protocol is off (data.cold_item_fraction = 0).
@@ -116,56 +157,68 @@ def cold_start_report(settings: Settings, workdir: str, *, prepared: Prepared | 
       checkpoint.BEST, parts.abstract_params())
   new, held_ids = held_out_as_new(parts, params, settings.data)
   extended = catalogue.with_new_items(parts, new)
-  ev, ds = settings.eval, parts.prepared.dataset
+  ds = parts.prepared.dataset
   log(f"cold start: indexed {len(new)} of {len(held)} held-out items from their text "
       f"({len(held) - len(new)} have none and stay misses)")
-
   # The test interactions, and the same users' exclusions as the main table's.
   test_users, test_items = parts.prepared.rows(TEST)
-  split = evaluate.EvalSplit.build(parts.prepared, TEST, ev)
-  cold = Csr.from_pairs(held.users, held_ids[held.items], ds.num_users)
-  everything = Csr.from_pairs(np.concatenate([test_users, held.users]),
-                              np.concatenate([test_items, held_ids[held.items]]), ds.num_users)
+  split = evaluate.EvalSplit.build(parts.prepared, TEST, settings.eval)
   users = np.unique(np.concatenate([test_users, held.users]))
-  cold_users = np.unique(held.users)
-  exclude = [split.exclude.row(u) for u in users]
+  return ColdTest(
+      extended, params, users, [split.exclude.row(u) for u in users],
+      Csr.from_pairs(np.concatenate([test_users, held.users]),
+                     np.concatenate([test_items, held_ids[held.items]]), ds.num_users),
+      Csr.from_pairs(held.users, held_ids[held.items], ds.num_users), np.unique(held.users),
+      split, len(new), len(held), len(held.users))
+
+
+def cold_start_report(settings: Settings, workdir: str, *, prepared: Prepared | None = None,
+                      gids: GidTable | None = None, log=print) -> str:
+  """Indexes the held-out items with the best ColaRec checkpoint, ranks the test users with every
+  model, writes `<workdir>/cold_results.json` and returns the table.
+
+  Raises:
+    ConfigError: the protocol is off (data.cold_item_fraction = 0).
+    UsageError: ColaRec has no best checkpoint yet.
+  """
+  test = cold_test(settings, workdir, prepared=prepared, gids=gids, log=log)
+  extended, users, ev = test.parts, test.users, settings.eval
+  ds = extended.prepared.dataset
+  trained = extended.model.config.num_items  # LightGCN's items
   k = max(ev.ks)
 
   # Each model's ranked lists over the extended catalogue (LightGCN: the trained items only).
-  popularity = cf_train.popularity_scores(parts.prepared, extended.gids.num_items)
+  popularity = cf_train.popularity_scores(extended.prepared, extended.gids.num_items)
   lightgcn = sharding.main_first("colarec-lightgcn", lambda: stages.lightgcn(
-      settings, parts.prepared, workdir, log=log))
+      settings, extended.prepared, workdir, log=log))
   embeddings = cf_train.embedding_scores(lightgcn.user_embeddings, lightgcn.item_embeddings)
-  histories = [np.asarray(parts.builder.eval_history(u), np.int64) for u in users]
+  histories = [np.asarray(extended.builder.eval_history(u), np.int64) for u in users]
   ranked = {
-      "mostpop": evaluate.top_k_items(popularity, users, split.exclude,
+      "mostpop": evaluate.top_k_items(popularity, users, test.split.exclude,
                                       extended.gids.num_items, k, ev.batch_size),
-      "lightgcn": evaluate.top_k_items(embeddings, users, split.exclude, ds.num_items, k,
+      "lightgcn": evaluate.top_k_items(embeddings, users, test.split.exclude, trained, k,
                                        ev.batch_size),
-      CONTENT: content_ranking([extended.prepared.dataset.content(i)
-                                for i in range(extended.gids.num_items + 1)],
-                               histories, exclude, k, ev.batch_size),
-      "colarec": extended.ranker(params).ranked(extended.builder.eval_inputs(users), exclude, k)[0],
+      CONTENT: content_ranking([ds.content(i) for i in range(extended.gids.num_items + 1)],
+                               histories, test.exclude, k, ev.batch_size),
+      "colarec": extended.ranker(test.params).ranked(extended.builder.eval_inputs(users),
+                                                     test.exclude, k)[0],
   }
 
   rows: dict[str, evaluate.Report | str] = {}
-  in_cold = np.isin(users, cold_users)
   for name, lists in ranked.items():
-    overall = evaluate.evaluate_ranking(lists, users, everything, split.train_counts, ev.ks,
-                                        ev.long_tail_fraction)
-    rows[name] = overall
-    rows[name + COLD] = CANNOT_RANK if name == "lightgcn" else evaluate.evaluate_ranking(
-        lists[in_cold], cold_users, cold, split.train_counts, ev.ks, ev.long_tail_fraction,
-        long_tail_threshold=overall.long_tail_threshold)
+    rows.update(test.rows(name, lists))
+    if name == "lightgcn":
+      rows[name + COLD] = CANNOT_RANK
   if sharding.is_main_process():
     with open(os.path.join(workdir, RESULTS), "w") as f:
-      json.dump({"held_out_items": len(held), "indexed": len(new),
-                 "held_out_interactions": len(held.users),
+      json.dump({"held_out_items": test.held_out, "indexed": test.indexed,
+                 "held_out_interactions": test.interactions,
                  "rows": {n: r if isinstance(r, str) else r.to_json() for n, r in rows.items()}},
                 f, indent=1)
   return (f"test metrics with held-out items (data.cold_item_fraction="
-          f"{settings.data.cold_item_fraction}: {len(held)} items, {len(held.users)} "
-          f"interactions; '{COLD.strip()}' rows: only those interactions)\n"
+          f"{settings.data.cold_item_fraction}: {test.held_out} items, "
+          f"{test.interactions} interactions; '{COLD.strip()}' rows: only those "
+          "interactions)\n"
           + evaluate.format_table(rows, ev.ks)
           + "\nlightgcn ranks only the items it trained on: held-out items are misses in its "
           "overall row")
