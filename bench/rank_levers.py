@@ -19,6 +19,7 @@ width's ranking speed in users/s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -47,10 +48,14 @@ def rank_run(workdir: str, widths: list[int], weights: list[float], test_widths:
     config = stored.load(workdir)
     config.eval.search_width = width
     config.eval.encoder_weight = 0.0
-    if valid_sample is not None:
-      config.eval.valid_sample = valid_sample
     settings = Settings.parse(config)
-    parts = parts_lib.build(settings, workdir, log=lambda *_: None)
+    # The stages as trained (read-only): eval.valid_sample is in LightGCN's stage key (its own
+    # validation), so it changes only the parts' validation split, never a stage.
+    parts = parts_lib.build(settings, workdir, log=lambda *_: None, read_only=True)
+    if valid_sample is not None:
+      parts = dataclasses.replace(parts, eval=dataclasses.replace(parts.eval,
+                                                                  valid_sample=valid_sample),
+                                  _eval_data={})
     params, _ = parts_lib.checkpoints(parts, settings, workdir).load_params(
         BEST, parts.abstract_params())
     ranker = parts.ranker(params)

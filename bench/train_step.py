@@ -30,7 +30,9 @@ import sys
 from common import (REPO, add_peer_malloc_flag, call_seconds, parse_counts, peer_mallocs,
                     speedups, take_turns, write_json)
 
-SIZES = {"default": (128, 512, 4, 2), "t5-small": (512, 2048, 8, 6)}
+# The capacity study's sizes (issue 38) too: the cpu budget's ('cpu') and 256 with 4 + 4.
+SIZES = {"cpu": (64, 256, 4, 1), "default": (128, 512, 4, 2), "256x4": (256, 1024, 8, 4),
+         "t5-small": (512, 2048, 8, 6)}
 PEERS = {"default": "pytorch t5 (hf)", "ours": "pytorch t5 our malloc"}  # by the peer's malloc
 VOCAB, K, DEPTH, LEN_U, LEN_I = 8000, 32, 3, 256, 34
 
