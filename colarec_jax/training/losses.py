@@ -31,6 +31,16 @@ def generation(*, logits: jax.Array, codes: jax.Array, mask: jax.Array, total,
   return -jnp.sum(per_example * mask) / total
 
 
+def _scaled(anchor, positive, negative, temperature: float):
+  """The three encodings in float32; with a temperature t > 0, unit vectors with the anchor
+  divided by t (so every dot product is a cosine similarity / t)."""
+  anchor, positive, negative = (x.astype(jnp.float32) for x in (anchor, positive, negative))
+  if temperature:
+    unit = lambda x: x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+    anchor, positive, negative = unit(anchor) / temperature, unit(positive), unit(negative)
+  return anchor, positive, negative
+
+
 def pairwise(*, anchor: jax.Array, positive: jax.Array, negative: jax.Array, mask: jax.Array,
              total, temperature: float = 0.0, form: str = "log_sigmoid") -> jax.Array:
   """-log sigmoid(a.p - a.n), averaged over examples; L_bpr with (h(X_u), h(X_i), h(X_i-)) and
@@ -43,11 +53,7 @@ def pairwise(*, anchor: jax.Array, positive: jax.Array, negative: jax.Array, mas
       margin is bounded by 2 / t and the term cannot be lowered by growing the encodings.
     form: 'log_sigmoid', or 'official': -log(1e-10 + sigmoid(margin)), the authors' form.
   """
-  anchor, positive, negative = (x.astype(jnp.float32) for x in (anchor, positive, negative))
-  if temperature:
-    unit = lambda x: x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
-    # Dividing the anchor alone scales the whole margin by 1 / t.
-    anchor, positive, negative = unit(anchor) / temperature, unit(positive), unit(negative)
+  anchor, positive, negative = _scaled(anchor, positive, negative, temperature)
   margin = jnp.sum(anchor * (positive - negative), axis=-1)
   if form == "official":  # its gradient vanishes once sigmoid(margin) is far below 1e-10
     return -jnp.sum(jnp.log(1e-10 + jax.nn.sigmoid(margin)) * mask) / total
@@ -60,10 +66,7 @@ def in_batch(*, anchor: jax.Array, positive: jax.Array, negative: jax.Array, mas
   """-log softmax of a_r.p_r among a_r's scores against every real row's positive and sampled
   negative (in-batch negatives: each anchor's softmax has 2b - 1 negatives), averaged over
   examples; `loss.pair_negatives='in_batch'` for L_bpr and L_c. Arguments as `pairwise`."""
-  anchor, positive, negative = (x.astype(jnp.float32) for x in (anchor, positive, negative))
-  if temperature:
-    unit = lambda x: x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
-    anchor, positive, negative = unit(anchor) / temperature, unit(positive), unit(negative)
+  anchor, positive, negative = _scaled(anchor, positive, negative, temperature)
   scores = anchor @ jnp.concatenate([positive, negative]).T  # [b, 2b]
   # Padding rows are no candidates (a large negative, not -inf: no inf - inf in the gradient).
   scores = jnp.where(jnp.concatenate([mask, mask])[None] > 0, scores, -1e9)
