@@ -34,6 +34,7 @@ from colarec_jax.config.settings import Settings
 from colarec_jax.data.dataset import TEST, VALID
 from colarec_jax.ranking.ranker import rescored
 from colarec_jax.run import parts as parts_lib
+from colarec_jax.run.parts import make_trie
 from colarec_jax.run.store import BEST
 
 SPLITS = {"valid": (VALID, "ndcg@10"), "test": (TEST, "ndcg@20")}
@@ -43,24 +44,21 @@ def rank_run(workdir: str, widths: list[int], weights: list[float], test_widths:
              valid_sample: int | None = None, log=print) -> dict:
   """{split: {(width, weight): Report}} and {split: {width: users/s}} for one trained run
   (`valid_sample`: eval.valid_sample instead of the run's, 0 = every validation user)."""
-  reports, speed, item_codes, user_codes = {}, {}, None, {}
+  reports, speed, user_codes = {}, {}, {}
+  # The stages as trained (read-only), built and loaded once: eval.valid_sample is in LightGCN's
+  # stage key (its own validation), so it changes only the parts' validation split, never a stage.
+  settings = Settings.parse(stored.load(workdir))
+  base = parts_lib.build(settings, workdir, log=lambda *_: None, read_only=True)
+  params, _ = parts_lib.checkpoints(base, settings, workdir).load_params(
+      BEST, base.abstract_params())
+  if valid_sample is not None:
+    base = dataclasses.replace(base, eval=dataclasses.replace(base.eval,
+                                                              valid_sample=valid_sample))
+  item_codes = base.ranker(params).item_encodings()
   for width in widths:
-    config = stored.load(workdir)
-    config.eval.search_width = width
-    config.eval.encoder_weight = 0.0
-    settings = Settings.parse(config)
-    # The stages as trained (read-only): eval.valid_sample is in LightGCN's stage key (its own
-    # validation), so it changes only the parts' validation split, never a stage.
-    parts = parts_lib.build(settings, workdir, log=lambda *_: None, read_only=True)
-    if valid_sample is not None:
-      parts = dataclasses.replace(parts, eval=dataclasses.replace(parts.eval,
-                                                                  valid_sample=valid_sample),
-                                  _eval_data={})
-    params, _ = parts_lib.checkpoints(parts, settings, workdir).load_params(
-        BEST, parts.abstract_params())
+    ev = dataclasses.replace(base.eval, search_width=width, encoder_weight=0.0)
+    parts = dataclasses.replace(base, eval=ev, trie=make_trie(base.gids, base.model, ev, base.mesh))
     ranker = parts.ranker(params)
-    if item_codes is None:
-      item_codes = ranker.item_encodings()
     for name, (part, _) in SPLITS.items():
       if name == "test" and width not in test_widths:
         continue
