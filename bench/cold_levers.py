@@ -2,7 +2,8 @@
 (`data.cold_item_fraction`), on a trained run, without retraining.
 
 The held-out items are indexed once (`coldstart.cold_test`); then each added items' last-step
-score (`eval.new_item_score`) and search width (`eval.search_width`) ranks every test user once,
+score (`eval.new_item_score`), search width (`eval.search_width`) and count of added-item
+candidates beside the beam (`eval.added_candidates`) ranks every test user once,
 and each encoder weight (`eval.encoder_weight`) re-sorts those lists (`ranker.rescored`, as
 `Ranker.ranked` does). Rows as the protocol's table (`--mode=all`): overall, and the held-out
 items' interactions alone, beside the TF-IDF content baseline. The held-out items have no
@@ -10,7 +11,7 @@ validation interactions, so nothing here can be chosen on validation: the weight
 validation study of the same dataset (bench/rank_levers.py).
 
   python bench/cold_levers.py --workdir=runs/phones-cpu-cold \\
-      --scores=model,sibling_mean --widths=0,1024 --weights=0,0.5 \\
+      --scores=model,sibling_mean --widths=0,1024 --candidates=0,20 --weights=0,0.5 \\
       --out=bench/results/cold_levers_phones.json
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -36,6 +38,7 @@ def main() -> None:
   p.add_argument("--workdir", required=True, help="a finished run of the cold-start protocol")
   p.add_argument("--scores", default="model,sibling_mean")
   p.add_argument("--widths", default="0,1024")
+  p.add_argument("--candidates", default="0", help="eval.added_candidates values")
   p.add_argument("--weights", default="0,0.5")
   p.add_argument("--out", required=True)
   a = p.parse_args()
@@ -48,23 +51,24 @@ def main() -> None:
       [np.asarray(parts.builder.eval_history(u), np.int64) for u in test.users], test.exclude, k))
   inputs = parts.builder.eval_inputs(test.users)
   users_h, items_h, speed = None, None, {}
-  for score in a.scores.split(","):
-    for width in map(int, a.widths.split(",")):
-      ev = dataclasses.replace(settings.eval, new_item_score=score, search_width=width,
-                               encoder_weight=0.0)
-      ranker = dataclasses.replace(parts, eval=ev, trie=make_trie(parts.gids, parts.model, ev,
-                                                                  parts.mesh)).ranker(test.params)
-      if users_h is None:
-        users_h, items_h = ranker.encode(inputs), ranker.item_encodings()
-      start = time.perf_counter()
-      items, scores = ranker.ranked(inputs, test.exclude, ev.beam_size)
-      speed[f"{score}, width {width}"] = len(items) / (time.perf_counter() - start)
-      for weight in map(float, a.weights.split(",")):
-        lists = rescored(items, scores, users_h, items_h, weight)[0] if weight else items
-        name = f"colarec {score}, width {width}, weight {weight:g}"
-        rows.update(test.rows(name, lists[:, :k]))
-        print(f"{name}: recall@20 {rows[name].overall['recall@20']:.4f}, cold items "
-              f"{rows[name + coldstart.COLD].overall['recall@20']:.4f}", flush=True)
+  for score, width, m in itertools.product(a.scores.split(","), map(int, a.widths.split(",")),
+                                           map(int, a.candidates.split(","))):
+    ev = dataclasses.replace(settings.eval, new_item_score=score, search_width=width,
+                             added_candidates=m, encoder_weight=0.0)
+    ranker = dataclasses.replace(parts, eval=ev, trie=make_trie(parts.gids, parts.model, ev,
+                                                                parts.mesh)).ranker(test.params)
+    if users_h is None:
+      users_h, items_h = ranker.encode(inputs), ranker.item_encodings()
+    start = time.perf_counter()
+    items, scores = ranker.ranked(inputs, test.exclude, ranker.longest)
+    setting = f"{score}, width {width}" + (f", {m} added candidates" if m else "")
+    speed[setting] = len(items) / (time.perf_counter() - start)
+    for weight in map(float, a.weights.split(",")):
+      lists = rescored(items, scores, users_h, items_h, weight)[0] if weight else items
+      name = f"colarec {setting}, weight {weight:g}"
+      rows.update(test.rows(name, lists[:, :k]))
+      print(f"{name}: recall@20 {rows[name].overall['recall@20']:.4f}, cold items "
+            f"{rows[name + coldstart.COLD].overall['recall@20']:.4f}", flush=True)
   out = {"workdir": a.workdir, "held_out_items": test.held_out, "indexed": test.indexed,
          "held_out_interactions": test.interactions, "users_per_second": speed,
          "rows": {n: r.to_json() for n, r in rows.items()}}

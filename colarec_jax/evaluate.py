@@ -38,9 +38,10 @@ class EvalConfig:
   decode_batch_size: int = 32  # users per beam-search call
   valid_sample: int = 0  # validate on this many users (a fixed sample); 0 = all. Tests use all.
   exclude_in_search: bool = False  # beam search skips excluded items (official: drops them after)
-  new_item_score: str = "model"  # an added item's last step: model | sibling_mean (decode.py)
+  new_item_score: str = "sibling_mean"  # an added item's last step: sibling_mean | model
   search_width: int = 0  # prefixes kept before the last step (0: beam_size; decode.py)
   encoder_weight: float = 0.0  # the beam's items rescored by + w h(X_u).h(X_i) (ranker.py)
+  added_candidates: int = 0  # added items joining each list by h(X_u).h(X_i) (decode.py)
 
   @classmethod
   def from_config(cls, section) -> "EvalConfig":
@@ -49,7 +50,8 @@ class EvalConfig:
               int(section.batch_size), int(section.beam_size), bool(section.renormalize),
               int(section.decode_batch_size), int(section.valid_sample),
               bool(section.exclude_in_search), str(section.new_item_score),
-              int(section.search_width), float(section.encoder_weight))
+              int(section.search_width), float(section.encoder_weight),
+              int(section.added_candidates))
     if out.new_item_score not in NEW_ITEM_SCORES:
       raise ConfigError("eval.new_item_score", f"got {out.new_item_score!r}, expected one of "
                         f"{', '.join(map(repr, NEW_ITEM_SCORES))}")
@@ -68,6 +70,9 @@ class EvalConfig:
     if out.search_width < 0:
       raise ConfigError("eval.search_width", f"got {out.search_width}, expected >= 0 (0 = the "
                         "beam size)")
+    if out.added_candidates < 0:
+      raise ConfigError("eval.added_candidates", f"got {out.added_candidates}, expected >= 0 "
+                        "(0 = none)")
     if not out.encoder_weight >= 0:
       raise ConfigError("eval.encoder_weight", f"got {section.encoder_weight}, expected >= 0")
     return out

@@ -256,6 +256,9 @@ CASES = [
      "config.eval.search_width: got -1, expected >= 0"),
     ("eval-encoder-weight", "a negative encoder weight", ["--config.eval.encoder_weight=-0.5"],
      "config.eval.encoder_weight: got -0.5, expected >= 0"),
+    ("eval-added-candidates", "a negative count of added-item candidates",
+     ["--config.eval.added_candidates=-1"],
+     "config.eval.added_candidates: got -1, expected >= 0 (0 = none)"),
     # evaluate and recommend
     ("evaluate-untrained", "evaluate before training", ["--mode=evaluate"],
      "--mode: there are no prepared data in"),

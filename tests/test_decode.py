@@ -384,3 +384,41 @@ def test_a_search_width_past_the_prefixes_makes_a_narrow_beam_exact(setup):
   np.testing.assert_array_equal(items, expected)
   np.testing.assert_allclose(scores, np.take_along_axis(reference, expected, 1), atol=1e-4)
   assert (plain != expected).any(axis=1).any()
+
+
+@pytest.mark.parametrize("renormalize,tied,known", [(False, False, 16), (True, False, 16),
+                                                      (False, True, 16), (False, False, 0)])
+def test_added_candidates_are_the_best_by_encoder_score_and_scored_as_the_search_would(
+    setup, renormalize, tied, known):
+  """Items 17..20 play added items with given encodings: each input's candidates are its best 2
+  by h(X_u).h(X_i) (NumPy), and each scores what teacher forcing gives its GID (the sibling mean
+  at the last step when known_items says they are new), as a full search would score it."""
+  gids, inputs, params = setup
+  model = ColaRec(dataclasses.replace(MODEL.config, tie_last_level=tied))
+  if tied:
+    params = {**params, "item_embed": {"embedding": params["item_embed"]["embedding"] * 4}}
+  ids = np.arange(17, 21, dtype=np.int32)
+  encodings = np.random.default_rng(3).normal(size=(4, TC.d_model)).astype(np.float32)
+  trie = decode.Trie.build(gids, 2, known_items=known)  # a beam of 2: candidates reach past it
+  out = decode.beam_search(model, params, inputs, trie, renormalize=renormalize,
+                           added=(ids, gids.codes[ids].astype(np.int32), encodings),
+                           added_count=2, pooled=True)
+  assert len(out) == 6
+  items, _, _, extra, extra_scores, users = map(np.asarray, out)
+  expected_users = np.asarray(ColaRec.pool(model.apply({"params": params}, inputs,
+                                                       method=ColaRec.encode), inputs["mask"]))
+  np.testing.assert_allclose(users, expected_users, rtol=1e-5, atol=1e-6)
+  best = ids[np.argsort(-(expected_users @ encodings.T), axis=1, kind="stable")[:, :2]]
+  np.testing.assert_array_equal(extra, best)
+  exact = exhaustive_scores(params, inputs, gids, renormalize, model=model)
+  full_items, full_scores, _ = map(np.asarray, decode.beam_search(
+      model, params, inputs, decode.Trie.build(gids, 32, known_items=known),
+      renormalize=renormalize))
+  for b in range(len(items)):
+    searched = dict(zip(full_items[b].tolist(), full_scores[b].tolist()))
+    for item, score in zip(extra[b].tolist(), extra_scores[b].tolist()):
+      siblings = [s for s in range(1, 17) if (gids.codes[s][:-1] == gids.codes[item][:-1]).all()]
+      expected = (np.log(np.mean(np.exp(exact[b, siblings]))) if known and siblings
+                  else exact[b, item])
+      np.testing.assert_allclose(score, expected, rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(score, searched[item], rtol=1e-4, atol=1e-4)

@@ -1,5 +1,6 @@
 """Items added after training: their GIDs, the overlay, ranking them, and every refusal."""
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -107,6 +108,18 @@ def test_the_trie_returns_new_items(workdir):
   assert found.tolist() == ws.gids.codes[n + 2].tolist()
 
 
+def test_added_items_score_their_last_step_as_their_siblings_mean_by_default(workdir):
+  """The default eval.new_item_score: the catalogue's trie scores items past the trained ones
+  as their trained siblings' mean (decode.Trie.known_items); a catalogue without added items
+  searches plainly."""
+  base, _ = workspace(workdir)
+  assert base.trie.known_items == 0
+  add(workdir, "new.item")
+  base, ws = workspace(workdir)
+  assert ws.eval.new_item_score == "sibling_mean"
+  assert ws.trie.known_items == base.gids.num_items == ws.model.config.num_items
+
+
 def test_new_items_read_the_unknown_item_token(workdir):
   add(workdir, "new.item")
   base, ws = workspace(workdir)
@@ -133,6 +146,38 @@ def test_recommend_and_evaluate_use_the_new_items(workdir):
   ranked, _ = ws.ranker(best_params(workdir, base)[0]).ranked(
       ws.builder.eval_inputs(np.arange(1, 49)), [np.zeros(0)] * 48, 20)
   assert ranked.max() <= base.gids.num_items + 3
+
+
+def test_added_candidates_join_the_beam_scored_as_the_full_search_scores_them(workdir):
+  """eval.added_candidates=2 with a beam too narrow to reach the added items: each list is the
+  plain beam's items and the user's best 2 added items by h(X_u).h(X_i) (NumPy), all ordered by
+  the full-width search's score of each item plus 0.5 h(X_u).h(X_i)."""
+  add(workdir, "new.item")
+  base, ws = workspace(workdir)
+  params, _ = best_params(workdir, base)
+  n = base.gids.num_items
+  ev = dataclasses.replace(ws.eval, new_item_score="sibling_mean", beam_size=10)
+  at = lambda e: dataclasses.replace(ws, eval=e, trie=parts_lib.make_trie(ws.gids, ws.model, e,
+                                                                          ws.mesh))
+  users = np.arange(1, 49)
+  inputs, none = ws.builder.eval_inputs(users), [np.zeros(0, np.int64)] * len(users)
+  plain = at(ev).ranker(params)
+  beam, _ = plain.ranked(inputs, none, 10)
+  everything = at(dataclasses.replace(ev, beam_size=n + 3)).ranker(params)
+  all_items, all_scores = everything.ranked(inputs, none, n + 3)
+  h_users, h_items = plain.encode(inputs), plain.item_encodings()
+  added = np.arange(n + 1, n + 4)
+  best = added[np.argsort(-(h_users @ h_items[added].T), axis=1, kind="stable")[:, :2]]
+  assert any(not set(b) <= set(r) for b, r in zip(best.tolist(), beam.tolist()))
+  got, got_scores = at(dataclasses.replace(ev, added_candidates=2, encoder_weight=0.5)).ranker(
+      params).ranked(inputs, none, 10)
+  for u in range(len(users)):
+    score = dict(zip(all_items[u].tolist(), all_scores[u].tolist()))
+    pool = sorted(set(beam[u].tolist()) | set(best[u].tolist()))
+    total = {i: score[i] + 0.5 * float(h_users[u] @ h_items[i]) for i in pool}
+    expected = sorted(pool, key=lambda i: -total[i])[:10]
+    assert got[u].tolist() == expected
+    np.testing.assert_allclose(got_scores[u], [total[i] for i in expected], atol=1e-4)
 
 
 def test_a_second_call_adds_to_the_overlay(workdir):

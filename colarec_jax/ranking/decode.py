@@ -7,9 +7,11 @@ log-softmax (official; `renormalize=True` masks before the softmax instead). Bea
 in the GID trie (`GidTable.children`), so the validity mask of a step is one dense row gather.
 
 Items added after training (`gid.overlay`) hold a last code the decoder never learned for them.
-With `new_item_score='sibling_mean'` (the trie's `known_items` > 0), the last step scores such an
-item by the mean probability of its trained siblings' codes (an average item of its leaf parent)
-instead of the decoder's probability of its own code; 'model' (the default) keeps the latter.
+With `new_item_score='sibling_mean'` (the default; the trie's `known_items` > 0), the last step
+scores such an item by the mean probability of its trained siblings' codes (an average item of its
+leaf parent) instead of the decoder's probability of its own code; 'model' keeps the latter.
+With `added_candidates` each input's best m added items by h(X_u).h(X_i) are also scored, by
+teacher forcing with the same masking, beside the beam (`_added_candidates`).
 
 Beam widths grow with the tree: step t can only hold as many distinct prefixes as the trie has
 nodes at depth t, at most K^t, so widths are 1, min(beam, K), ... and the first steps are cheap.
@@ -230,13 +232,7 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
   if blocked is not None:
     closed = _is_blocked(blocked, jnp.maximum(child, 0).reshape(b, width * k1))
     valid &= ~closed.reshape(b, width, k1)
-  if renormalize:
-    logp = jax.nn.log_softmax(jnp.where(valid, logits, -jnp.inf), axis=-1)
-  else:
-    logp = jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), -jnp.inf)
-  if trie.known_items:
-    logp = _sibling_mean(logp, trie.leaf_item[trie.children[state.nodes]], valid,
-                         trie.known_items)
+  logp = _step_logp(logits, child, valid, trie, renormalize)
   candidates = (state.scores[..., None] + logp).reshape(b, width * k1)
   scores, flat = jax.lax.top_k(candidates, new_width)
   parent, code = flat // k1, flat % k1
@@ -245,6 +241,20 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
   codes = jnp.take_along_axis(state.codes, parent[..., None], axis=1)
   codes = codes.at[:, :, position].set(jnp.where(nodes == trie.dead, 0, code))
   return BeamState(scores, nodes, codes, _reorder_cache(mutated["cache"], parent))
+
+
+def _step_logp(logits: jax.Array, child: jax.Array, valid: jax.Array, trie: Trie,
+               renormalize: bool) -> jax.Array:
+  """A step's log-probabilities [..., K + 1] from its logits: -inf where a code is not `valid`
+  (after the log-softmax, official; before it with `renormalize`), and the sibling mean for the
+  codes leading to added items (`trie.known_items`). `child`: the node each code leads to."""
+  if renormalize:
+    logp = jax.nn.log_softmax(jnp.where(valid, logits, -jnp.inf), axis=-1)
+  else:
+    logp = jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), -jnp.inf)
+  if trie.known_items:
+    logp = _sibling_mean(logp, trie.leaf_item[child], valid, trie.known_items)
+  return logp
 
 
 def _sibling_mean(logp: jax.Array, leaf: jax.Array, valid: jax.Array,
@@ -267,10 +277,11 @@ def _sibling_mean(logp: jax.Array, leaf: jax.Array, valid: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize",
-                                             "chunks", "steps", "known_items", "pooled"))
-def _search(params, inputs, children, leaf_item, blocked=None, *, model: ColaRec,
+                                             "chunks", "steps", "known_items", "pooled",
+                                             "added_count"))
+def _search(params, inputs, children, leaf_item, blocked=None, added=None, *, model: ColaRec,
             widths: tuple[int, ...], beam_size: int, renormalize: bool, chunks: int, steps: int,
-            known_items: int = 0, pooled: bool = False):
+            known_items: int = 0, pooled: bool = False, added_count: int = 0):
   trie = Trie(children, leaf_item, widths, beam_size, known_items)
   depth = steps
   encoded = _encode(model, params, inputs, chunks)
@@ -299,14 +310,52 @@ def _search(params, inputs, children, leaf_item, blocked=None, *, model: ColaRec
   items = jnp.pad(items, ((0, 0), (0, pad)))
   scores = jnp.pad(state.scores, ((0, 0), (0, pad)), constant_values=-jnp.inf)
   codes = jnp.pad(state.codes, ((0, 0), (0, pad), (0, 0)))
+  out = (items, scores, codes)
+  if added_count:
+    out += _added_candidates(model, params, trie, encoded, mask, added, added_count, renormalize)
   if pooled:
-    return items, scores, codes, ColaRec.pool(encoded, mask).astype(jnp.float32)
-  return items, scores, codes
+    out += (ColaRec.pool(encoded, mask).astype(jnp.float32),)
+  return out
+
+
+def _added_candidates(model: ColaRec, params, trie: Trie, encoded, mask, added, count: int,
+                      renormalize: bool):
+  """Each input's best `m` added items by h(X_u).h(X_i) and their GID log-probabilities by
+  teacher forcing, each step masked and scored as the search's own step (`_step_logp`), so an
+  item scores the same here as when the search returns it.
+
+  Args:
+    added: ([A] int32 added item ids, [A, l] their codes, [A, d] their pooled encodings h(X_i)).
+    count: m (at most A are taken).
+
+  Returns:
+    ([b, m] items, [b, m] log-probabilities, -inf where a GID is no longer valid).
+  """
+  ids, item_codes, encodings = added
+  m = min(count, ids.shape[0])
+  b, depth = encoded.shape[0], item_codes.shape[1]
+  users = ColaRec.pool(encoded, mask).astype(jnp.float32)
+  _, best = jax.lax.top_k(users @ encodings.T, m)  # [b, m]
+  items, codes = ids[best], item_codes[best].reshape(b * m, depth)
+  rows = jnp.repeat(jnp.arange(b), m)
+  nodes, paths = jnp.zeros((b * m,), jnp.int32), []
+  for t in range(depth):
+    paths.append(nodes)
+    nodes = jnp.maximum(trie.children[nodes, codes[:, t]], 0)
+  last = trie.leaf_item[trie.children[paths[-1]]] if model.config.tie_last_level else None
+  logits = model.apply({"params": params}, encoded[rows], mask[rows], codes, last,
+                       method=ColaRec.decode_codes)
+  total = jnp.zeros((b * m,), jnp.float32)
+  for t in range(depth):
+    child = trie.children[paths[t]]
+    logp = _step_logp(logits[:, t].astype(jnp.float32), child, child >= 0, trie, renormalize)
+    total += jnp.take_along_axis(logp, codes[:, t:t + 1], axis=1)[:, 0]
+  return items, total.reshape(b, m)
 
 
 def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize: bool = False,
                 steps: int | None = None, blocked: jax.Array | None = None,
-                pooled: bool = False):
+                pooled: bool = False, added: tuple | None = None, added_count: int = 0):
   """Top `trie.beam_size` items for each input by constrained beam search.
 
   Args:
@@ -322,11 +371,15 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
       (`blocked_nodes` of each user's excluded items, padded with `NO_NODE`): codes leading to them are invalid, so
       no beam is spent on an item that would be dropped afterwards.
     pooled: also return the pooled encodings h(X_u) [b, d] float32 (the search computes them).
+    added: items added after training as candidates beside the beam: ([A] item ids, [A, l]
+      their GIDs, [A, d] their pooled encodings h(X_i)); with `added_count` = m > 0 each input's
+      best m of them by h(X_u).h(X_i) are scored by teacher forcing, as the search would.
 
   Returns:
     (items [b, beam] int32, best first, 0 where fewer items exist; scores [b, beam]
     log-probabilities, -inf for those; codes [b, beam, l] the items' GIDs), beam = trie.beam_size;
-    with `pooled`, h(X_u) after them.
+    with `added_count`, the added candidates [b, m] and their log-probabilities [b, m] after
+    them; with `pooled`, h(X_u) last.
   """
   mask = inputs["mask"]
   sharding = getattr(mask, "sharding", None)
@@ -335,7 +388,8 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
   cfg = model.config.transformer
   chunks = encoder_chunks(*mask.shape, cfg.d_ff * jnp.dtype(cfg.dtype).itemsize, shards=shards,
                           platform=platform)
-  return _search(params, inputs, trie.children, trie.leaf_item, blocked, model=model,
+  return _search(params, inputs, trie.children, trie.leaf_item, blocked, added, model=model,
                  widths=trie.widths, beam_size=trie.beam_size, renormalize=renormalize,
                  chunks=chunks, steps=len(trie.widths) - 1 if steps is None else int(steps),
-                 known_items=trie.known_items, pooled=pooled)
+                 known_items=trie.known_items, pooled=pooled,
+                 added_count=int(added_count) if added is not None else 0)

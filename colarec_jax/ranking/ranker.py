@@ -50,6 +50,29 @@ def drop_excluded(items: np.ndarray, scores: np.ndarray, exclude: list[np.ndarra
   return out, out_scores
 
 
+def with_candidates(items: np.ndarray, scores: np.ndarray, extra: np.ndarray,
+                    extra_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The beam's lists joined by candidates scored alike (`eval.added_candidates`), best first;
+  a candidate the beam already holds is kept once.
+
+  Args:
+    items, scores: [n, beam] the search's items (0: none) and log-probabilities.
+    extra, extra_scores: [n, m] candidates and their log-probabilities.
+
+  Returns:
+    ([n, beam + m] items, [n, beam + m] float32 scores, -inf (item 0) where there is none).
+  """
+  dup = (extra[:, :, None] == items[:, None, :]).any(axis=2)
+  extra = np.where(dup, 0, extra)
+  joined = np.concatenate([items, extra], axis=1)
+  total = np.where(joined > 0, np.concatenate([scores, extra_scores], axis=1),
+                   -np.inf).astype(np.float32)
+  order = np.argsort(-total, axis=1, kind="stable")
+  return (np.where(np.isfinite(np.take_along_axis(total, order, axis=1)),
+                   np.take_along_axis(joined, order, axis=1), 0),
+          np.take_along_axis(total, order, axis=1))
+
+
 def rescored(items: np.ndarray, scores: np.ndarray, users: np.ndarray, item_codes: np.ndarray,
              weight: float) -> tuple[np.ndarray, np.ndarray]:
   """Beam lists re-sorted by score + weight * h(X_u).h(X_i) (ties keep the beam's order).
@@ -92,6 +115,7 @@ class Ranker:
     # call means one compile.
     self.batch_size = -(-rows // shards) * shards
     self._item_codes = None
+    self._added = None
 
   def encode(self, inputs: dict, batch_size: int = 0) -> np.ndarray:
     """[n, d] float32 pooled encodings h(X) of stacked encoder inputs, `batch_size` rows per call
@@ -118,6 +142,26 @@ class Ranker:
       self._item_codes = np.concatenate([np.zeros_like(encoded[:1]), encoded])
     return self._item_codes
 
+  @property
+  def longest(self) -> int:
+    """The longest list `ranked` returns: the beam size, plus eval.added_candidates when items
+    were added after training."""
+    added = self.builder.num_items - self.model.config.num_items
+    return self.trie.beam_size + (min(self.eval_cfg.added_candidates, added) if added > 0 else 0)
+
+  def _added_items(self) -> tuple | None:
+    """With eval.added_candidates > 0 and items added after training: (their ids, GIDs and
+    pooled encodings), on every device, for the search's candidates (`decode.beam_search`)."""
+    trained, total = self.model.config.num_items, self.builder.num_items
+    if not self.eval_cfg.added_candidates or total <= trained:
+      return None
+    if self._added is None:
+      ids = np.arange(trained + 1, total + 1, dtype=np.int32)
+      self._added = sharding.replicate(
+          (ids, self.builder.gids.codes[ids].astype(np.int32), self.item_encodings()[ids]),
+          self.mesh)
+    return self._added
+
   def _split_tables(self):
     """With model.shard_ids on a mesh, the search traced under it, so the ID tables are read where
     their rows live (`ColaRec.id_rows`); else nothing."""
@@ -135,7 +179,7 @@ class Ranker:
     Args:
       inputs: encoder inputs, a dict of [n, L] arrays (and 'task' [n]).
       exclude: per row, item ids to drop.
-      k: list length (at most the beam size).
+      k: list length (at most `longest`).
       progress: called with the count of rows after each batch is done, or None.
       in_search: block excluded items inside the search, so a list is short only when fewer
         than k items are left (None: `eval.exclude_in_search`; the official protocol drops them
@@ -146,19 +190,22 @@ class Ranker:
       log-probabilities (plus the weighted encoder score with eval.encoder_weight), -inf where
       there is no item).
     """
-    if not 1 <= k <= self.trie.beam_size:
-      raise ValueError(f"k={k}: a search over this trie returns {self.trie.beam_size} items")
+    if not 1 <= k <= self.longest:
+      raise ValueError(f"k={k}: a search over this trie returns at most {self.longest} items")
     n = len(inputs["mask"])
     out = np.zeros((n, k), np.int32), np.full((n, k), -np.inf, np.float32)
     in_search = self.eval_cfg.exclude_in_search if in_search is None else in_search
 
     weight = self.eval_cfg.encoder_weight
-    item_codes = self.item_encodings() if weight else None
+    added = self._added_items()
+    item_codes = self.item_encodings() if weight or added else None
 
     def collect(rows, real, found):
-      items, scores, *users = sharding.to_host(found)
+      items, scores, _, *rest = sharding.to_host(found)
+      if added:
+        items, scores = with_candidates(items, scores, *rest[:2])
       if weight:
-        items, scores = rescored(items, scores, users[0], item_codes, weight)
+        items, scores = rescored(items, scores, rest[-1], item_codes, weight)
       kept = drop_excluded(items[:real], scores[:real], [exclude[r] for r in rows[:real]], k)
       out[0][rows[:real]], out[1][rows[:real]] = kept
       if progress is not None:
@@ -177,12 +224,13 @@ class Ranker:
       batch = sharding.shard_rows(batch, self.mesh)
       blocked = batch.pop("blocked", None)
       with self._split_tables():
-        items, scores, _, *users = decode.beam_search(
+        found = decode.beam_search(
             self.model, self.params, batch, self.trie, renormalize=self.eval_cfg.renormalize,
-            blocked=blocked, pooled=bool(weight))
+            blocked=blocked, pooled=bool(weight), added=added,
+            added_count=self.eval_cfg.added_candidates)
       if pending is not None:
         collect(*pending)
-      pending = rows, real, (items, scores, *users)
+      pending = rows, real, found
     if pending is not None:
       collect(*pending)
     return out
