@@ -6,9 +6,10 @@ Model: t5-small size (512 / 2048 / 8 heads / 6 + 6 layers), meant for a GPU; the
 `--config=configs/beauty.py:cpu` is the cpu budget (`config.cpu_budget`: the default config's
 small model, validation on 2,000 sampled users), for beauty with 12 epochs of 300 batches (not the
 budget's 3: chosen on validation, 6 epochs gave 0.0284 against 0.0230 valid NDCG@10 over 3 seeds,
-and 12 gave 0.0312 against 0.0284; bench/results/experiments/beauty/levers{,-steps}/), and the
-beam's items rescored with the encoder's user-item score (eval.encoder_weight=0.5, chosen on
-validation: 0.0261 against 0.0252 valid NDCG@10 over every validation user, 3 seeds;
+and 12 gave 0.0312 against 0.0284; bench/results/experiments/beauty/levers{,-steps}/), in-batch
+negatives for L_bpr and L_c, and the beam's items rescored with the encoder's user-item score
+(loss.pair_negatives='in_batch', eval.encoder_weight=1.0, chosen on validation: 0.0277 against
+the paper's 0.0252 valid NDCG@10 over every validation user, 3 seeds; in-batch-3/,
 rank-levers/); about 8 minutes on 2 cores.
 """
 

@@ -14,10 +14,11 @@ Variants (`--config=configs/phones.py:VARIANT`):
                 validation on 2,000 sampled users; for phones 12 epochs of 300 batches (not the
                 budget's 3: chosen on validation, 6 epochs gave 0.0321 against 0.0271 valid
                 NDCG@10 over 3 seeds, 12 gave 0.0348 against 0.0321;
-                bench/results/experiments/phones/levers{,-steps}/), and the beam's items
-                rescored with the encoder's user-item score (eval.encoder_weight=0.5, chosen on
-                validation: 0.0372 against 0.0353 valid NDCG@10 over every validation user, 3
-                seeds; rank-levers/); about 8 minutes on 2 cores.
+                bench/results/experiments/phones/levers{,-steps}/), in-batch negatives for L_bpr
+                and L_c, and the beam's items rescored with the encoder's user-item score
+                (loss.pair_negatives='in_batch', eval.encoder_weight=1.0, chosen on validation:
+                0.0404 against the paper's 0.0353 valid NDCG@10 over every validation user, 3
+                seeds; in-batch-3/, rank-levers/); about 8 minutes on 2 cores.
 """
 
 import os

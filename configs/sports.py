@@ -4,9 +4,9 @@ Text: IDGenRec's generated short text ids (not real metadata; see the data READM
 
 Model: t5-small size (512 / 2048 / 8 heads / 6 + 6 layers), meant for a GPU; the variant
 `--config=configs/sports.py:cpu` is the cpu budget (`config.cpu_budget`: the default config's
-small model, validation on 2,000 sampled users) with 12 epochs of 300 batches and
-eval.encoder_weight=0.5, as phones and beauty chose on their validation splits
-(bench/results/experiments/{phones,beauty}/{levers-steps,rank-levers}/): sports is the dataset
+small model, validation on 2,000 sampled users) with 12 epochs of 300 batches, in-batch
+negatives and eval.encoder_weight=1.0, as phones and beauty chose on their validation splits
+(bench/results/experiments/{phones,beauty}/{levers-steps,in-batch-3}/): sports is the dataset
 nobody tunes on, so it takes the settings the other two chose, never its own.
 """
 

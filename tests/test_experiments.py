@@ -223,8 +223,10 @@ def test_paper_datasets_have_a_cpu_budget_variant(name):
           cpu.train.steps_per_epoch, cpu.cf.epochs, cpu.eval.valid_sample) == (64, 1, epochs, 300,
                                                                                 60, 2000)
   assert cpu.data.to_dict() == paper.data.to_dict()  # the same dataset and split
-  # The encoder weight phones and beauty chose on validation; the paper size ranks as the paper.
-  assert (cpu.eval.encoder_weight, paper.eval.encoder_weight) == (0.5, 0.0)
+  # The negatives and encoder weight phones and beauty chose on validation; the paper size
+  # trains and ranks as the paper.
+  assert (cpu.loss.pair_negatives, cpu.eval.encoder_weight) == ("in_batch", 1.0)
+  assert (paper.loss.pair_negatives, paper.eval.encoder_weight) == ("single", 0.0)
   with pytest.raises(ValueError, match="unknown variant 'gpu'"):
     module.get_config("gpu")
 
