@@ -422,3 +422,24 @@ def test_added_candidates_are_the_best_by_encoder_score_and_scored_as_the_search
                   else exact[b, item])
       np.testing.assert_allclose(score, expected, rtol=1e-4, atol=1e-4)
       np.testing.assert_allclose(score, searched[item], rtol=1e-4, atol=1e-4)
+
+
+def test_added_candidates_on_a_mesh_equal_the_single_device_search(setup):
+  """Rows sharded over 2 devices, the added items' arrays replicated: the candidates and their
+  scores are those of the single-device search, and the search moves no data between devices."""
+  gids, _, params = setup
+  mesh = sharding.make_mesh(2)
+  inputs = make_inputs(b=4, length=10, seed=7)
+  ids = np.arange(17, 21, dtype=np.int32)
+  added = (ids, gids.codes[ids].astype(np.int32),
+           np.random.default_rng(4).normal(size=(4, TC.d_model)).astype(np.float32))
+  whole = decode.beam_search(MODEL, params, inputs, decode.Trie.build(gids, 2, known_items=16),
+                             added=added, added_count=2)
+  trie = decode.Trie.build(gids, 2, mesh, known_items=16)
+  sharded, replicated = sharding.shard_rows(inputs, mesh), sharding.replicate(params, mesh)
+  on_mesh = sharding.replicate(added, mesh)
+  decode.beam_search(MODEL, replicated, sharded, trie, added=on_mesh, added_count=2)
+  with jax.transfer_guard("disallow"):
+    out = decode.beam_search(MODEL, replicated, sharded, trie, added=on_mesh, added_count=2)
+  np.testing.assert_array_equal(np.asarray(out[3]), np.asarray(whole[3]))
+  np.testing.assert_allclose(np.asarray(out[4]), np.asarray(whole[4]), rtol=1e-5, atol=1e-5)
