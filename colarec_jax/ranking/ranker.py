@@ -198,7 +198,7 @@ class Ranker:
 
     weight = self.eval_cfg.encoder_weight
     added = self._added_items()
-    item_codes = self.item_encodings() if weight or added else None
+    item_codes = self.item_encodings() if weight else None
 
     def collect(rows, real, found):
       items, scores, _, *rest = sharding.to_host(found)
