@@ -10,8 +10,8 @@ Items added after training (`gid.overlay`) hold a last code the decoder never le
 With `new_item_score='sibling_mean'` (the default; the trie's `known_items` > 0), the last step
 scores such an item by the mean probability of its trained siblings' codes (an average item of its
 leaf parent) instead of the decoder's probability of its own code; 'model' keeps the latter.
-With `added_candidates` each input's best m added items by h(X_u).h(X_i) are also scored, by
-teacher forcing with the same masking, beside the beam (`_added_candidates`).
+With `added_candidates` each input's best m added items by h(X_u).h(X_i) are also scored beside
+the beam, by the search's own cached steps forced along their codes (`_added_candidates`).
 
 Beam widths grow with the tree: step t can only hold as many distinct prefixes as the trie has
 nodes at depth t, at most K^t, so widths are 1, min(beam, K), ... and the first steps are cheap.
@@ -211,10 +211,13 @@ def _encode(model: ColaRec, params, inputs: dict, chunks: int) -> jax.Array:
   return jnp.swapaxes(encoded, 0, 1).reshape((b,) + encoded.shape[2:])
 
 
-def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, position,
-          new_width: int, renormalize: bool, blocked=None) -> BeamState:
-  """Extends every beam by one code and keeps the best `new_width` of all extensions; codes
-  leading to a `blocked` node ([b, m] sorted node ids, `blocked_nodes`, or None) are invalid."""
+def _extensions(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, position,
+                renormalize: bool, blocked=None):
+  """One cached decoder step for every beam: (log-probabilities [b, w, K + 1] of each extension
+  as the search scores them, the stepped cache). Invalid codes get -inf (after the log-softmax,
+  official; before it with `renormalize`), as do codes leading to a `blocked` node ([b, m] sorted
+  node ids, `blocked_nodes`, or None); codes leading to added items take their trained siblings'
+  mean with `trie.known_items`."""
   b, width = state.scores.shape
   k1 = trie.children.shape[1]
   previous = jnp.where(position > 0,
@@ -232,29 +235,34 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
   if blocked is not None:
     closed = _is_blocked(blocked, jnp.maximum(child, 0).reshape(b, width * k1))
     valid &= ~closed.reshape(b, width, k1)
-  logp = _step_logp(logits, child, valid, trie, renormalize)
-  candidates = (state.scores[..., None] + logp).reshape(b, width * k1)
-  scores, flat = jax.lax.top_k(candidates, new_width)
-  parent, code = flat // k1, flat % k1
-  nodes = trie.children[jnp.take_along_axis(state.nodes, parent, axis=1), code]
-  nodes = jnp.where(jnp.isfinite(scores) & (nodes >= 0), nodes, trie.dead)
-  codes = jnp.take_along_axis(state.codes, parent[..., None], axis=1)
-  codes = codes.at[:, :, position].set(jnp.where(nodes == trie.dead, 0, code))
-  return BeamState(scores, nodes, codes, _reorder_cache(mutated["cache"], parent))
-
-
-def _step_logp(logits: jax.Array, child: jax.Array, valid: jax.Array, trie: Trie,
-               renormalize: bool) -> jax.Array:
-  """A step's log-probabilities [..., K + 1] from its logits: -inf where a code is not `valid`
-  (after the log-softmax, official; before it with `renormalize`), and the sibling mean for the
-  codes leading to added items (`trie.known_items`). `child`: the node each code leads to."""
   if renormalize:
     logp = jax.nn.log_softmax(jnp.where(valid, logits, -jnp.inf), axis=-1)
   else:
     logp = jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), -jnp.inf)
   if trie.known_items:
     logp = _sibling_mean(logp, trie.leaf_item[child], valid, trie.known_items)
-  return logp
+  return logp, mutated["cache"]
+
+
+def _advance(trie: Trie, state: BeamState, scores, parent, code, cache, position) -> BeamState:
+  """The beams [b, w'] that extend beam `parent` by `code`, with summed `scores`."""
+  nodes = trie.children[jnp.take_along_axis(state.nodes, parent, axis=1), code]
+  nodes = jnp.where(jnp.isfinite(scores) & (nodes >= 0), nodes, trie.dead)
+  codes = jnp.take_along_axis(state.codes, parent[..., None], axis=1)
+  codes = codes.at[:, :, position].set(jnp.where(nodes == trie.dead, 0, code))
+  return BeamState(scores, nodes, codes, _reorder_cache(cache, parent))
+
+
+def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, position,
+          new_width: int, renormalize: bool, blocked=None) -> BeamState:
+  """Extends every beam by one code and keeps the best `new_width` of all extensions."""
+  b, width = state.scores.shape
+  k1 = trie.children.shape[1]
+  logp, cache = _extensions(model, params, trie, encoded, mask, state, position, renormalize,
+                            blocked)
+  candidates = (state.scores[..., None] + logp).reshape(b, width * k1)
+  scores, flat = jax.lax.top_k(candidates, new_width)
+  return _advance(trie, state, scores, flat // k1, flat % k1, cache, position)
 
 
 def _sibling_mean(logp: jax.Array, leaf: jax.Array, valid: jax.Array,
@@ -292,6 +300,7 @@ def _search(params, inputs, children, leaf_item, blocked=None, added=None, *, mo
   b = encoded.shape[0]
   state = BeamState(scores=jnp.zeros((b, 1)), nodes=jnp.zeros((b, 1), jnp.int32),
                     codes=jnp.zeros((b, 1, depth), jnp.int32), cache=init["cache"])
+  start = state
   step = functools.partial(_step, decoder, params, trie, encoded, mask,
                            renormalize=renormalize, blocked=blocked)
   t = 0
@@ -312,45 +321,42 @@ def _search(params, inputs, children, leaf_item, blocked=None, added=None, *, mo
   codes = jnp.pad(state.codes, ((0, 0), (0, pad), (0, 0)))
   out = (items, scores, codes)
   if added_count:
-    out += _added_candidates(model, params, trie, encoded, mask, added, added_count, renormalize)
+    out += _added_candidates(decoder, params, trie, encoded, mask, start, added, added_count,
+                             renormalize)
   if pooled:
     out += (ColaRec.pool(encoded, mask).astype(jnp.float32),)
   return out
 
 
-def _added_candidates(model: ColaRec, params, trie: Trie, encoded, mask, added, count: int,
-                      renormalize: bool):
-  """Each input's best `m` added items by h(X_u).h(X_i) and their GID log-probabilities by
-  teacher forcing, each step masked and scored as the search's own step (`_step_logp`), so an
-  item scores the same here as when the search returns it.
+def _added_candidates(model: ColaRec, params, trie: Trie, encoded, mask, start: BeamState,
+                      added, count: int, renormalize: bool):
+  """Each input's best `m` added items by h(X_u).h(X_i), and their GID log-probabilities: the
+  search's own cached steps (`_extensions`, the cross keys/values shared with the beams), each
+  beam forced along one candidate's codes, so an item scores here as when the search returns it.
 
   Args:
+    model: the decoding copy of the module.
+    start: the search's state before its first step.
     added: ([A] int32 added item ids, [A, l] their codes, [A, d] their pooled encodings h(X_i)).
     count: m (at most A are taken).
 
   Returns:
-    ([b, m] items, [b, m] log-probabilities, -inf where a GID is no longer valid).
+    ([b, m] items, [b, m] log-probabilities, -inf where a GID is not valid).
   """
   ids, item_codes, encodings = added
   m = min(count, ids.shape[0])
-  b, depth = encoded.shape[0], item_codes.shape[1]
+  b, k1 = encoded.shape[0], trie.children.shape[1]
   users = ColaRec.pool(encoded, mask).astype(jnp.float32)
   _, best = jax.lax.top_k(users @ encodings.T, m)  # [b, m]
-  items, codes = ids[best], item_codes[best].reshape(b * m, depth)
-  rows = jnp.repeat(jnp.arange(b), m)
-  nodes, paths = jnp.zeros((b * m,), jnp.int32), []
-  for t in range(depth):
-    paths.append(nodes)
-    nodes = jnp.maximum(trie.children[nodes, codes[:, t]], 0)
-  last = trie.leaf_item[trie.children[paths[-1]]] if model.config.tie_last_level else None
-  logits = model.apply({"params": params}, encoded[rows], mask[rows], codes, last,
-                       method=ColaRec.decode_codes)
-  total = jnp.zeros((b * m,), jnp.float32)
-  for t in range(depth):
-    child = trie.children[paths[t]]
-    logp = _step_logp(logits[:, t].astype(jnp.float32), child, child >= 0, trie, renormalize)
-    total += jnp.take_along_axis(logp, codes[:, t:t + 1], axis=1)[:, 0]
-  return items, total.reshape(b, m)
+  codes, state = item_codes[best], start
+  for t in range(codes.shape[2]):
+    logp, cache = _extensions(model, params, trie, encoded, mask, state, jnp.int32(t),
+                              renormalize)
+    parent = jnp.broadcast_to(jnp.arange(m) if t else jnp.zeros(m, jnp.int32), (b, m))
+    scores = (jnp.take_along_axis(state.scores, parent, axis=1)
+              + jnp.take_along_axis(logp.reshape(b, -1), parent * k1 + codes[:, :, t], axis=1))
+    state = _advance(trie, state, scores, parent, codes[:, :, t], cache, t)
+  return ids[best], state.scores
 
 
 def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize: bool = False,
