@@ -11,7 +11,7 @@ validation interactions, so nothing here can be chosen on validation: the weight
 validation study of the same dataset (bench/rank_levers.py).
 
   python bench/cold_levers.py --workdir=runs/phones-cpu-cold \\
-      --scores=model,sibling_mean --widths=0,1024 --candidates=0,20 --weights=0,0.5 \\
+      --scores=model,sibling_mean,sibling_max --widths=0,1024 --candidates=0,20 --weights=0,0.5 \\
       --out=bench/results/cold_levers_phones.json
 """
 
@@ -36,7 +36,7 @@ from colarec_jax.run.parts import make_trie
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, help="a finished run of the cold-start protocol")
-  p.add_argument("--scores", default="model,sibling_mean")
+  p.add_argument("--scores", default="model,sibling_mean,sibling_max")
   p.add_argument("--widths", default="0,1024")
   p.add_argument("--candidates", default="0", help="eval.added_candidates values")
   p.add_argument("--weights", default="0,0.5")

@@ -21,7 +21,7 @@ from colarec_jax.data.prepare import Prepared
 from colarec_jax.data.sampling import padded_batches
 from colarec_jax.runtime.errors import ConfigError
 
-NEW_ITEM_SCORES = ("model", "sibling_mean")
+NEW_ITEM_SCORES = ("model", "sibling_mean", "sibling_max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,7 @@ class EvalConfig:
   decode_batch_size: int = 32  # users per beam-search call
   valid_sample: int = 0  # validate on this many users (a fixed sample); 0 = all. Tests use all.
   exclude_in_search: bool = False  # beam search skips excluded items (official: drops them after)
-  new_item_score: str = "sibling_mean"  # an added item's last step: sibling_mean | model
+  new_item_score: str = "sibling_mean"  # an added item's last step: sibling_mean|sibling_max|model
   search_width: int = 0  # prefixes kept before the last step (0: beam_size; decode.py)
   encoder_weight: float = 0.0  # the beam's items rescored by + w h(X_u).h(X_i) (ranker.py)
   added_candidates: int = 0  # added items joining each list by h(X_u).h(X_i) (decode.py)

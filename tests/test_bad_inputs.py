@@ -251,7 +251,7 @@ CASES = [
      "config.eval.decode_batch_size: got 0, expected >= 1"),
     ("eval-new-item-score", "an unknown score for added items",
      ["--config.eval.new_item_score=best"],
-     "config.eval.new_item_score: got 'best', expected one of 'model', 'sibling_mean'"),
+     "config.eval.new_item_score: got 'best', expected one of 'model', 'sibling_mean', 'sibling_max'"),
     ("eval-search-width", "a negative search width", ["--config.eval.search_width=-1"],
      "config.eval.search_width: got -1, expected >= 0"),
     ("eval-encoder-weight", "a negative encoder weight", ["--config.eval.encoder_weight=-0.5"],

@@ -346,13 +346,17 @@ def test_a_trie_built_on_the_mesh_is_not_copied_on_each_search(setup):
   np.testing.assert_allclose(np.asarray(scores), np.asarray(whole[1]), rtol=1e-5)
 
 
-def test_sibling_mean_scores_new_items_as_their_trained_siblings_mean(setup):
+@pytest.mark.parametrize("how", ["sibling_mean", "sibling_max"])
+def test_unseen_leaves_score_as_their_trained_siblings_mean_or_best(setup, how):
   """Items 17..20 play items added after training (known_items=16): each new item's score is the
-  log of the mean probability of its trained siblings' GIDs; every trained item keeps its score."""
+  log of the mean probability of its trained siblings' GIDs ('sibling_mean'), or the best of
+  their log-probabilities ('sibling_max'); every trained item keeps its score."""
   gids, inputs, params = setup
   exact = exhaustive_scores(params, inputs, gids, renormalize=False)
   items, scores, _ = map(np.asarray, decode.beam_search(
-      MODEL, params, inputs, decode.Trie.build(gids, 32, known_items=16)))
+      MODEL, params, inputs, decode.Trie.build(gids, 32, known_items=16, new_leaf=how)))
+  pool = {"sibling_mean": lambda x: np.log(np.mean(np.exp(x))), "sibling_max": np.max}[how]
+  checked = 0
   for b in range(len(items)):
     got = dict(zip(items[b].tolist(), scores[b].tolist()))
     for item in range(1, NUM_ITEMS + 1):
@@ -361,10 +365,12 @@ def test_sibling_mean_scores_new_items_as_their_trained_siblings_mean(setup):
       if item <= 16:
         expected = exact[b, item]
       elif siblings:
-        expected = np.log(np.mean(np.exp(exact[b, siblings])))
+        expected = pool(exact[b, siblings])
+        checked += len(siblings) > 1
       else:  # a parent with only new items keeps the decoder's own score
         expected = exact[b, item]
       np.testing.assert_allclose(got[item], expected, rtol=1e-4, atol=1e-4)
+  assert checked  # some new item has several trained siblings, where mean and best differ
 
 
 def test_a_search_width_past_the_prefixes_makes_a_narrow_beam_exact(setup):

@@ -227,6 +227,8 @@ def test_paper_datasets_have_a_cpu_budget_variant(name):
   # trains and ranks as the paper.
   assert (cpu.loss.pair_negatives, cpu.eval.encoder_weight) == ("in_batch", 1.0)
   assert (paper.loss.pair_negatives, paper.eval.encoder_weight) == ("single", 0.0)
+  # Added items tie their best sibling where the encoder's term orders them (cold_levers_*.json)
+  assert (cpu.eval.new_item_score, paper.eval.new_item_score) == ("sibling_max", "sibling_mean")
   with pytest.raises(ValueError, match="unknown variant 'gpu'"):
     module.get_config("gpu")
 

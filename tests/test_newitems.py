@@ -118,6 +118,21 @@ def test_added_items_score_their_last_step_as_their_siblings_mean_by_default(wor
   base, ws = workspace(workdir)
   assert ws.eval.new_item_score == "sibling_mean"
   assert ws.trie.known_items == base.gids.num_items == ws.model.config.num_items
+  assert ws.trie.new_leaf == "sibling_mean"
+
+
+@pytest.mark.parametrize("score,known,leaf", [("sibling_max", True, "sibling_max"),
+                                              ("sibling_mean", True, "sibling_mean"),
+                                              ("model", False, "sibling_mean")])
+def test_the_trie_scores_added_items_as_eval_new_item_score_says(workdir, score, known, leaf):
+  """eval.new_item_score reaches the search: the sibling scorings mark the trained items
+  (known_items) and say how the added ones pool their siblings; 'model' searches plainly."""
+  add(workdir, "new.item")
+  base, ws = workspace(workdir)
+  trie = parts_lib.make_trie(ws.gids, ws.model, dataclasses.replace(ws.eval, new_item_score=score),
+                             ws.mesh)
+  assert trie.known_items == (base.gids.num_items if known else 0)
+  assert trie.new_leaf == leaf
 
 
 def test_new_items_read_the_unknown_item_token(workdir):

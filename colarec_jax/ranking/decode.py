@@ -7,9 +7,11 @@ log-softmax (official; `renormalize=True` masks before the softmax instead). Bea
 in the GID trie (`GidTable.children`), so the validity mask of a step is one dense row gather.
 
 Items added after training (`gid.overlay`) hold a last code the decoder never learned for them.
-With `new_item_score='sibling_mean'` (the default; the trie's `known_items` > 0), the last step
+With `new_item_score='sibling_mean'` (the trie's `known_items` > 0, `new_leaf`), the last step
 scores such an item by the mean probability of its trained siblings' codes (an average item of its
-leaf parent) instead of the decoder's probability of its own code; 'model' keeps the latter.
+leaf parent) instead of the decoder's probability of its own code; 'sibling_max' by its best
+trained sibling's (an unseen leaf is not penalised; the encoder's term, `eval.encoder_weight`,
+then orders it against that sibling); 'model' keeps the decoder's own.
 With `added_candidates` each input's best m added items by h(X_u).h(X_i) are also scored beside
 the beam, by the search's own cached steps forced along their codes (`_added_candidates`).
 
@@ -75,7 +77,8 @@ class Trie:
       (and `build`'s search width).
     beam_size: beams kept per input (official 100): the searches over this trie return as many.
     known_items: 0, or the items the model was trained on: leaves of later items then score as
-      their trained siblings' mean (see the module docstring).
+      their trained siblings' mean or best (`new_leaf`; see the module docstring).
+    new_leaf: 'sibling_mean' or 'sibling_max', how those leaves score.
   """
 
   children: jax.Array
@@ -83,12 +86,15 @@ class Trie:
   widths: tuple[int, ...]
   beam_size: int
   known_items: int = 0
+  new_leaf: str = "sibling_mean"
 
   @classmethod
   def build(cls, gids: GidTable, beam_size: int, mesh: jax.sharding.Mesh | None = None,
-            known_items: int = 0, search_width: int = 0) -> "Trie":
+            known_items: int = 0, search_width: int = 0,
+            new_leaf: str = "sibling_mean") -> "Trie":
     """The arrays go on every device of `mesh` once, not to the devices on every search.
-    `known_items` > 0 scores the leaves of items after them as their siblings' mean;
+    `known_items` > 0 scores the leaves of items after them as their siblings' best or mean
+    (`new_leaf`);
     `search_width` > `beam_size` keeps that many prefixes before the last step."""
     dead = np.full((1, gids.branching + 1), -1, np.int32)
     per_depth = np.bincount(gids.node_depth, minlength=gids.depth + 1)
@@ -100,7 +106,7 @@ class Trie:
         (np.concatenate([gids.children, dead]), np.append(gids.leaf_item, 0).astype(np.int32)),
         mesh)
     return cls(jnp.asarray(children), jnp.asarray(leaf_item), tuple(widths), int(beam_size),
-               int(known_items))
+               int(known_items), new_leaf)
 
   @property
   def dead(self) -> int:
@@ -217,7 +223,7 @@ def _extensions(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamSt
   as the search scores them, the stepped cache). Invalid codes get -inf (after the log-softmax,
   official; before it with `renormalize`), as do codes leading to a `blocked` node ([b, m] sorted
   node ids, `blocked_nodes`, or None); codes leading to added items take their trained siblings'
-  mean with `trie.known_items`."""
+  best or mean with `trie.known_items` (`trie.new_leaf`)."""
   b, width = state.scores.shape
   k1 = trie.children.shape[1]
   previous = jnp.where(position > 0,
@@ -240,7 +246,7 @@ def _extensions(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamSt
   else:
     logp = jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), -jnp.inf)
   if trie.known_items:
-    logp = _sibling_mean(logp, trie.leaf_item[child], valid, trie.known_items)
+    logp = _unseen_leaves(logp, trie.leaf_item[child], valid, trie.known_items, trie.new_leaf)
   return logp, mutated["cache"]
 
 
@@ -265,32 +271,38 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
   return _advance(trie, state, scores, flat // k1, flat % k1, cache, position)
 
 
-def _sibling_mean(logp: jax.Array, leaf: jax.Array, valid: jax.Array,
-                  known_items: int) -> jax.Array:
+def _unseen_leaves(logp: jax.Array, leaf: jax.Array, valid: jax.Array, known_items: int,
+                   how: str) -> jax.Array:
   """Log-probabilities [b, w, K + 1] where each code leading to an item after `known_items` takes
-  the log of the mean probability of the codes leading to trained items of the same node.
+  the best log-probability of the codes leading to trained items of the same node
+  (`how='sibling_max'`), or the log of their mean probability ('sibling_mean').
 
   Args:
     logp: the step's masked log-probabilities.
     leaf: [b, w, K + 1] item at the node each code leads to (0: none, or not a leaf).
     valid: [b, w, K + 1] codes that lead somewhere.
     known_items: items with trained last codes.
+    how: 'sibling_max' or 'sibling_mean'.
   """
   new = valid & (leaf > known_items)
   trained = valid & ~new
   count = jnp.sum(trained, axis=-1, keepdims=True)
-  mean = (jax.nn.logsumexp(jnp.where(trained, logp, -jnp.inf), axis=-1, keepdims=True)
-          - jnp.log(jnp.maximum(count, 1)))
-  return jnp.where(new & (count > 0), mean, logp)
+  siblings = jnp.where(trained, logp, -jnp.inf)
+  if how == "sibling_max":
+    score = jnp.max(siblings, axis=-1, keepdims=True)
+  else:
+    score = jax.nn.logsumexp(siblings, axis=-1, keepdims=True) - jnp.log(jnp.maximum(count, 1))
+  return jnp.where(new & (count > 0), score, logp)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize",
-                                             "chunks", "steps", "known_items", "pooled",
+                                             "chunks", "steps", "known_items", "new_leaf", "pooled",
                                              "added_count"))
 def _search(params, inputs, children, leaf_item, blocked=None, added=None, *, model: ColaRec,
             widths: tuple[int, ...], beam_size: int, renormalize: bool, chunks: int, steps: int,
-            known_items: int = 0, pooled: bool = False, added_count: int = 0):
-  trie = Trie(children, leaf_item, widths, beam_size, known_items)
+            known_items: int = 0, new_leaf: str = "sibling_mean", pooled: bool = False,
+            added_count: int = 0):
+  trie = Trie(children, leaf_item, widths, beam_size, known_items, new_leaf)
   depth = steps
   encoded = _encode(model, params, inputs, chunks)
   mask = inputs["mask"]
@@ -397,5 +409,5 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
   return _search(params, inputs, trie.children, trie.leaf_item, blocked, added, model=model,
                  widths=trie.widths, beam_size=trie.beam_size, renormalize=renormalize,
                  chunks=chunks, steps=len(trie.widths) - 1 if steps is None else int(steps),
-                 known_items=trie.known_items, pooled=pooled,
+                 known_items=trie.known_items, new_leaf=trie.new_leaf, pooled=pooled,
                  added_count=int(added_count) if added is not None else 0)

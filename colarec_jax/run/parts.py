@@ -32,13 +32,13 @@ from colarec_jax.runtime import sharding
 
 def make_trie(gids: GidTable, model: ColaRec, eval_cfg: EvalConfig, mesh) -> Trie:
   """The GID trie searched with `eval_cfg.beam_size` beams (`eval.search_width` prefixes before
-  the last step); with eval.new_item_score=
-  'sibling_mean', items past the model's trained ones score their last step as their trained
-  siblings' mean."""
+  the last step); with eval.new_item_score='sibling_mean' or 'sibling_max', items past the
+  model's trained ones score their last step as their trained siblings' mean or best."""
   trained = model.config.num_items
-  known = (trained if eval_cfg.new_item_score == "sibling_mean" and gids.num_items > trained
-           else 0)
-  return Trie.build(gids, eval_cfg.beam_size, mesh, known, eval_cfg.search_width)
+  sibling = eval_cfg.new_item_score in ("sibling_mean", "sibling_max")
+  known = trained if sibling and gids.num_items > trained else 0
+  return Trie.build(gids, eval_cfg.beam_size, mesh, known, eval_cfg.search_width,
+                    eval_cfg.new_item_score if sibling else "sibling_mean")
 
 
 @dataclasses.dataclass(frozen=True)
