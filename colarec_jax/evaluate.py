@@ -21,7 +21,10 @@ from colarec_jax.data.prepare import Prepared
 from colarec_jax.data.sampling import padded_batches
 from colarec_jax.runtime.errors import ConfigError
 
-NEW_ITEM_SCORES = ("model", "sibling_mean", "sibling_max")
+# An added item's last step: pooled from its trained siblings (decode._unseen_leaves), or the
+# decoder's own score of its code ('model').
+SIBLING_SCORES = ("sibling_mean", "sibling_max")
+NEW_ITEM_SCORES = ("model",) + SIBLING_SCORES
 
 
 @dataclasses.dataclass(frozen=True)

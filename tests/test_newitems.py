@@ -135,6 +135,16 @@ def test_the_trie_scores_added_items_as_eval_new_item_score_says(workdir, score,
   assert trie.new_leaf == leaf
 
 
+def test_without_added_items_every_scoring_searches_the_plain_trie(workdir):
+  """Nothing to pool for: 'sibling_max' builds the trie 'model' and 'sibling_mean' build, so the
+  search is the one compiled program whatever eval.new_item_score says."""
+  base, _ = workspace(workdir)
+  tries = [parts_lib.make_trie(base.gids, base.model,
+                               dataclasses.replace(base.eval, new_item_score=score), base.mesh)
+           for score in ("model", "sibling_mean", "sibling_max")]
+  assert {(t.known_items, t.new_leaf) for t in tries} == {(0, "sibling_mean")}
+
+
 def test_new_items_read_the_unknown_item_token(workdir):
   add(workdir, "new.item")
   base, ws = workspace(workdir)

@@ -20,7 +20,7 @@ import numpy as np
 
 from colarec_jax.config.settings import Settings
 from colarec_jax.data.prepare import Prepared
-from colarec_jax.evaluate import EvalConfig, EvalSplit
+from colarec_jax.evaluate import SIBLING_SCORES, EvalConfig, EvalSplit
 from colarec_jax.gid.table import GidTable
 from colarec_jax.model.colarec import ColaRec, create_model
 from colarec_jax.model.inputs import InputBuilder
@@ -35,10 +35,10 @@ def make_trie(gids: GidTable, model: ColaRec, eval_cfg: EvalConfig, mesh) -> Tri
   the last step); with eval.new_item_score='sibling_mean' or 'sibling_max', items past the
   model's trained ones score their last step as their trained siblings' mean or best."""
   trained = model.config.num_items
-  sibling = eval_cfg.new_item_score in ("sibling_mean", "sibling_max")
-  known = trained if sibling and gids.num_items > trained else 0
-  return Trie.build(gids, eval_cfg.beam_size, mesh, known, eval_cfg.search_width,
-                    eval_cfg.new_item_score if sibling else "sibling_mean")
+  pooled = eval_cfg.new_item_score in SIBLING_SCORES and gids.num_items > trained
+  # Without added items to pool for, every trie is the plain one (one compiled search).
+  return Trie.build(gids, eval_cfg.beam_size, mesh, trained if pooled else 0,
+                    eval_cfg.search_width, eval_cfg.new_item_score if pooled else Trie.new_leaf)
 
 
 @dataclasses.dataclass(frozen=True)
