@@ -163,3 +163,27 @@ def test_encoder_weight_reranks_the_beam_by_pooled_dot_products(run):
   np.testing.assert_array_equal(got_items, np.take_along_axis(items, order, 1))
   np.testing.assert_allclose(got_scores, np.take_along_axis(total, order, 1), atol=1e-4)
   assert (got_items != items).any()  # the weight changed some order
+
+
+def test_greedy_report_scores_the_decoders_single_best_item_at_every_cut_off(run):
+  workdir, params = run
+  settings, ws = workspace(workdir, 20)
+  split, inputs = ws.eval_data(VALID)
+  report = diagnose.greedy_report(ws, params, split, inputs)
+  ks = settings.eval.ks
+  assert max(ks) > 1
+  # One item per user: recall is the same at every cut-off.
+  for k in ks:
+    np.testing.assert_array_equal(report.per_user[f"recall@{k}"],
+                                  report.per_user[f"recall@{ks[0]}"])
+  # Where plain greedy decoding (nothing blocked) ends at an item the user may be shown, blocking
+  # excluded items changes nothing on its path: the report scores exactly that item.
+  items, _, _ = map(np.asarray, decode.beam_search(ws.model, params, inputs,
+                                                   decode.Trie.build(ws.gids, 1)))
+  greedy = items[:, 0]
+  for r, u in enumerate(split.users):
+    if greedy[r] in split.exclude.row(u):
+      continue
+    truth = split.heldout.row(u)
+    assert report.per_user[f"recall@{max(ks)}"][r] == pytest.approx(
+        float(greedy[r] in truth) / len(truth))

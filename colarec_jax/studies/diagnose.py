@@ -55,10 +55,16 @@ def prefix_survival(parts: RunParts, params, split: EvalSplit, inputs: dict) -> 
 
 
 def greedy_report(parts: RunParts, params, split: EvalSplit, inputs: dict) -> evaluate.Report:
-  """The split's metrics from beam search at beam 1 (the decoder's single best item)."""
+  """The split's metrics from beam search at beam 1: the decoder's single best item (excluded
+  items blocked inside the search, so every user gets one), a list of one at every cut-off."""
   trie = decode.Trie.build(parts.gids, 1, parts.mesh)
-  return Ranker(parts.model, params, trie, parts.builder, parts.eval, parts.mesh).evaluate(
-      split, inputs)
+  ranker = Ranker(parts.model, params, trie, parts.builder, parts.eval, parts.mesh)
+  ranked, _ = ranker.ranked(inputs, [split.exclude.row(u) for u in split.users], 1,
+                            in_search=True)
+  ks = parts.eval.ks
+  ranked = np.pad(ranked, ((0, 0), (0, max(ks) - 1)))
+  return evaluate.evaluate_ranking(ranked, split.users, split.heldout, split.train_counts, ks,
+                                   parts.eval.long_tail_fraction)
 
 
 def encoder_report(parts: RunParts, params, split: EvalSplit, inputs: dict,
