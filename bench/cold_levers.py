@@ -2,8 +2,9 @@
 (`data.cold_item_fraction`), on a trained run, without retraining.
 
 The held-out items are indexed once (`coldstart.cold_test`); then each added items' last-step
-score (`eval.new_item_score`), search width (`eval.search_width`) and count of added-item
-candidates beside the beam (`eval.added_candidates`) ranks every test user once,
+score (`eval.new_item_score`), search width (`eval.search_width`), count of added-item
+candidates beside the beam (`eval.added_candidates`) and code-popularity prior
+(`eval.code_prior`) ranks every test user once,
 and each encoder weight (`eval.encoder_weight`) re-sorts those lists (`ranker.rescored`, as
 `Ranker.ranked` does). Rows as the protocol's table (`--mode=all`): overall, and the held-out
 items' interactions alone, beside the TF-IDF content baseline. The held-out items have no
@@ -30,7 +31,6 @@ from colarec_jax.config import stored
 from colarec_jax.config.settings import Settings
 from colarec_jax.newitems import coldstart
 from colarec_jax.ranking.ranker import rescored
-from colarec_jax.run.parts import make_trie
 
 
 def main() -> None:
@@ -40,6 +40,8 @@ def main() -> None:
   p.add_argument("--widths", default="0,1024")
   p.add_argument("--candidates", default="0", help="eval.added_candidates values")
   p.add_argument("--weights", default="0,0.5")
+  p.add_argument("--priors", default="none",
+                 help="eval.code_prior values, ';'-separated, each 'none' or weights joined by ':'")
   p.add_argument("--out", required=True)
   a = p.parse_args()
   settings = Settings.parse(stored.load(a.workdir))
@@ -51,17 +53,20 @@ def main() -> None:
       [np.asarray(parts.builder.eval_history(u), np.int64) for u in test.users], test.exclude, k))
   inputs = parts.builder.eval_inputs(test.users)
   users_h, items_h, speed = None, None, {}
-  for score, width, m in itertools.product(a.scores.split(","), map(int, a.widths.split(",")),
-                                           map(int, a.candidates.split(","))):
+  priors = [() if p == "none" else tuple(float(w) for w in p.split(":"))
+            for p in a.priors.split(";")]
+  for score, width, m, prior in itertools.product(a.scores.split(","),
+                                                  map(int, a.widths.split(",")),
+                                                  map(int, a.candidates.split(",")), priors):
     ev = dataclasses.replace(settings.eval, new_item_score=score, search_width=width,
-                             added_candidates=m, encoder_weight=0.0)
-    ranker = dataclasses.replace(parts, eval=ev, trie=make_trie(parts.gids, parts.model, ev,
-                                                                parts.mesh)).ranker(test.params)
+                             added_candidates=m, encoder_weight=0.0, code_prior=prior)
+    ranker = parts.with_eval(ev).ranker(test.params)
     if users_h is None:
       users_h, items_h = ranker.encode(inputs), ranker.item_encodings()
     start = time.perf_counter()
     items, scores = ranker.ranked(inputs, test.exclude, ranker.longest)
-    setting = f"{score}, width {width}" + (f", {m} added candidates" if m else "")
+    setting = (f"{score}, width {width}" + (f", {m} added candidates" if m else "")
+               + (f", prior {':'.join(f'{w:g}' for w in prior)}" if prior else ""))
     speed[setting] = len(items) / (time.perf_counter() - start)
     for weight in map(float, a.weights.split(",")):
       lists = rescored(items, scores, users_h, items_h, weight)[0] if weight else items

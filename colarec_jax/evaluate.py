@@ -21,7 +21,7 @@ from colarec_jax.data.prepare import Prepared
 from colarec_jax.data.sampling import padded_batches
 from colarec_jax.runtime.errors import ConfigError
 
-# An added item's last step: pooled from its trained siblings (decode._unseen_leaves), or the
+# An added item's last step: pooled from its trained siblings (decode.unseen_leaves), or the
 # decoder's own score of its code ('model').
 SIBLING_SCORES = ("sibling_mean", "sibling_max")
 NEW_ITEM_SCORES = ("model",) + SIBLING_SCORES
@@ -45,6 +45,7 @@ class EvalConfig:
   search_width: int = 0  # prefixes kept before the last step (0: beam_size; decode.py)
   encoder_weight: float = 0.0  # the beam's items rescored by + w h(X_u).h(X_i) (ranker.py)
   added_candidates: int = 0  # added items joining each list by h(X_u).h(X_i) (decode.py)
+  code_prior: tuple[float, ...] = ()  # w * log P_train(code | prefix), per GID level or for all
 
   @classmethod
   def from_config(cls, section) -> "EvalConfig":
@@ -54,7 +55,7 @@ class EvalConfig:
               int(section.decode_batch_size), int(section.valid_sample),
               bool(section.exclude_in_search), str(section.new_item_score),
               int(section.search_width), float(section.encoder_weight),
-              int(section.added_candidates))
+              int(section.added_candidates), _weights(section.code_prior))
     if out.new_item_score not in NEW_ITEM_SCORES:
       raise ConfigError("eval.new_item_score", f"got {out.new_item_score!r}, expected one of "
                         f"{', '.join(map(repr, NEW_ITEM_SCORES))}")
@@ -85,6 +86,19 @@ class EvalConfig:
     return {"ks": list(self.ks), "metric": self.metric,
             "long_tail_fraction": self.long_tail_fraction,
             "exclude_valid_at_test": self.exclude_valid_at_test, "valid_sample": self.valid_sample}
+
+
+def _weights(value) -> tuple[float, ...]:
+  """eval.code_prior as floats, each finite and >= 0."""
+  try:
+    weights = tuple(float(w) for w in value)
+  except (TypeError, ValueError):
+    weights = None
+  if weights is None or not all(0 <= w < float("inf") for w in weights):
+    shown = tuple(value) if isinstance(value, (list, tuple)) else value
+    raise ConfigError("eval.code_prior", f"got {shown!r}, expected finite weights >= 0, one for "
+                      "every GID level or one per level (() = none)")
+  return weights
 
 
 def ranking_metrics(ranked: np.ndarray, heldout: Sequence[np.ndarray],

@@ -16,9 +16,12 @@ Variants (`--config=configs/phones.py:VARIANT`):
                 NDCG@10 over 3 seeds, 12 gave 0.0348 against 0.0321;
                 bench/results/experiments/phones/levers{,-steps}/), in-batch negatives for L_bpr
                 and L_c, and the beam's items rescored with the encoder's user-item score
-                (loss.pair_negatives='in_batch', eval.encoder_weight=1.0, chosen on validation:
-                0.0404 against the paper's 0.0353 valid NDCG@10 over every validation user, 3
-                seeds; in-batch-3/, rank-levers/); items added after training tie their best
+                (loss.pair_negatives='in_batch', chosen on validation: 0.0404 against the
+                paper's 0.0353 valid NDCG@10 over every validation user, 3 seeds; in-batch-3/,
+                rank-levers/), then each code's log training popularity under its prefix added
+                past the first level (eval.code_prior=(0, 1, 1), eval.encoder_weight=2.0: 0.0415
+                against 0.0375 on the 2,000 sampled users; rank-levers/code-prior*.json);
+                items added after training tie their best
                 trained sibling (eval.new_item_score='sibling_max': held-out items' R@20 0.0918
                 against TF-IDF's 0.0506, bench/results/cold_levers_phones_in_batch.json); about
                 8 minutes on 2 cores.

@@ -5,9 +5,10 @@ Text: IDGenRec's generated short text ids (not real metadata; see the data READM
 Model: t5-small size (512 / 2048 / 8 heads / 6 + 6 layers), meant for a GPU; the variant
 `--config=configs/sports.py:cpu` is the cpu budget (`config.cpu_budget`: the default config's
 small model, validation on 2,000 sampled users) with 12 epochs of 300 batches, in-batch
-negatives, eval.encoder_weight=1.0 and eval.new_item_score='sibling_max', as phones and beauty
-chose on their validation splits (bench/results/experiments/{phones,beauty}/{levers-steps,
-in-batch-3}/; the last on their cold-start protocol's test, bench/results/cold_levers_*.json):
+negatives, eval.code_prior=(0, 1, 1), eval.encoder_weight=2.0 and
+eval.new_item_score='sibling_max', as phones and beauty chose on their validation splits
+(bench/results/experiments/{phones,beauty}/{levers-steps,in-batch-3,rank-levers}/; the last on
+their cold-start protocol's test, bench/results/cold_levers_*.json):
 sports is the dataset nobody tunes on, so it takes the settings the other two chose, never its own.
 """
 

@@ -84,6 +84,26 @@ def test_full_beam_equals_exhaustive_ranking(setup, renormalize):
     np.testing.assert_array_equal(codes[row][:NUM_ITEMS], gids.codes[found])
 
 
+def test_a_prior_adds_its_row_of_each_prefixs_node_to_every_step(setup):
+  """With a trie `prior` (any [nodes, K + 1] table) and a beam holding every item, each item
+  scores its GID's log-probability plus the prior at each node its path leaves, and the items
+  come in that order: a different order than without the prior for some input."""
+  gids, inputs, params = setup
+  prior = np.random.default_rng(3).normal(0, 2, (len(gids.children), K + 1)).astype(np.float32)
+  items, scores, _ = map(np.asarray, decode.beam_search(
+      MODEL, params, inputs, decode.Trie.build(gids, 32, prior=prior)))
+  exact = exhaustive_scores(params, inputs, gids, renormalize=False)
+  paths = np.concatenate([np.zeros((NUM_ITEMS + 1, 1), np.int64), gids.item_paths], 1)
+  added = np.array([sum(prior[paths[i, t], gids.codes[i, t]] for t in range(DEPTH))
+                    for i in range(NUM_ITEMS + 1)])
+  reference = exact + added[None]
+  for row in range(len(items)):
+    expected = np.argsort(-reference[row][1:], kind="stable") + 1
+    np.testing.assert_array_equal(items[row][:NUM_ITEMS], expected)
+    np.testing.assert_allclose(scores[row][:NUM_ITEMS], reference[row][expected], atol=1e-4)
+  assert (np.argsort(-reference[:, 1:], 1) != np.argsort(-exact[:, 1:], 1)).any()
+
+
 def test_blocked_nodes_are_the_subtrees_of_excluded_items_only():
   gids = GidTable.from_codes(np.asarray([[1, 1, 1], [1, 1, 2], [1, 2, 1], [2, 1, 1]]), 2)
   paths = gids.item_paths

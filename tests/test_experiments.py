@@ -225,8 +225,10 @@ def test_paper_datasets_have_a_cpu_budget_variant(name):
   assert cpu.data.to_dict() == paper.data.to_dict()  # the same dataset and split
   # The negatives and encoder weight phones and beauty chose on validation; the paper size
   # trains and ranks as the paper.
-  assert (cpu.loss.pair_negatives, cpu.eval.encoder_weight) == ("in_batch", 1.0)
+  assert (cpu.loss.pair_negatives, cpu.eval.encoder_weight) == ("in_batch", 2.0)
   assert (paper.loss.pair_negatives, paper.eval.encoder_weight) == ("single", 0.0)
+  # The code-popularity prior chosen with it (rank-levers/code-prior*.json); the paper has none.
+  assert (tuple(cpu.eval.code_prior), tuple(paper.eval.code_prior)) == ((0.0, 1.0, 1.0), ())
   # Added items tie their best sibling where the encoder's term orders them (cold_levers_*.json)
   assert (cpu.eval.new_item_score, paper.eval.new_item_score) == ("sibling_max", "sibling_mean")
   with pytest.raises(ValueError, match="unknown variant 'gpu'"):

@@ -150,3 +150,23 @@ def test_table_numbers_nodes_as_inserting_items_in_order(n, branching, depth):
   np.testing.assert_array_equal(table.node_depth, node_depth)
   np.testing.assert_array_equal(table.leaf_item, leaf_item)
   np.testing.assert_array_equal(table.item_leaf_parent, parents)
+
+
+def test_code_prior_is_each_codes_smoothed_share_of_its_prefixs_interactions():
+  """Hand-computed: items [1,1], [1,2], [2,1] (K=2, l=2) with 3, 0 and 5 interactions. At the
+  root, code 1 leads to 3 + 0 interactions and code 2 to 5: (3 + 1) / (4 + 6) and 6 / 10. Under
+  prefix [1]: (3 + 1) / 5 and (0 + 1) / 5; under [2] only code 1 leads anywhere: 1 (log 0)."""
+  table = GidTable.from_codes(np.array([[1, 1], [1, 2], [2, 1]]), 2)
+  prior = table.code_prior(np.array([0, 3, 0, 5]))
+  assert prior.shape == (len(table.children), 3) and prior.dtype == np.float32
+  node = lambda *codes: table.item_paths[table.item_of(codes)][len(codes) - 1]
+  np.testing.assert_allclose(np.exp(prior[0, 1:]), [4 / 10, 6 / 10], rtol=1e-6)
+  assert (prior[node(1, 1)] == 0).all()  # a leaf chooses no code
+  under_1 = table.children[0, 1]
+  np.testing.assert_allclose(np.exp(prior[under_1, 1:]), [4 / 5, 1 / 5], rtol=1e-6)
+  under_2 = table.children[0, 2]
+  np.testing.assert_allclose(prior[under_2], [0, 0, 0], atol=1e-7)  # one child: log 1
+  assert (prior[:, 0] == 0).all()  # code 0 leads nowhere
+  # Counts shorter than the catalogue (items added later): those items count 0.
+  np.testing.assert_allclose(table.code_prior(np.array([0, 3, 0]))[under_1, 1:],
+                             np.log([4 / 5, 1 / 5]), rtol=1e-6)

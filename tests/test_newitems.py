@@ -13,8 +13,9 @@ from conftest import FIXTURES
 from colarec_jax.cli import modes
 from colarec_jax.ranking import decode
 from colarec_jax.training import loop as train_lib
-from colarec_jax.runtime.errors import DataError
+from colarec_jax.runtime.errors import ConfigError, DataError
 from colarec_jax.data import fileio
+from colarec_jax.data.dataset import TRAIN
 from colarec_jax.gid import overlay
 from colarec_jax.model.colarec import UNKNOWN_ITEM
 from colarec_jax.config.settings import Settings
@@ -145,6 +146,51 @@ def test_without_added_items_every_scoring_searches_the_plain_trie(workdir):
   assert {(t.known_items, t.new_leaf) for t in tries} == {(0, "sibling_mean")}
 
 
+def test_eval_code_prior_weights_each_levels_code_popularity_by_training_interactions(workdir):
+  """eval.code_prior reaches the trie: under each node at depth t, weight t times the log of each
+  code's share of the training interactions below it, every child counted once more (counted
+  here by walking each interaction's path); a code leading to an added item takes its trained
+  siblings' best, as its decoder score does with 'sibling_max'. Wrong lengths are refused."""
+  add(workdir, "new.item")
+  _, ws = workspace(workdir)
+  depth, trained = ws.gids.depth, ws.model.config.num_items
+  assert ws.gids.num_items > trained
+  weights = tuple(float(w) for w in np.linspace(0.5, 2.0, depth))
+  ev = dataclasses.replace(ws.eval, code_prior=weights, new_item_score="sibling_max")
+  prior = np.asarray(ws.with_eval(ev).trie.prior)
+  below = np.zeros(len(ws.gids.children))
+  for item in ws.prepared.rows(TRAIN)[1]:
+    node = 0
+    for code in ws.gids.codes[item]:
+      node = ws.gids.children[node, code]
+      below[node] += 1
+  pooled = 0
+  for node, children in enumerate(ws.gids.children):
+    valid = children >= 0
+    if not valid.any():
+      assert (prior[node] == 0).all()
+      continue
+    share = (below[children[valid]] + 1) / (below[children[valid]] + 1).sum()
+    expected = np.zeros(len(children))
+    expected[valid] = weights[ws.gids.node_depth[node]] * np.log(share)
+    added = valid & (ws.gids.leaf_item[np.maximum(children, 0)] > trained)
+    if added.any() and (valid & ~added).any():
+      expected[added] = expected[valid & ~added].max()
+      pooled += 1
+    np.testing.assert_allclose(prior[node], expected, rtol=1e-5, atol=1e-6)
+  assert pooled  # some added item sits beside trained siblings
+  assert (prior[-1] == 0).all()  # the dead node
+  for none in ((), (0.0,), (0.0,) * depth):
+    assert ws.with_eval(dataclasses.replace(ws.eval, code_prior=none)).trie.prior is None
+  # One weight is every level's.
+  every = ws.with_eval(dataclasses.replace(ws.eval, code_prior=(1.5,))).trie.prior
+  same = ws.with_eval(dataclasses.replace(ws.eval, code_prior=(1.5,) * depth)).trie.prior
+  np.testing.assert_array_equal(np.asarray(every), np.asarray(same))
+  with pytest.raises(ConfigError, match=rf"eval.code_prior: got 2 weights \(1.0, 1.0\), "
+                     rf"expected one for every GID level or one per level \({depth}\)"):
+    ws.with_eval(dataclasses.replace(ws.eval, code_prior=(1.0, 1.0)))
+
+
 def test_new_items_read_the_unknown_item_token(workdir):
   add(workdir, "new.item")
   base, ws = workspace(workdir)
@@ -182,8 +228,7 @@ def test_added_candidates_join_the_beam_scored_as_the_full_search_scores_them(wo
   params, _ = best_params(workdir, base)
   n = base.gids.num_items
   ev = dataclasses.replace(ws.eval, new_item_score="sibling_mean", beam_size=10)
-  at = lambda e: dataclasses.replace(ws, eval=e, trie=parts_lib.make_trie(ws.gids, ws.model, e,
-                                                                          ws.mesh))
+  at = ws.with_eval
   users = np.arange(1, 49)
   inputs, none = ws.builder.eval_inputs(users), [np.zeros(0, np.int64)] * len(users)
   plain = at(ev).ranker(params)

@@ -58,8 +58,7 @@ def _popularity_scores(counts, users):
 def popularity_scores(prepared: Prepared, num_items: int = 0):
   """MostPop's score function: [batch] users -> [batch, num_items + 1] training interaction
   counts (`num_items` beyond the dataset's: items added later, with none)."""
-  num_items = max(num_items, prepared.dataset.num_items)
-  counts = np.bincount(prepared.rows(TRAIN)[1], minlength=num_items + 1)
+  counts = prepared.item_counts(TRAIN, num_items)
   return functools.partial(_popularity_scores, jnp.asarray(counts, jnp.float32))
 
 

@@ -248,7 +248,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Not in the paper: the beam's items rescored by log p(GID) + w * h(X_u).h(X_i), the user-item
   # score the encoder learns through L_bpr (h: the pooled encoding; X_i the item's indexing input
   # without user slots, encoded once per loaded model). 0 = the GID's log-probability alone (the
-  # paper); the cpu budget's configs use 1.0 (`cpu_budget`).
+  # paper); the cpu budget's configs use 2.0 (`cpu_budget`).
   evaluation.encoder_weight = 0.0
   # Not in the paper: items added after training (--mode=add_items, the cold-start protocol)
   # reach a list only through the beam, which their untrained last code and unseen prefixes keep
@@ -257,6 +257,14 @@ def base_config() -> ml_collections.ConfigDict:
   # eval.new_item_score says, plus the encoder term). 0 = the beam alone. No effect without
   # added items.
   evaluation.added_candidates = 0
+  # Not in the paper: weights w_t, one per GID level (or one for every level), on
+  # log P(code | prefix), each code's share of the training interactions under its prefix (each
+  # code counted once more), added to the decoder's log-probability at step t of the search; at
+  # equal weights the terms sum to w * log of the item's (smoothed) popularity. () = none (the
+  # paper). Past the first level the small model's codes predict the held-out item no better
+  # than this popularity (bench/quality.py's per-level NLL), so the search weighs the two; the
+  # cpu budget's configs use (0, 1, 1) (`cpu_budget`).
+  evaluation.code_prior = ()
   return config
 
 
@@ -295,24 +303,33 @@ def cpu_budget(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   inputs), 3 epochs of 300 batches of 64 at learning rate 1e-3, LightGCN capped at 60 epochs,
   validation on a fixed sample of 2,000 users (the test still ranks every user), L_bpr and L_c
   as softmaxes over the batch's items (loss.pair_negatives='in_batch') and the beam's items
-  rescored with the encoder's user-item score at weight 1.0 (eval.encoder_weight). Both chosen
-  on every validation user of phones and beauty, 3 seeds each: valid NDCG@10 0.0404 / 0.0277
-  (in-batch, best weight 1.0 of 0-3 on both) against 0.0372 / 0.0261 for the paper's single
-  negative at its best weight, 0.5 (bench/results/experiments/{phones,beauty}/in-batch-3/,
-  rank-levers/). Items added after training tie their best trained sibling at the last step
+  rescored with the encoder's user-item score (eval.encoder_weight). Both chosen on every
+  validation user of phones and beauty, 3 seeds each: valid NDCG@10 0.0404 / 0.0277 (in-batch,
+  best weight 1.0 of 0-3 on both) against 0.0372 / 0.0261 for the paper's single negative at its
+  best weight, 0.5 (bench/results/experiments/{phones,beauty}/in-batch-3/, rank-levers/). Then
+  the search also adds each code's log training popularity under its prefix at the levels past
+  the first (eval.code_prior=(0, 1, 1): the levels whose codes the small model predicts no better
+  than that popularity), the encoder weight chosen again with it, 2.0: on 2,000 validation users
+  of the same runs 0.0415 / 0.0325 against 0.0375 / 0.0297 without it (weight 1.0). The best
+  mean on validation, popularity at weight 2 on every level with encoder weight 3 (0.0420 /
+  0.0334), puts beauty's held-out items below TF-IDF in the cold-start protocol (R@20 0.0679
+  against 0.0771); rank-levers/code-prior*.json, bench/results/cold_levers_*_prior*.json.
+  Items added after training tie their best trained sibling at the last step, in the prior too
   (eval.new_item_score='sibling_max'), the encoder's term ordering them against it. In the
-  cold-start protocol (phones / beauty, one seed): held-out items' R@20 0.0918 / 0.0796 against
-  0.0655 / 0.0410 for 'sibling_mean', 0.0007 / 0.0011 for 'model' and 0.0506 / 0.0771 for TF-IDF;
-  overall R@20 0.0825 / 0.0660 against 0.0850 / 0.0593 and 0.0774 / 0.0552. The held-out items
-  have no validation interactions, so this rests on the protocol's test split
-  (bench/results/cold_levers_{phones,beauty}_in_batch.json)."""
+  cold-start protocol (phones / beauty, one seed, weight 1.0, no prior): held-out items' R@20
+  0.0918 / 0.0796 against 0.0655 / 0.0410 for 'sibling_mean', 0.0007 / 0.0011 for 'model' and
+  0.0506 / 0.0771 for TF-IDF; overall R@20 0.0825 / 0.0660 against 0.0850 / 0.0593 and 0.0774 /
+  0.0552 (bench/results/cold_levers_{phones,beauty}_in_batch.json); with the prior and weight
+  2.0, held-out 0.0922 / 0.0795, overall 0.0863 / 0.0710 (cold_levers_*_prior_b.json). The
+  held-out items have no validation interactions, so this rests on the protocol's test split."""
   cpu_model(config)
   config.optim.update(batch_size=64, learning_rate=1e-3)
   config.train.update(epochs=3, steps_per_epoch=300)
   config.cf.epochs = 60
   config.eval.valid_sample = 2000
   config.loss.pair_negatives = "in_batch"
-  config.eval.encoder_weight = 1.0
+  config.eval.encoder_weight = 2.0
+  config.eval.code_prior = (0.0, 1.0, 1.0)
   config.eval.new_item_score = "sibling_max"
   return config
 

@@ -60,6 +60,10 @@ class Prepared:
     mask = self.split == part
     return self.dataset.users[mask], self.dataset.items[mask]
 
+  def item_counts(self, part: int, num_items: int = 0) -> np.ndarray:
+    """[max(num_items, dataset items) + 1] each item's interactions in one split part."""
+    return np.bincount(self.rows(part)[1], minlength=max(num_items, self.dataset.num_items) + 1)
+
   def csr(self, *parts: int) -> Csr:
     """Each user's items in the given split parts, in time order (part by part)."""
     mask = np.isin(self.split, parts)

@@ -111,6 +111,20 @@ class GidTable:
     """[num_nodes] int64: the number of items under each trie node (1 at a leaf)."""
     return np.bincount(self.item_paths[1:].ravel(), minlength=len(self.children))
 
+  def code_prior(self, item_counts: np.ndarray) -> np.ndarray:
+    """[num_nodes, K + 1] float32 log P(code | node) of the codes' popularity: each code's share
+    of the interactions `item_counts` ([num_items + 1], e.g. training counts) under its node,
+    each child counted once more (so an item without interactions, such as one added after
+    training, has a finite score); 0 at codes that lead nowhere."""
+    counts = np.zeros(self.num_items + 1)
+    counts[:len(item_counts)] = np.asarray(item_counts)[:self.num_items + 1]
+    under = np.zeros(len(self.children))
+    np.add.at(under, self.item_paths[1:].ravel(), np.repeat(counts[1:], self.depth))
+    valid = self.children >= 0
+    smoothed = np.where(valid, under[np.maximum(self.children, 0)] + 1, 0)
+    total = np.maximum(smoothed.sum(axis=1, keepdims=True), 1)
+    return np.where(valid, np.log(np.maximum(smoothed, 1) / total), 0).astype(np.float32)
+
   def last_level_items(self, items: np.ndarray) -> np.ndarray:
     """[n, K + 1] int32: under each item's leaf parent (its first l-1 codes), the item each last
     code leads to (0: no item). Row i holds i itself at column codes[i, -1]; item 0: all 0."""

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from colarec_jax.gid import overlay
-from colarec_jax.run.parts import RunParts, make_trie
+from colarec_jax.run.parts import RunParts
 
 
 def load(parts: RunParts, workdir: str) -> overlay.NewItems | None:
@@ -36,5 +36,4 @@ def with_new_items(parts: RunParts, new: overlay.NewItems | None) -> RunParts:
   gids = overlay.extend(parts.gids, new.codes)
   return dataclasses.replace(
       parts, prepared=prepared, gids=gids, _eval_data={},
-      builder=parts.builder.with_items(new.tokens, prepared.pad_id, gids),
-      trie=make_trie(gids, parts.model, parts.eval, parts.mesh))
+      builder=parts.builder.with_items(new.tokens, prepared.pad_id, gids)).with_eval(parts.eval)

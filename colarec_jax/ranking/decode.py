@@ -14,6 +14,8 @@ trained sibling's (an unseen leaf is not penalised; the encoder's term, `eval.en
 then orders it against that sibling); 'model' keeps the decoder's own.
 With `added_candidates` each input's best m added items by h(X_u).h(X_i) are also scored beside
 the beam, by the search's own cached steps forced along their codes (`_added_candidates`).
+A trie with a `prior` (`eval.code_prior`) adds to every step's log-probabilities its node's row,
+the weighted log popularity of each code under the beam's prefix (`GidTable.code_prior`).
 
 Beam widths grow with the tree: step t can only hold as many distinct prefixes as the trie has
 nodes at depth t, at most K^t, so widths are 1, min(beam, K), ... and the first steps are cheap.
@@ -79,6 +81,8 @@ class Trie:
     known_items: 0, or the items the model was trained on: leaves of later items then score as
       their trained siblings' mean or best (`new_leaf`; see the module docstring).
     new_leaf: 'sibling_mean' or 'sibling_max', how those leaves score.
+    prior: None, or [num_nodes + 1, K + 1] float32 added to the log-probabilities of the codes
+      under each node (0 for the dead node).
   """
 
   children: jax.Array
@@ -87,26 +91,29 @@ class Trie:
   beam_size: int
   known_items: int = 0
   new_leaf: str = "sibling_mean"
+  prior: jax.Array | None = None
 
   @classmethod
   def build(cls, gids: GidTable, beam_size: int, mesh: jax.sharding.Mesh | None = None,
             known_items: int = 0, search_width: int = 0,
-            new_leaf: str = "sibling_mean") -> "Trie":
+            new_leaf: str = "sibling_mean", prior: np.ndarray | None = None) -> "Trie":
     """The arrays go on every device of `mesh` once, not to the devices on every search.
     `known_items` > 0 scores the leaves of items after them as their siblings' best or mean
     (`new_leaf`);
-    `search_width` > `beam_size` keeps that many prefixes before the last step."""
+    `search_width` > `beam_size` keeps that many prefixes before the last step;
+    `prior` ([num_nodes, K + 1]) is added to each step's log-probabilities under each node."""
     dead = np.full((1, gids.branching + 1), -1, np.int32)
     per_depth = np.bincount(gids.node_depth, minlength=gids.depth + 1)
     widths = [1]
     for t in range(1, gids.depth + 1):
       kept = beam_size if t == gids.depth else max(beam_size, search_width)
       widths.append(int(min(kept, widths[-1] * gids.branching, per_depth[t])))
-    children, leaf_item = sharding_lib.replicate(
-        (np.concatenate([gids.children, dead]), np.append(gids.leaf_item, 0).astype(np.int32)),
-        mesh)
-    return cls(jnp.asarray(children), jnp.asarray(leaf_item), tuple(widths), int(beam_size),
-               int(known_items), new_leaf)
+    arrays = (np.concatenate([gids.children, dead]), np.append(gids.leaf_item, 0).astype(np.int32))
+    if prior is not None:
+      arrays += (np.concatenate([prior, np.zeros_like(dead, np.float32)]).astype(np.float32),)
+    arrays = tuple(map(jnp.asarray, sharding_lib.replicate(arrays, mesh)))
+    return cls(*arrays[:2], tuple(widths), int(beam_size), int(known_items), new_leaf,
+               arrays[2] if prior is not None else None)
 
   @property
   def dead(self) -> int:
@@ -223,7 +230,8 @@ def _extensions(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamSt
   as the search scores them, the stepped cache). Invalid codes get -inf (after the log-softmax,
   official; before it with `renormalize`), as do codes leading to a `blocked` node ([b, m] sorted
   node ids, `blocked_nodes`, or None); codes leading to added items take their trained siblings'
-  best or mean with `trie.known_items` (`trie.new_leaf`)."""
+  best or mean with `trie.known_items` (`trie.new_leaf`); then the trie's `prior` row of each
+  beam's node is added."""
   b, width = state.scores.shape
   k1 = trie.children.shape[1]
   previous = jnp.where(position > 0,
@@ -246,7 +254,9 @@ def _extensions(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamSt
   else:
     logp = jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), -jnp.inf)
   if trie.known_items:
-    logp = _unseen_leaves(logp, trie.leaf_item[child], valid, trie.known_items, trie.new_leaf)
+    logp = unseen_leaves(logp, trie.leaf_item[child], valid, trie.known_items, trie.new_leaf)
+  if trie.prior is not None:
+    logp = logp + trie.prior[state.nodes]
   return logp, mutated["cache"]
 
 
@@ -271,7 +281,7 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
   return _advance(trie, state, scores, flat // k1, flat % k1, cache, position)
 
 
-def _unseen_leaves(logp: jax.Array, leaf: jax.Array, valid: jax.Array, known_items: int,
+def unseen_leaves(logp: jax.Array, leaf: jax.Array, valid: jax.Array, known_items: int,
                    how: str) -> jax.Array:
   """Log-probabilities [b, w, K + 1] where each code leading to an item after `known_items` takes
   the best log-probability of the codes leading to trained items of the same node
@@ -298,11 +308,11 @@ def _unseen_leaves(logp: jax.Array, leaf: jax.Array, valid: jax.Array, known_ite
 @functools.partial(jax.jit, static_argnames=("model", "widths", "beam_size", "renormalize",
                                              "chunks", "steps", "known_items", "new_leaf", "pooled",
                                              "added_count"))
-def _search(params, inputs, children, leaf_item, blocked=None, added=None, *, model: ColaRec,
-            widths: tuple[int, ...], beam_size: int, renormalize: bool, chunks: int, steps: int,
-            known_items: int = 0, new_leaf: str = "sibling_mean", pooled: bool = False,
-            added_count: int = 0):
-  trie = Trie(children, leaf_item, widths, beam_size, known_items, new_leaf)
+def _search(params, inputs, children, leaf_item, blocked=None, added=None, prior=None, *,
+            model: ColaRec, widths: tuple[int, ...], beam_size: int, renormalize: bool,
+            chunks: int, steps: int, known_items: int = 0, new_leaf: str = "sibling_mean",
+            pooled: bool = False, added_count: int = 0):
+  trie = Trie(children, leaf_item, widths, beam_size, known_items, new_leaf, prior)
   depth = steps
   encoded = _encode(model, params, inputs, chunks)
   mask = inputs["mask"]
@@ -406,8 +416,8 @@ def beam_search(model: ColaRec, params, inputs: dict, trie: Trie, *, renormalize
   cfg = model.config.transformer
   chunks = encoder_chunks(*mask.shape, cfg.d_ff * jnp.dtype(cfg.dtype).itemsize, shards=shards,
                           platform=platform)
-  return _search(params, inputs, trie.children, trie.leaf_item, blocked, added, model=model,
-                 widths=trie.widths, beam_size=trie.beam_size, renormalize=renormalize,
+  return _search(params, inputs, trie.children, trie.leaf_item, blocked, added, trie.prior,
+                 model=model, widths=trie.widths, beam_size=trie.beam_size, renormalize=renormalize,
                  chunks=chunks, steps=len(trie.widths) - 1 if steps is None else int(steps),
                  known_items=trie.known_items, new_leaf=trie.new_leaf, pooled=pooled,
                  added_count=int(added_count) if added is not None else 0)

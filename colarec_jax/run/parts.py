@@ -16,29 +16,66 @@ import hashlib
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from colarec_jax.config.settings import Settings
+from colarec_jax.data.dataset import TRAIN
 from colarec_jax.data.prepare import Prepared
 from colarec_jax.evaluate import SIBLING_SCORES, EvalConfig, EvalSplit
 from colarec_jax.gid.table import GidTable
 from colarec_jax.model.colarec import ColaRec, create_model
 from colarec_jax.model.inputs import InputBuilder
-from colarec_jax.ranking.decode import Trie
+from colarec_jax.ranking.decode import Trie, unseen_leaves
 from colarec_jax.ranking.ranker import Ranker
 from colarec_jax.run import stages, store
 from colarec_jax.runtime import sharding
+from colarec_jax.runtime.errors import ConfigError
 
 
-def make_trie(gids: GidTable, model: ColaRec, eval_cfg: EvalConfig, mesh) -> Trie:
+def make_trie(gids: GidTable, model: ColaRec, eval_cfg: EvalConfig, mesh,
+              item_counts: np.ndarray | None = None) -> Trie:
   """The GID trie searched with `eval_cfg.beam_size` beams (`eval.search_width` prefixes before
   the last step); with eval.new_item_score='sibling_mean' or 'sibling_max', items past the
-  model's trained ones score their last step as their trained siblings' mean or best."""
+  model's trained ones score their last step as their trained siblings' mean or best; with
+  eval.code_prior, each level's weight times the log popularity of its codes under their prefix
+  by `item_counts` (the items' training interactions) joins the search's step scores.
+
+  Raises:
+    ConfigError: eval.code_prior does not hold one weight per GID level.
+  """
   trained = model.config.num_items
   pooled = eval_cfg.new_item_score in SIBLING_SCORES and gids.num_items > trained
   # Without added items to pool for, every trie is the plain one (one compiled search).
-  return Trie.build(gids, eval_cfg.beam_size, mesh, trained if pooled else 0,
-                    eval_cfg.search_width, eval_cfg.new_item_score if pooled else Trie.new_leaf)
+  known, leaf = (trained, eval_cfg.new_item_score) if pooled else (0, Trie.new_leaf)
+  return Trie.build(gids, eval_cfg.beam_size, mesh, known, eval_cfg.search_width, leaf,
+                    code_prior(gids, eval_cfg.code_prior, item_counts, known, leaf))
+
+
+def code_prior(gids: GidTable, weights: tuple[float, ...], item_counts: np.ndarray | None,
+               known_items: int = 0, new_leaf: str = Trie.new_leaf) -> np.ndarray | None:
+  """[num_nodes, K + 1] the weighted log popularity the search adds under each node (the weight
+  of the level its codes choose: eval.code_prior holds one per level, or one for every level),
+  or None when every weight is 0. With `known_items`, a code leading to a later item (which has
+  no training interactions) takes its trained siblings' best or mean, as the decoder's own score
+  does (`new_leaf`): an added item is not ranked down for being new."""
+  if len(weights) == 1:
+    weights = tuple(weights) * gids.depth
+  if weights and len(weights) != gids.depth:
+    raise ConfigError("eval.code_prior", f"got {len(weights)} weights {tuple(weights)}, expected "
+                      f"one for every GID level or one per level ({gids.depth}), or () for none")
+  if not any(weights):
+    return None
+  if item_counts is None:
+    raise ValueError("eval.code_prior needs the items' training interaction counts")
+  per_node = np.append(np.asarray(weights, np.float32), 0)[gids.node_depth]  # leaves choose none
+  prior = gids.code_prior(item_counts) * per_node[:, None]
+  if known_items:
+    valid = gids.children >= 0
+    leaf = np.where(valid, gids.leaf_item[np.maximum(gids.children, 0)], 0)
+    prior = np.asarray(unseen_leaves(jnp.asarray(prior), jnp.asarray(leaf), jnp.asarray(valid),
+                                     known_items, new_leaf))
+  return prior
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +127,12 @@ class RunParts:
       self._eval_data[part] = (split, self.builder.eval_inputs(split.users))
     return self._eval_data[part]
 
+  def with_eval(self, eval_cfg: EvalConfig) -> "RunParts":
+    """These parts ranking as `eval_cfg` says (its trie built again)."""
+    counts = self.prepared.item_counts(TRAIN, self.gids.num_items)
+    return dataclasses.replace(self, eval=eval_cfg, trie=make_trie(self.gids, self.model,
+                                                                   eval_cfg, self.mesh, counts))
+
   def ranker(self, params, batch_size: int = 0) -> Ranker:
     """A `Ranker` of `params` on this run's trie and mesh (`batch_size` rows per beam-search call;
     0: eval.decode_batch_size)."""
@@ -121,7 +164,7 @@ def build(settings: Settings, workdir: str, *, log=print, prepared: Prepared | N
                        num_users=ds.num_users, branching=gids.branching, depth=gids.depth)
   mesh = sharding.make_mesh(settings.num_devices)
   return RunParts(prepared, gids, builder, model, mesh, settings.eval,
-                  make_trie(gids, model, settings.eval, mesh))
+                  make_trie(gids, model, settings.eval, mesh, prepared.item_counts(TRAIN)))
 
 
 def checkpoints(parts: RunParts, settings: Settings, workdir: str) -> store.CheckpointStore:
