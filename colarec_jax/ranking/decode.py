@@ -282,7 +282,7 @@ def _step(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamState, p
 
 
 def unseen_leaves(logp: jax.Array, leaf: jax.Array, valid: jax.Array, known_items: int,
-                   how: str) -> jax.Array:
+                  how: str) -> jax.Array:
   """Log-probabilities [b, w, K + 1] where each code leading to an item after `known_items` takes
   the best log-probability of the codes leading to trained items of the same node
   (`how='sibling_max'`), or the log of their mean probability ('sibling_mean').

@@ -42,7 +42,7 @@ def make_trie(gids: GidTable, model: ColaRec, eval_cfg: EvalConfig, mesh,
   by `item_counts` (the items' training interactions) joins the search's step scores.
 
   Raises:
-    ConfigError: eval.code_prior does not hold one weight per GID level.
+    ConfigError: eval.code_prior holds neither one weight nor one per GID level.
   """
   trained = model.config.num_items
   pooled = eval_cfg.new_item_score in SIBLING_SCORES and gids.num_items > trained
