@@ -50,10 +50,11 @@ def search_key(width: int, prior: tuple[float, ...]) -> str:
 
 def rank_run(workdir: str, widths: list[int], weights: list[float], test_widths: list[int],
              valid_sample: int | None = None, priors: list[tuple[float, ...]] = ((),),
-             log=print) -> dict:
+             in_search: bool | None = None, log=print) -> dict:
   """{split: {(width, prior, weight): Report}} and {split: {search_key: users/s}} for one
   trained run (`valid_sample`: eval.valid_sample instead of the run's, 0 = every validation
-  user; `priors`: eval.code_prior values, () for none)."""
+  user; `priors`: eval.code_prior values, () for none; `in_search`: eval.exclude_in_search
+  instead of the run's)."""
   reports, speed, user_codes = {}, {}, {}
   # The stages as trained (read-only), built and loaded once: eval.valid_sample is in LightGCN's
   # stage key (its own validation), so it changes only the parts' validation split, never a stage.
@@ -64,6 +65,9 @@ def rank_run(workdir: str, widths: list[int], weights: list[float], test_widths:
   if valid_sample is not None:
     base = dataclasses.replace(base, eval=dataclasses.replace(base.eval,
                                                               valid_sample=valid_sample))
+  if in_search is not None:
+    base = dataclasses.replace(base, eval=dataclasses.replace(base.eval,
+                                                              exclude_in_search=in_search))
   item_codes = base.ranker(params).item_encodings()
   for width, prior in itertools.product(widths, priors):
     ev = dataclasses.replace(base.eval, search_width=width, encoder_weight=0.0, code_prior=prior)
@@ -144,6 +148,8 @@ def main() -> None:
                       "joined by ':' (e.g. 'none;0:1:1')")
   p.add_argument("--valid_sample", type=int, default=None,
                  help="eval.valid_sample (default: the runs'; 0: every validation user)")
+  p.add_argument("--exclude_in_search", choices=("true", "false"), default=None,
+                 help="eval.exclude_in_search (default: the runs')")
   p.add_argument("--out", required=True)
   a = p.parse_args()
   widths = [int(w) for w in a.widths.split(",")]
@@ -152,11 +158,13 @@ def main() -> None:
   weights = [float(w) for w in a.weights.split(",")]
   priors = [() if p == "none" else tuple(float(w) for w in p.split(":"))
             for p in a.priors.split(";")]
-  runs = {folder: rank_run(folder, widths, weights, test_widths, a.valid_sample, priors)
+  in_search = None if a.exclude_in_search is None else a.exclude_in_search == "true"
+  runs = {folder: rank_run(folder, widths, weights, test_widths, a.valid_sample, priors, in_search)
           for folder in sorted(glob.glob(a.runs))}
   if not runs:
     raise SystemExit(f"--runs={a.runs!r} matches no folder")
   out = {"runs": sorted(runs), "widths": widths, "priors": [list(p) for p in priors],
+         "exclude_in_search": in_search,
          "weights": weights, "valid_sample": a.valid_sample,
          "users_per_second": {name: {key: [float(r["users_per_second"][name][key])
                                            for r in runs.values()]
