@@ -25,6 +25,7 @@ import json
 import os
 import time
 
+import common
 import numpy as np
 
 from colarec_jax.config import stored
@@ -44,6 +45,7 @@ def main() -> None:
                  help="eval.code_prior values, ';'-separated, each 'none' or weights joined by ':'")
   p.add_argument("--out", required=True)
   a = p.parse_args()
+  priors = common.parse_priors(p, "--priors", a.priors)
   settings = Settings.parse(stored.load(a.workdir))
   test = coldstart.cold_test(settings, a.workdir)
   parts, k = test.parts, max(settings.eval.ks)
@@ -53,8 +55,6 @@ def main() -> None:
       [np.asarray(parts.builder.eval_history(u), np.int64) for u in test.users], test.exclude, k))
   inputs = parts.builder.eval_inputs(test.users)
   users_h, items_h, speed = None, None, {}
-  priors = [() if p == "none" else tuple(float(w) for w in p.split(":"))
-            for p in a.priors.split(";")]
   for score, width, m, prior in itertools.product(a.scores.split(","),
                                                   map(int, a.widths.split(",")),
                                                   map(int, a.candidates.split(",")), priors):
@@ -66,7 +66,7 @@ def main() -> None:
     start = time.perf_counter()
     items, scores = ranker.ranked(inputs, test.exclude, ranker.longest)
     setting = (f"{score}, width {width}" + (f", {m} added candidates" if m else "")
-               + (f", prior {':'.join(f'{w:g}' for w in prior)}" if prior else ""))
+               + (f", prior {common.prior_label(prior)}" if prior else ""))
     speed[setting] = len(items) / (time.perf_counter() - start)
     for weight in map(float, a.weights.split(",")):
       lists = rescored(items, scores, users_h, items_h, weight)[0] if weight else items

@@ -123,6 +123,21 @@ def parse_counts(parser, flag: str, text: str) -> list[int]:
   return counts
 
 
+def parse_priors(parser, flag: str, text: str) -> list[tuple[float, ...]]:
+  """'none;0:1:1' (a flag's ';'-separated eval.code_prior values, each 'none' or weights joined by
+  ':') -> [(), (0.0, 1.0, 1.0)]; anything else is the parser's error naming `flag`."""
+  try:
+    return [() if part == "none" else tuple(float(w) for w in part.split(":"))
+            for part in text.split(";")]
+  except ValueError:
+    parser.error(f"{flag}: got {text!r}, expected 'none' or weights like 0:1:1, ';'-separated")
+
+
+def prior_label(prior: tuple[float, ...]) -> str:
+  """An eval.code_prior value as the flags spell it: (0.0, 1.0, 1.0) -> '0:1:1'."""
+  return ":".join(f"{w:g}" for w in prior)
+
+
 def write_json(path: str, results: dict) -> None:
   """Writes the benchmark's results file (creating its folder), with the `host` it ran on."""
   os.makedirs(os.path.dirname(path), exist_ok=True)

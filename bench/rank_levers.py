@@ -29,6 +29,7 @@ import json
 import os
 import time
 
+import common
 import numpy as np
 from scipy import stats
 
@@ -45,7 +46,7 @@ SPLITS = {"valid": (VALID, "ndcg@10"), "test": (TEST, "ndcg@20")}
 
 def search_key(width: int, prior: tuple[float, ...]) -> str:
   """How one search is named in the output: its width, and its prior when it has one."""
-  return str(width) if not prior else f"{width} prior {':'.join(f'{w:g}' for w in prior)}"
+  return str(width) if not prior else f"{width} prior {common.prior_label(prior)}"
 
 
 def rank_run(workdir: str, widths: list[int], weights: list[float], test_widths: list[int],
@@ -62,12 +63,10 @@ def rank_run(workdir: str, widths: list[int], weights: list[float], test_widths:
   base = parts_lib.build(settings, workdir, log=lambda *_: None, read_only=True)
   params, _ = parts_lib.checkpoints(base, settings, workdir).load_params(
       BEST, base.abstract_params())
-  if valid_sample is not None:
-    base = dataclasses.replace(base, eval=dataclasses.replace(base.eval,
-                                                              valid_sample=valid_sample))
-  if in_search is not None:
-    base = dataclasses.replace(base, eval=dataclasses.replace(base.eval,
-                                                              exclude_in_search=in_search))
+  changed = {key: value for key, value in (("valid_sample", valid_sample),
+                                           ("exclude_in_search", in_search)) if value is not None}
+  if changed:
+    base = dataclasses.replace(base, eval=dataclasses.replace(base.eval, **changed))
   item_codes = base.ranker(params).item_encodings()
   for width, prior in itertools.product(widths, priors):
     ev = dataclasses.replace(base.eval, search_width=width, encoder_weight=0.0, code_prior=prior)
@@ -156,8 +155,7 @@ def main() -> None:
   test_widths = ([] if a.test_widths == "none" else
                  [int(w) for w in a.test_widths.split(",")] if a.test_widths else widths)
   weights = [float(w) for w in a.weights.split(",")]
-  priors = [() if p == "none" else tuple(float(w) for w in p.split(":"))
-            for p in a.priors.split(";")]
+  priors = common.parse_priors(p, "--priors", a.priors)
   in_search = None if a.exclude_in_search is None else a.exclude_in_search == "true"
   runs = {folder: rank_run(folder, widths, weights, test_widths, a.valid_sample, priors, in_search)
           for folder in sorted(glob.glob(a.runs))}

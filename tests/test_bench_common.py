@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "bench"))
-from common import (host, peer_mallocs, speedups, take_turns, use_malloc,  # noqa: E402
-                    write_json)
+from common import (host, parse_priors, peer_mallocs, prior_label, speedups,  # noqa: E402
+                    take_turns, use_malloc, write_json)
 
 # A side as the benchmarks write them: its last argument is how many calls to time; it logs each
 # call as "NAME CALL" to a file both sides share, so the test sees the order they ran in, and prints
@@ -127,3 +127,12 @@ def test_a_peer_gets_our_malloc_by_path(tmp_path):
   out = subprocess.run([sys.executable, "-c", probe, "ours"], cwd=os.path.join(REPO, "bench"),
                        env=env, capture_output=True, text=True, check=True)
   assert out.stdout.split() == ["True"]
+
+
+def test_priors_flag_parses_to_code_prior_values_and_labels_back():
+  import argparse
+  parser = argparse.ArgumentParser()
+  assert parse_priors(parser, "--priors", "none;0:1:1;2") == [(), (0.0, 1.0, 1.0), (2.0,)]
+  assert [prior_label(p) for p in [(0.0, 1.0, 1.5), (2.0,)]] == ["0:1:1.5", "2"]
+  with pytest.raises(SystemExit):
+    parse_priors(parser, "--priors", "0:x")

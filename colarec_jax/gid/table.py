@@ -118,8 +118,8 @@ class GidTable:
     training, has a finite score); 0 at codes that lead nowhere."""
     counts = np.zeros(self.num_items + 1)
     counts[:len(item_counts)] = np.asarray(item_counts)[:self.num_items + 1]
-    under = np.zeros(len(self.children))
-    np.add.at(under, self.item_paths[1:].ravel(), np.repeat(counts[1:], self.depth))
+    under = np.bincount(self.item_paths[1:].ravel(), np.repeat(counts[1:], self.depth),
+                        minlength=len(self.children))
     valid = self.children >= 0
     smoothed = np.where(valid, under[np.maximum(self.children, 0)] + 1, 0)
     total = np.maximum(smoothed.sum(axis=1, keepdims=True), 1)

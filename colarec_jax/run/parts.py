@@ -34,12 +34,12 @@ from colarec_jax.runtime.errors import ConfigError
 
 
 def make_trie(gids: GidTable, model: ColaRec, eval_cfg: EvalConfig, mesh,
-              item_counts: np.ndarray | None = None) -> Trie:
+              prepared: Prepared | None = None) -> Trie:
   """The GID trie searched with `eval_cfg.beam_size` beams (`eval.search_width` prefixes before
   the last step); with eval.new_item_score='sibling_mean' or 'sibling_max', items past the
   model's trained ones score their last step as their trained siblings' mean or best; with
   eval.code_prior, each level's weight times the log popularity of its codes under their prefix
-  by `item_counts` (the items' training interactions) joins the search's step scores.
+  (the items' training interactions in `prepared`) joins the search's step scores.
 
   Raises:
     ConfigError: eval.code_prior holds neither one weight nor one per GID level.
@@ -49,10 +49,10 @@ def make_trie(gids: GidTable, model: ColaRec, eval_cfg: EvalConfig, mesh,
   # Without added items to pool for, every trie is the plain one (one compiled search).
   known, leaf = (trained, eval_cfg.new_item_score) if pooled else (0, Trie.new_leaf)
   return Trie.build(gids, eval_cfg.beam_size, mesh, known, eval_cfg.search_width, leaf,
-                    code_prior(gids, eval_cfg.code_prior, item_counts, known, leaf))
+                    code_prior(gids, eval_cfg.code_prior, prepared, known, leaf))
 
 
-def code_prior(gids: GidTable, weights: tuple[float, ...], item_counts: np.ndarray | None,
+def code_prior(gids: GidTable, weights: tuple[float, ...], prepared: Prepared | None,
                known_items: int = 0, new_leaf: str = Trie.new_leaf) -> np.ndarray | None:
   """[num_nodes, K + 1] the weighted log popularity the search adds under each node (the weight
   of the level its codes choose: eval.code_prior holds one per level, or one for every level),
@@ -66,10 +66,10 @@ def code_prior(gids: GidTable, weights: tuple[float, ...], item_counts: np.ndarr
                       f"one for every GID level or one per level ({gids.depth}), or () for none")
   if not any(weights):
     return None
-  if item_counts is None:
-    raise ValueError("eval.code_prior needs the items' training interaction counts")
+  if prepared is None:
+    raise ValueError("eval.code_prior needs the prepared data's training interactions")
   per_node = np.append(np.asarray(weights, np.float32), 0)[gids.node_depth]  # leaves choose none
-  prior = gids.code_prior(item_counts) * per_node[:, None]
+  prior = gids.code_prior(prepared.item_counts(TRAIN, gids.num_items)) * per_node[:, None]
   if known_items:
     valid = gids.children >= 0
     leaf = np.where(valid, gids.leaf_item[np.maximum(gids.children, 0)], 0)
@@ -129,9 +129,8 @@ class RunParts:
 
   def with_eval(self, eval_cfg: EvalConfig) -> "RunParts":
     """These parts ranking as `eval_cfg` says (its trie built again)."""
-    counts = self.prepared.item_counts(TRAIN, self.gids.num_items)
-    return dataclasses.replace(self, eval=eval_cfg, trie=make_trie(self.gids, self.model,
-                                                                   eval_cfg, self.mesh, counts))
+    return dataclasses.replace(self, eval=eval_cfg, trie=make_trie(
+        self.gids, self.model, eval_cfg, self.mesh, self.prepared))
 
   def ranker(self, params, batch_size: int = 0) -> Ranker:
     """A `Ranker` of `params` on this run's trie and mesh (`batch_size` rows per beam-search call;
@@ -164,7 +163,7 @@ def build(settings: Settings, workdir: str, *, log=print, prepared: Prepared | N
                        num_users=ds.num_users, branching=gids.branching, depth=gids.depth)
   mesh = sharding.make_mesh(settings.num_devices)
   return RunParts(prepared, gids, builder, model, mesh, settings.eval,
-                  make_trie(gids, model, settings.eval, mesh, prepared.item_counts(TRAIN)))
+                  make_trie(gids, model, settings.eval, mesh, prepared))
 
 
 def checkpoints(parts: RunParts, settings: Settings, workdir: str) -> store.CheckpointStore:
