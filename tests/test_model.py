@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from colarec_jax.model.colarec import UNKNOWN_ITEM, ColaRec, ColaRecConfig
+from colarec_jax.model.colarec import (UNKNOWN_ITEM, ColaRec, ColaRecConfig, ModelConfig,
+                                       create_model, prefix_index)
+from colarec_jax.runtime.errors import ConfigError
 from colarec_jax.model import t5
 from colarec_jax.model.t5 import TransformerConfig, relative_position_bucket
 
@@ -57,6 +59,45 @@ def example_inputs(b=3, length=12, seed=0):
 def params():
   inputs, codes = example_inputs()
   return ColaRec(CFG).init(jax.random.key(0), inputs, codes)["params"]
+
+
+def test_prefix_index_numbers_every_prefix_once_in_lexicographic_order():
+  """K=3, l=3: the root is row 0, codes (1), (2), (3) rows 1-3, (1, 1) ... (3, 3) rows 4-12."""
+  prefixes = [()] + [(a,) for a in (1, 2, 3)] + [(a, b) for a in (1, 2, 3) for b in (1, 2, 3)]
+  codes = jnp.asarray([list(p) + [1] * (3 - len(p)) for p in prefixes], jnp.int32)
+  lengths = jnp.asarray([len(p) for p in prefixes])
+  assert np.asarray(prefix_index(codes, lengths, 3)).tolist() == list(range(13))
+  assert dataclasses.replace(CFG, branching=3).prefix_rows == 13
+
+
+def test_prefix_embed_row_acts_as_the_code_row_for_every_gid_under_that_prefix(params):
+  """model.prefix_embed: a delta in the row of prefix (c) changes the decoder input at level 2
+  exactly as adding it to level 2's code row of c would, for GIDs starting with c only; a zero
+  table is the plain model."""
+  inputs, codes = example_inputs(seed=2)
+  codes = codes.at[:2, 0].set(2).at[2:, 0].set(3)
+  plain, prefixed = ColaRec(CFG), ColaRec(dataclasses.replace(CFG, prefix_embed=True))
+  rows = prefixed.config.prefix_rows
+  encoded = plain.apply({"params": params}, inputs, method=ColaRec.encode)
+  decode = lambda model, p: np.asarray(model.apply({"params": p}, encoded, inputs["mask"], codes,
+                                                   method=ColaRec.decode_codes))
+  zero = {**params, "prefix_embed": jnp.zeros((rows, TC.d_model))}
+  np.testing.assert_allclose(decode(prefixed, zero), decode(plain, params), atol=1e-6)
+  delta = jax.random.normal(jax.random.key(1), (TC.d_model,))
+  row = 1 + (2 - 1)  # prefix (2): after the root's row 0, codes 1..K in order
+  moved = decode(prefixed, {**zero, "prefix_embed": zero["prefix_embed"].at[row].set(delta)})
+  shifted = decode(plain, {**params, "code_embed": params["code_embed"].at[1, 2].add(delta)})
+  np.testing.assert_allclose(moved[:2], shifted[:2], atol=1e-5)
+  np.testing.assert_allclose(moved[2:], decode(plain, params)[2:], atol=1e-6)
+  assert not np.allclose(moved[:2], decode(plain, params)[:2])
+
+
+def test_prefix_embed_on_too_many_prefixes_names_the_key():
+  cfg = ModelConfig(prefix_embed=True)
+  with pytest.raises(ConfigError, match="model.prefix_embed.*K=2048, l=3"):
+    create_model(cfg, vocab_size=10, num_items=5, num_users=3, branching=2048, depth=3)
+  assert create_model(cfg, vocab_size=10, num_items=5, num_users=3, branching=32,
+                      depth=4).config.prefix_rows == 1 + 32 + 32 ** 2 + 32 ** 3
 
 
 def test_tied_last_level_adds_each_codes_item_against_the_decoder_state(params):

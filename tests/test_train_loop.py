@@ -153,6 +153,32 @@ def test_tied_last_level_trains_validates_and_tests_end_to_end(tmp_path):
     assert json.load(f)["model"]["tie_last_level"] is True
 
 
+def test_prefix_embed_trains_its_prefixes_rows_and_ranks_end_to_end(tmp_path):
+  """model.prefix_embed through the whole loop: the table starts at zero, training moves only
+  rows of prefixes that items' GIDs pass through (the root's among them), and the search ranks
+  with it."""
+  from colarec_jax.run import parts as parts_lib
+  c = config(epochs=1, steps_per_epoch=3)
+  c.model.prefix_embed = True
+  reports = train(c, str(tmp_path), **QUIET)
+  assert 0 <= reports["test"].overall["ndcg@10"] <= 1
+  settings = Settings.parse(c)
+  parts = parts_lib.build(settings, str(tmp_path), log=lambda *_: None, read_only=True)
+  params, _ = parts_lib.checkpoints(parts, settings, str(tmp_path)).load_params(
+      checkpoint.LATEST, parts.abstract_params())
+  table = np.asarray(params["prefix_embed"])
+  k, depth = parts.gids.branching, parts.gids.depth
+  assert table.shape == (sum(k ** t for t in range(depth)), c.model.d_model)
+  moved = np.abs(table).sum(axis=1) > 0
+  used = np.zeros(len(table), bool)  # the rows of the items' prefixes of length 0..l-1
+  for gid in parts.gids.codes[1:].tolist():
+    for t in range(depth):
+      used[sum(k ** j for j in range(t)) + sum((c - 1) * k ** (t - 1 - i)
+                                               for i, c in enumerate(gid[:t]))] = True
+  assert moved[0] and not (moved & ~used).any()
+  assert moved[1 + k:].sum() > 0  # some level-2 prefixes' rows trained too
+
+
 def test_prefetch_keeps_order_and_reraises():
   assert list(train_lib.prefetch(iter(range(50)), size=3)) == list(range(50))
 

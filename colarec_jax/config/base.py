@@ -60,6 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   # leads to, by its ID embedding against the decoder state (output tied to the input ID table),
   # so the last choice among siblings is item-level and collaborative, not only a code's.
   model.tie_last_level = False
+  # Not in the paper: each decoder input also holds a learned row of the GID prefix it extends
+  # (one row per possible prefix of length 0..l-1, sum_t K^t; zero at the start). The per-level
+  # code tables give code c one row under every prefix, though what c means depends on the
+  # prefix; a small decoder must compose the prefix from the codes before it.
+  model.prefix_embed = False
   # Random initialisation: 'official' (the default), the authors' PyTorch model: code heads as
   # nn.Linear's default U(+-1/sqrt(d_model)) for weight and bias, relative-position tables
   # N(0, d_model^-0.5) as Hugging Face's T5 initialises them; every other table is drawn alike on

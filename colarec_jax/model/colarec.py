@@ -51,6 +51,7 @@ class ModelConfig:
   pooled_start: bool = False  # the decoder's start input also holds the pooled encoding h(X)
   freeze_ids: bool = False  # keep the ID tables as they started (with id_init='lightgcn')
   tie_last_level: bool = False  # the last level also scores each code's item by its ID embedding
+  prefix_embed: bool = False  # each decoder input also holds its prefix's own embedding
   init: str = "official"  # official (the authors') | colarec: code heads' and position tables' init
   shard_ids: bool = False  # ID tables split by rows over the mesh (rows padded to ID_ROW_MULTIPLE)
 
@@ -60,7 +61,8 @@ class ModelConfig:
               int(model.num_encoder_layers), int(model.num_decoder_layers),
               float(model.dropout_rate), str(model.dtype), str(model.init_from),
               str(model.id_init), bool(model.pooled_start), bool(model.freeze_ids),
-              bool(model.tie_last_level), str(model.init), bool(model.shard_ids))
+              bool(model.tie_last_level), bool(model.prefix_embed), str(model.init),
+              bool(model.shard_ids))
     if out.init not in INITS:
       raise ConfigError("model.init", f"got {out.init!r}, expected one of "
                         f"{', '.join(map(repr, INITS))}")
@@ -106,6 +108,7 @@ class ColaRecConfig:
   depth: int  # l: decoder steps
   pooled_start: bool = False  # the decoder's start input also holds h(X) (model.pooled_start)
   tie_last_level: bool = False  # the last level also scores items by ID (model.tie_last_level)
+  prefix_embed: bool = False  # decoder inputs also read their prefix's row (model.prefix_embed)
   official_heads: bool = True  # code heads initialised as the authors' nn.Linear (model.init)
   shard_ids: bool = False  # model.shard_ids: ID table rows padded to ID_ROW_MULTIPLE
 
@@ -113,6 +116,37 @@ class ColaRecConfig:
     """Rows of an ID table of `count` ids (+ row 0): padded when the tables are sharded."""
     rows = count + 1
     return -(-rows // ID_ROW_MULTIPLE) * ID_ROW_MULTIPLE if self.shard_ids else rows
+
+  @property
+  def prefix_rows(self) -> int:
+    """model.prefix_embed's table: one row per possible GID prefix of length 0..l-1 (every
+    sequence of codes in 1..K, not only the trie's, so items added after training need no new
+    rows), sum_t K^t."""
+    return sum(self.branching ** t for t in range(self.depth))
+
+
+MAX_PREFIX_ROWS = 1 << 22  # model.prefix_embed: K=32 up to l=5 (1.1M rows), K=256 up to l=3
+
+
+def prefix_index(codes: jax.Array, length, branching: int) -> jax.Array:
+  """The row of the prefix formed by the first `length` codes (1..K) of each GID in
+  model.prefix_embed's table: prefixes of length t fill rows sum_{j<t} K^j onwards in
+  lexicographic order (length 0, the root, is row 0).
+
+  Args:
+    codes: [..., l] int codes; only the first `length` are read.
+    length: int or int array broadcasting against codes[..., 0] (traced is fine).
+    branching: K.
+  """
+  length = jnp.asarray(length)
+  index = jnp.zeros(codes.shape[:-1], jnp.int32)
+  offset = jnp.zeros_like(length, jnp.int32)
+  for i in range(codes.shape[-1]):
+    inside = i < length
+    code = jnp.maximum(codes[..., i].astype(jnp.int32), 1)  # a dead beam's 0: any row
+    index = jnp.where(inside, index * branching + code - 1, index)
+    offset = jnp.where(inside, offset + branching ** i, offset)
+  return offset + index
 
 
 def row_split_take(table: jax.Array, ids: jax.Array) -> jax.Array:
@@ -168,6 +202,9 @@ class ColaRec(nn.Module):
       head_init, bias_init = nn.initializers.normal(1.0), nn.initializers.zeros
     self.codebook = self.param("codebook", head_init, shape)
     self.codebook_bias = self.param("codebook_bias", bias_init, shape[:2])
+    if cfg.prefix_embed:  # starts at zero: the plain model, each prefix's row then learned
+      self.prefix_table = self.param("prefix_embed", nn.initializers.zeros,
+                                     (cfg.prefix_rows, transformer.d_model))
     self.encoder = Encoder(transformer, name="encoder")
     self.decoder = Decoder(transformer, decode=self.decode, max_length=cfg.depth, name="decoder")
 
@@ -211,7 +248,11 @@ class ColaRec(nn.Module):
   def decoder_inputs(self, codes: jax.Array) -> jax.Array:
     """Teacher forcing: [b, l] target codes -> [b, l, d] inputs (start, z_1, ..., z_{l-1})."""
     shifted = jnp.concatenate([jnp.zeros_like(codes[:, :1]), codes[:, :-1]], axis=1)
-    return self.code_embed[jnp.arange(self.config.depth)[None, :], shifted]
+    x = self.code_embed[jnp.arange(self.config.depth)[None, :], shifted]
+    if self.config.prefix_embed:  # position t reads the prefix of the first t codes
+      x = x + self.prefix_table[prefix_index(codes[:, None, :], jnp.arange(self.config.depth),
+                                             self.config.branching)]
+    return x
 
   def code_logits(self, hidden: jax.Array, levels: jax.Array) -> jax.Array:
     """[b, T, d] decoder states at levels [T] -> [b, T, K + 1] logits (d scaled by d^-1/2)."""
@@ -257,12 +298,15 @@ class ColaRec(nn.Module):
     shape = (encoded.shape[0], self.config.depth, self.config.transformer.d_model)
     return self.decoder(jnp.zeros(shape, encoded.dtype), encoded, mask, deterministic=True)
 
-  def decode_step(self, encoded, mask, previous_code, position, next_items=None):
+  def decode_step(self, encoded, mask, previous_code, position, next_items=None, codes=None):
     """One cached decoder step: [b] previous code at `position` -> [b, K + 1] logits. With
     model.tie_last_level, `next_items` [b, K + 1] is the item each code leads to (all 0 before
-    the last level, so only the last level gets the item term)."""
+    the last level, so only the last level gets the item term); with model.prefix_embed,
+    `codes` [b, l] are each row's GID so far (its first `position` codes are read)."""
     level = jnp.asarray(position)
     x = self.code_embed[level, previous_code][:, None]
+    if self.config.prefix_embed:
+      x = x + self.prefix_table[prefix_index(codes, level, self.config.branching)][:, None]
     if self.config.pooled_start:  # rows are [b, beams] flattened: each user's pool per beam
       pooled = self.pool(encoded, mask).astype(x.dtype)
       start = jnp.repeat(pooled, x.shape[0] // pooled.shape[0], axis=0)[:, None]
@@ -277,9 +321,19 @@ class ColaRec(nn.Module):
 def create_model(cfg: ModelConfig, *, vocab_size: int, num_items: int, num_users: int,
                  branching: int, depth: int) -> ColaRec:
   """The ColaRec module for a model config, a vocabulary, the id tables and a GID tree of
-  `branching` codes per level and `depth` levels (take them from the GID table)."""
+  `branching` codes per level and `depth` levels (take them from the GID table).
+
+  Raises:
+    ConfigError: model.prefix_embed on a tree with more than MAX_PREFIX_ROWS possible prefixes.
+  """
+  rows = sum(branching ** t for t in range(depth))
+  if cfg.prefix_embed and rows > MAX_PREFIX_ROWS:
+    raise ConfigError("model.prefix_embed", f"got True with K={branching}, l={depth}: "
+                      f"{rows:,} prefix rows; expected at most {MAX_PREFIX_ROWS:,} (a smaller "
+                      "gid.branching or gid.depth)")
   return ColaRec(ColaRecConfig(cfg.transformer(vocab_size), num_items=num_items,
                                num_users=num_users, branching=branching, depth=depth,
                                pooled_start=cfg.pooled_start,
                                tie_last_level=cfg.tie_last_level,
+                               prefix_embed=cfg.prefix_embed,
                                official_heads=cfg.init == "official", shard_ids=cfg.shard_ids))

@@ -171,7 +171,7 @@ def import_settings(settings: Settings, their_config: dict, data_dir: str,
       num_decoder_layers=int(hf["num_decoder_layers"] or hf["num_layers"]),
       dropout_rate=float(hf["dropout_rate"] if hf["dropout_rate"] is not None else 0.1),
       init_from="", id_init="random", pooled_start=False, freeze_ids=False,
-      tie_last_level=False, init="official")
+      tie_last_level=False, prefix_embed=False, init="official")
   config.inputs.update(uad_on_item_inputs=False, history_cut="token", use_content=True,
                        history_codes=False, item_id_dropout=0.0, index_users=1)
   config.loss.update(generation_reduction="mean", pair_form="official")

@@ -241,8 +241,9 @@ def _extensions(model: ColaRec, params, trie: Trie, encoded, mask, state: BeamSt
   # the last level, where codes lead to inner nodes).
   next_items = (trie.leaf_item[child].reshape(b * width, k1)
                 if model.config.tie_last_level else None)
+  codes = state.codes.reshape(b * width, -1) if model.config.prefix_embed else None
   logits, mutated = model.apply({"params": params, "cache": state.cache}, encoded, mask,
-                                previous.reshape(-1), position, next_items,
+                                previous.reshape(-1), position, next_items, codes,
                                 method=ColaRec.decode_step, mutable=["cache"])
   logits = logits.reshape(b, width, k1)
   valid = child >= 0
