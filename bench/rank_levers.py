@@ -40,6 +40,7 @@ from colarec_jax.data.dataset import TEST, VALID
 from colarec_jax.ranking.ranker import rescored
 from colarec_jax.run import parts as parts_lib
 from colarec_jax.run.store import BEST
+from colarec_jax.studies import runner
 
 SPLITS = {"valid": (VALID, "ndcg@10"), "test": (TEST, "ndcg@20")}
 
@@ -137,7 +138,8 @@ def _seed_mean(reports: list[evaluate.Report], metric: str) -> dict[int, float]:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--runs", required=True, help="glob of finished runs, one per seed")
+  p.add_argument("--runs", required=True,
+                 help="glob of finished runs, one per seed (a reused row: the run it reused)")
   p.add_argument("--widths", default="0,1024")
   p.add_argument("--test_widths", default="",
                  help="widths also ranked on test (default: all; 'none': validation only)")
@@ -157,7 +159,9 @@ def main() -> None:
   weights = [float(w) for w in a.weights.split(",")]
   priors = common.parse_priors(p, "--priors", a.priors)
   in_search = None if a.exclude_in_search is None else a.exclude_in_search == "true"
-  runs = {folder: rank_run(folder, widths, weights, test_widths, a.valid_sample, priors, in_search)
+  # A run that reused another's row ranks that run's model.
+  runs = {folder: rank_run(runner.trained_folder(folder), widths, weights, test_widths,
+                           a.valid_sample, priors, in_search)
           for folder in sorted(glob.glob(a.runs))}
   if not runs:
     raise SystemExit(f"--runs={a.runs!r} matches no folder")

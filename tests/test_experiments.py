@@ -120,6 +120,12 @@ def test_a_run_with_a_finished_twin_anywhere_under_the_root_reuses_its_row(tmp_p
   assert sum("its row is this run's" in line for line in logs) == 1
   with open(os.path.join(root, "main", "report.md")) as f:
     assert "ColaRec seed 0 is levers/as_configured/seed0." in f.read()
+  # The model of a reused row is the twin's (bench/rank_levers.py ranks it); a trained run's is
+  # its own.
+  assert runner.trained_folder(os.path.join(root, "main", "ColaRec", "seed0")) == \
+      os.path.join(root, "levers", "as_configured", "seed0")
+  trained = os.path.join(root, "main", "ColaRec", "seed1")
+  assert runner.trained_folder(trained) == trained
 
 
 def test_a_run_that_only_ranks_another_way_ranks_its_twins_model_again(tmp_path):

@@ -208,6 +208,18 @@ def _copy_training(source: str, workdir: str, root: str, log) -> None:
   log(f"trained as {os.path.relpath(source, root)}, which finished: ranking its model again")
 
 
+def trained_folder(workdir: str) -> str:
+  """The folder holding the model of the finished run in `workdir` (`<root>/<study>/<arm>/seedN`):
+  its own, or the run whose row it reused (`reused_from`, which trained no model of its own)."""
+  try:
+    with open(os.path.join(workdir, "row.json")) as f:
+      reused = json.load(f).get("reused_from")
+  except FileNotFoundError:
+    return workdir
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(workdir))))
+  return os.path.join(root, reused) if reused else workdir
+
+
 def _stored_full(workdir: str) -> dict:
   """The whole config a finished ColaRec run in `workdir` stored (keys added since: defaults)."""
   return json.loads(stored.on_base(stored.stored(workdir), workdir).to_json())
