@@ -223,8 +223,8 @@ def test_paper_datasets_have_a_cpu_budget_variant(name):
   module = __import__(f"configs.{name}", fromlist=["get_config"])
   paper, cpu = module.get_config(), module.get_config("cpu")
   assert paper.model.d_model == 512 and paper.eval.valid_sample == 0
-  # the number phones and beauty adopted (their levers studies); sports takes theirs
-  epochs = 12
+  # the number phones and beauty adopted (their levers and steps-24 studies); sports takes theirs
+  epochs = 24
   assert (cpu.model.d_model, cpu.model.num_encoder_layers, cpu.train.epochs,
           cpu.train.steps_per_epoch, cpu.cf.epochs, cpu.eval.valid_sample) == (64, 1, epochs, 300,
                                                                                 60, 2000)
