@@ -326,14 +326,12 @@ def create_model(cfg: ModelConfig, *, vocab_size: int, num_items: int, num_users
   Raises:
     ConfigError: model.prefix_embed on a tree with more than MAX_PREFIX_ROWS possible prefixes.
   """
-  rows = sum(branching ** t for t in range(depth))
-  if cfg.prefix_embed and rows > MAX_PREFIX_ROWS:
+  config = ColaRecConfig(cfg.transformer(vocab_size), num_items=num_items, num_users=num_users,
+                         branching=branching, depth=depth, pooled_start=cfg.pooled_start,
+                         tie_last_level=cfg.tie_last_level, prefix_embed=cfg.prefix_embed,
+                         official_heads=cfg.init == "official", shard_ids=cfg.shard_ids)
+  if cfg.prefix_embed and config.prefix_rows > MAX_PREFIX_ROWS:
     raise ConfigError("model.prefix_embed", f"got True with K={branching}, l={depth}: "
-                      f"{rows:,} prefix rows; expected at most {MAX_PREFIX_ROWS:,} (a smaller "
-                      "gid.branching or gid.depth)")
-  return ColaRec(ColaRecConfig(cfg.transformer(vocab_size), num_items=num_items,
-                               num_users=num_users, branching=branching, depth=depth,
-                               pooled_start=cfg.pooled_start,
-                               tie_last_level=cfg.tie_last_level,
-                               prefix_embed=cfg.prefix_embed,
-                               official_heads=cfg.init == "official", shard_ids=cfg.shard_ids))
+                      f"{config.prefix_rows:,} prefix rows; expected at most "
+                      f"{MAX_PREFIX_ROWS:,} (a smaller gid.branching or gid.depth)")
+  return ColaRec(config)
