@@ -96,8 +96,8 @@ def _weights(value) -> tuple[float, ...]:
     weights = None
   if weights is None or not all(0 <= w < float("inf") for w in weights):
     shown = tuple(value) if isinstance(value, (list, tuple)) else value
-    raise ConfigError("eval.code_prior", f"got {shown!r}, expected finite weights >= 0, one for "
-                      "every GID level or one per level (() = none)")
+    raise ConfigError("eval.code_prior", f"got {shown!r}, expected finite weights >= 0: one for "
+                      "all GID levels or one per level (() = none)")
   return weights
 
 

@@ -260,11 +260,11 @@ CASES = [
      ["--config.eval.added_candidates=-1"],
      "config.eval.added_candidates: got -1, expected >= 0 (0 = none)"),
     ("eval-code-prior", "a negative code-prior weight", ["--config.eval.code_prior=(0,-1,1)"],
-     "config.eval.code_prior: got (0, -1, 1), expected finite weights >= 0, one for every GID "
-     "level or one per level (() = none)"),
+     "config.eval.code_prior: got (0, -1, 1), expected finite weights >= 0: one for all GID "
+     "levels or one per level (() = none)"),
     ("eval-code-prior-levels", "code-prior weights for another GID depth",
      "trained:--mode=evaluate --config.eval.code_prior=(0,1)",
-     "config.eval.code_prior: got 2 weights (0.0, 1.0), expected one for every GID level or "
+     "config.eval.code_prior: got 2 weights (0.0, 1.0), expected one for all GID levels or "
      "one per level (3), or () for none"),
     # evaluate and recommend
     ("evaluate-untrained", "evaluate before training", ["--mode=evaluate"],

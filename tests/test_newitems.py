@@ -187,7 +187,7 @@ def test_eval_code_prior_weights_each_levels_code_popularity_by_training_interac
   same = ws.with_eval(dataclasses.replace(ws.eval, code_prior=(1.5,) * depth)).trie.prior
   np.testing.assert_array_equal(np.asarray(every), np.asarray(same))
   with pytest.raises(ConfigError, match=rf"eval.code_prior: got 2 weights \(1.0, 1.0\), "
-                     rf"expected one for every GID level or one per level \({depth}\)"):
+                     rf"expected one for all GID levels or one per level \({depth}\)"):
     ws.with_eval(dataclasses.replace(ws.eval, code_prior=(1.0, 1.0)))
 
 

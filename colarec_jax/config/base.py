@@ -262,7 +262,7 @@ def base_config() -> ml_collections.ConfigDict:
   # eval.new_item_score says, plus the encoder term). 0 = the beam alone. No effect without
   # added items.
   evaluation.added_candidates = 0
-  # Not in the paper: weights w_t, one per GID level (or one for every level), on
+  # Not in the paper: weights w_t, one per GID level (or one for all levels), on
   # log P(code | prefix), each code's share of the training interactions under its prefix (each
   # code counted once more), added to the decoder's log-probability at step t of the search; at
   # equal weights the terms sum to w * log of the item's (smoothed) popularity. () = none (the

@@ -55,7 +55,7 @@ def make_trie(gids: GidTable, model: ColaRec, eval_cfg: EvalConfig, mesh,
 def code_prior(gids: GidTable, weights: tuple[float, ...], prepared: Prepared | None,
                known_items: int = 0, new_leaf: str = Trie.new_leaf) -> np.ndarray | None:
   """[num_nodes, K + 1] the weighted log popularity the search adds under each node (the weight
-  of the level its codes choose: eval.code_prior holds one per level, or one for every level),
+  of the level its codes choose: eval.code_prior holds one per level, or one for all levels),
   or None when every weight is 0. With `known_items`, a code leading to a later item (which has
   no training interactions) takes its trained siblings' best or mean, as the decoder's own score
   does (`new_leaf`): an added item is not ranked down for being new."""
@@ -63,7 +63,7 @@ def code_prior(gids: GidTable, weights: tuple[float, ...], prepared: Prepared | 
     weights = tuple(weights) * gids.depth
   if weights and len(weights) != gids.depth:
     raise ConfigError("eval.code_prior", f"got {len(weights)} weights {tuple(weights)}, expected "
-                      f"one for every GID level or one per level ({gids.depth}), or () for none")
+                      f"one for all GID levels or one per level ({gids.depth}), or () for none")
   if not any(weights):
     return None
   if prepared is None:
