@@ -208,16 +208,21 @@ def _copy_training(source: str, workdir: str, root: str, log) -> None:
   log(f"trained as {os.path.relpath(source, root)}, which finished: ranking its model again")
 
 
+def _model_folder(row: dict, workdir: str, root: str) -> str:
+  """Where the model of the finished run in `workdir` is: its own folder, or the run whose row it
+  reused (`reused_from`, relative to `root`; a reused run trained no model of its own)."""
+  return os.path.join(root, row["reused_from"]) if "reused_from" in row else workdir
+
+
 def trained_folder(workdir: str) -> str:
-  """The folder holding the model of the finished run in `workdir` (`<root>/<study>/<arm>/seedN`):
-  its own, or the run whose row it reused (`reused_from`, which trained no model of its own)."""
+  """`_model_folder` of a finished run given only its folder (`<root>/<study>/<arm>/seedN`)."""
   try:
     with open(os.path.join(workdir, "row.json")) as f:
-      reused = json.load(f).get("reused_from")
+      row = json.load(f)
   except FileNotFoundError:
     return workdir
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(workdir))))
-  return os.path.join(root, reused) if reused else workdir
+  return _model_folder(row, workdir, root)
 
 
 def _stored_full(workdir: str) -> dict:
@@ -232,7 +237,7 @@ def _check_finished(row: dict, workdir: str, root: str, settings: Settings) -> N
   ColaRec runs compare their whole stored config; every run compares the keys of the stages it
   built (data, LightGCN, GIDs), which is all MostPop and LightGCN depend on.
   """
-  source = os.path.join(root, row["reused_from"]) if "reused_from" in row else workdir
+  source = _model_folder(row, workdir, root)
   found = None
   if settings.model.name == "colarec" and os.path.isfile(stored.path(source)):
     found = fileio.first_difference(settings.full, _stored_full(source))
