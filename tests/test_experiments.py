@@ -334,6 +334,98 @@ def test_a_second_runner_skips_the_run_the_first_holds_and_comes_back(tmp_path, 
   assert any("colarec epoch" in line for line in logs[first_try:])
 
 
+def test_a_study_with_results_resumes_on_another_machine_from_its_committed_rows(tmp_path):
+  """`--results`: what one machine finished is published there (rows with their configs, report,
+  per-user metrics) and is not trained again by a fresh root elsewhere; a changed config is."""
+  results, logs = str(tmp_path / "results" / "main"), []
+  first = runner.run_suite(small_config(), "main", str(tmp_path / "a"), [0], results=results,
+                           log=lambda *_: None)
+  with open(os.path.join(results, "rows.jsonl")) as f:
+    published = [json.loads(line) for line in f]
+  assert [r["variant"] for r in published] == ["MostPop", "LightGCN", "ColaRec"]
+  assert all(r["config"]["seed"] == 0 and r["config"]["train"]["epochs"] == 1 for r in published)
+  assert os.path.isfile(os.path.join(results, "report.md"))
+  for row in first:
+    with np.load(os.path.join(tmp_path, "a", "main", variants.slug(row["variant"]), "seed0",
+                              "per_user_test.npz")) as mine, \
+        np.load(os.path.join(results, "per_user", f"{variants.slug(row['variant'])}-seed0.npz")) \
+        as there:
+      assert sorted(mine) == sorted(there)
+      assert all(np.array_equal(mine[k], there[k]) for k in mine)
+  # Another machine (a fresh root), more seeds: seed 0 is restored, seed 1 trains.
+  rows = runner.run_suite(small_config(), "main", str(tmp_path / "b"), [0, 1], results=results,
+                          log=logs.append)
+  restored = [r for r in rows if "restored_from" in r]
+  assert [(r["variant"], r["seed"]) for r in restored] == [
+      ("MostPop", 0), ("LightGCN", 0), ("ColaRec", 0)]
+  assert [r["test"] for r in restored] == [r["test"] for r in first]
+  assert restored[2]["restored_from"] == f"{os.path.relpath(results)} (ColaRec, seed 0)"
+  assert sum(line.startswith("colarec epoch") for line in logs) == 1  # seed 1 only
+  with open(os.path.join(results, "report.md")) as f:
+    text = f.read()
+  assert "ColaRec seed 0 is " in text and "Finished on another machine" in text
+  assert "(2 users)" not in text and " users) |" in text  # the paired test read both seeds
+  # The same config under another arm name in another study beside it is found there too.
+  logs.clear()
+  arms = runner.run_suite(small_config(), "", str(tmp_path / "c"), [1], arms=["as configured"],
+                          study="levers", results=str(tmp_path / "results" / "levers"),
+                          log=logs.append)
+  assert arms[0]["restored_from"].endswith("main (ColaRec, seed 1)")
+  assert arms[0]["test"] == rows[5]["test"] and not any("colarec epoch" in l for l in logs)
+  # Two epochs is another ColaRec model (it trains), not another MostPop or LightGCN: a study
+  # beside it restores those.
+  longer = small_config()
+  longer.train.epochs = 2
+  logs.clear()
+  again = runner.run_suite(longer, "main", str(tmp_path / "d"), [0], study="main-longer",
+                           results=str(tmp_path / "results" / "main-longer"), log=logs.append)
+  assert ["restored_from" in r for r in again] == [True, True, False]
+  assert sum(line.startswith("colarec epoch") for line in logs) == 2
+  # A restored row is checked against its config when the runner comes to it, as a trained one
+  # is: the same study with another config is an error, not a stale row.
+  with pytest.raises(UsageError, match=r"e/main/ColaRec/seed0 finished with another config "
+                     r"\(train\.epochs: 1 there, 2 now\)"):
+    runner.run_suite(longer, "main", str(tmp_path / "e"), [0], results=results,
+                     log=lambda *_: None)
+  # A damaged rows file is one error naming its file and line; nothing is restored from it.
+  with open(os.path.join(results, "rows.jsonl"), "a") as f:
+    f.write('{"variant": "ColaRec"}\n')
+  with pytest.raises(UsageError, match=r"--results: .*main/rows\.jsonl:7: expected a row"):
+    runner.run_suite(small_config(), "main", str(tmp_path / "f"), [0], results=results,
+                     log=lambda *_: None)
+  assert not os.path.exists(tmp_path / "f" / "main")
+  os.remove(os.path.join(results, "per_user", "LightGCN-seed1.npz"))
+  with open(os.path.join(results, "rows.jsonl")) as f:
+    lines = f.read().splitlines()[:-1]
+  with open(os.path.join(results, "rows.jsonl"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with pytest.raises(UsageError, match=r"rows\.jsonl:4: .*LightGCN-seed1\.npz is missing"):
+    runner.run_suite(small_config(), "main", str(tmp_path / "f"), [0], results=results,
+                     log=lambda *_: None)
+
+
+def test_a_committed_row_is_this_runs_only_with_its_config():
+  from colarec_jax.config.settings import Settings
+  from colarec_jax.studies import results as results_lib
+  settings = Settings.parse(small_config())
+  row = {"model": "colarec", "config": json.loads(json.dumps(settings.full))}
+  assert results_lib.difference(row, settings) is None
+  del row["config"]["loss"]["contrastive_weight"]  # a key added to the code since: its default
+  assert results_lib.difference(row, settings) is None
+  row["config"]["optim"]["learning_rate"] *= 2
+  assert results_lib.difference(row, settings)[0] == "optim.learning_rate"
+  lightgcn = Settings.parse(variants.variant_config(
+      small_config(), variants.Variant("LightGCN", (("model.name", "lightgcn"),)), 0))
+  assert results_lib.difference(row, lightgcn)[0] == "model.name"
+  # LightGCN depends on its sections (data, cf, gid, eval, seed), not ColaRec's optimiser.
+  assert results_lib.difference(dict(row, model="lightgcn"), lightgcn) is None
+  row["config"]["cf"]["epochs"] += 1
+  assert results_lib.difference(dict(row, model="lightgcn"), lightgcn)[0] == "cf.epochs"
+  assert results_lib.difference({"model": "colarec"}, settings)[0] == "config"
+  row["config"]["loss"]["gone"] = 1  # a key the code no longer has: not this run's
+  assert results_lib.difference(row, settings)[0] == "config"
+
+
 def experiments_cli(*args):
   return subprocess.run([sys.executable, "-m", "colarec_jax.studies.runner", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
@@ -346,6 +438,8 @@ def experiments_cli(*args):
      "error: config.data.sourc: there is no such config key"),
     (["--config=configs/tiny.py", "--root={tmp}/a-file"],
      "error: --root: {tmp}/a-file is a file; expected a folder"),
+    (["--config=configs/tiny.py", "--root={tmp}/r", "--results={tmp}/a-file"],
+     "error: --results: {tmp}/a-file is a file; expected a folder for the study's committed"),
     (["--config=configs/tiny.py", "--root={tmp}/r", "--budget=huge"],
      "error: --budget=huge: value should be one of <cpu|paper>"),
     (["--config=configs/tiny.py", "--root={tmp}/r", "--suite=paper"],

@@ -154,6 +154,10 @@ def write_report(folder: str, reference: str | None = None) -> str | None:
   if reused:
     text += ["Trained once for two studies (the same config): " + "; ".join(
         f"{r['variant']} seed {r['seed']} is {r['reused_from']}" for r in reused) + ".", ""]
+  restored = [r for r in rows if r.get("restored_from")]
+  if restored:
+    text += ["Finished on another machine (restored from the committed rows): " + "; ".join(
+        f"{r['variant']} seed {r['seed']} is {r['restored_from']}" for r in restored) + ".", ""]
   text += ["![valid curves](curves.png) ![overall vs long-tail](long_tail.png)", ""]
   report = "\n".join(text)
   with open(os.path.join(folder, "report.md"), "w") as f:

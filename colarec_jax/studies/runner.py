@@ -19,8 +19,12 @@ from a finished run's only in `eval.*` (how a trained model ranks) starts from a
 run's training, which is then only ranked again (`ranked_from`: its best checkpoint, chosen
 under the twin's ranking, is tested with this run's). Rows
 record the config overrides, seed, commit, budget, wall time, examples seen and the metrics
-overall and on long-tail users; `<root>/<suite>/report.md` and its figures are rebuilt from all
-rows after every run (`report.py`). The arms themselves are `variants.py`'s.
+overall and on long-tail users, and the run's whole config; `<root>/<suite>/report.md` and its
+figures are rebuilt from all rows after every run (`report.py`). With `--results=DIR` (a folder
+under bench/results/) the report, rows and per-user metrics are also written there after every
+run, and a later session on another machine given the same DIR trains only the runs no row
+there finished (`results.py`): a series longer than one machine's session still completes. The
+arms themselves are `variants.py`'s.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from colarec_jax.data import fileio
 from colarec_jax.data.dataset import TEST, TRAIN
 from colarec_jax.training import loop as train_lib
 from colarec_jax.training.step import check_batch_size
+from colarec_jax.studies import results as results_lib
 from colarec_jax.studies.variants import (
   REFERENCE,
   SUITES,
@@ -100,8 +105,11 @@ def _files(root: str, name: str, skip: tuple[str, ...]):
 
 
 def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, suite: str,
-            budget: str, order: int = 0, log=print) -> dict:
-  """Trains and tests one variant with one seed in `workdir`; returns (and writes) its row."""
+            budget: str, order: int = 0, results: str | None = None, log=print) -> dict:
+  """Trains and tests one variant with one seed in `workdir`; returns (and writes) its row.
+
+  A finished twin under `root` gives its row; then one in `results` (`results.py`); otherwise
+  the run trains (resuming from its own checkpoints)."""
   row_path = os.path.join(workdir, "row.json")
   cfg = variant_config(config, variant, seed)
   settings = Settings.parse(cfg)
@@ -113,7 +121,11 @@ def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, sui
   os.makedirs(workdir, exist_ok=True)
   twin = _finished_twin(root, workdir, settings)
   if twin is not None:
-    return _reuse(twin, workdir, root, suite=suite, variant=variant, order=order, log=log)
+    return _reuse(twin, workdir, root, settings=settings, suite=suite, variant=variant,
+                  order=order, log=log)
+  found = results and results_lib.find(results, settings)
+  if found:
+    return results_lib.restore(found, workdir, suite=suite, variant=variant, order=order, log=log)
   trained = _finished_twin(root, workdir, settings, but=stored.READER_KEYS)
   with fileio.workdir_lock(workdir, log=log):
     if trained is not None:
@@ -137,7 +149,7 @@ def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, sui
          "selection": settings.eval.metric,
          "long_tail_rule": f"the {settings.eval.long_tail_fraction:.0%} of test users with the "
                            f"fewest training interactions (<= {test.long_tail_threshold})",
-         "curve": _curve(workdir, settings)}
+         "curve": _curve(workdir, settings), "config": settings.full}
   if trained is not None:
     row["ranked_from"] = os.path.relpath(trained, root)
   return _write_row(row, workdir)
@@ -239,7 +251,9 @@ def _check_finished(row: dict, workdir: str, root: str, settings: Settings) -> N
   """
   source = _model_folder(row, workdir, root)
   found = None
-  if settings.model.name == "colarec" and os.path.isfile(stored.path(source)):
+  if "restored_from" in row:
+    found = results_lib.difference(row, settings)
+  elif settings.model.name == "colarec" and os.path.isfile(stored.path(source)):
     found = fileio.first_difference(settings.full, _stored_full(source))
   found = found or _stage_difference(source, settings)
   if found:
@@ -261,15 +275,15 @@ def _stage_difference(source: str, settings: Settings) -> tuple | None:
   return None
 
 
-def _reuse(source: str, workdir: str, root: str, *, suite: str, variant: Variant, order: int,
-           log) -> dict:
+def _reuse(source: str, workdir: str, root: str, *, settings: Settings, suite: str,
+           variant: Variant, order: int, log) -> dict:
   """This run's row from its finished twin `source`: the twin's metrics, curve, commit and wall
   time, this study's names, and `reused_from` saying where it ran."""
   with open(os.path.join(source, "row.json")) as f:
     row = json.load(f)
   row.update(suite=suite, variant=variant.name, order=order,
              overrides={k: v for k, v in variant.overrides},
-             reused_from=os.path.relpath(source, root))
+             reused_from=os.path.relpath(source, root), config=settings.full)
   per_user = os.path.join(workdir, "per_user_test.npz")
   if not os.path.exists(per_user):
     os.link(os.path.join(source, "per_user_test.npz"), per_user)
@@ -334,9 +348,11 @@ def check_arms(config, variants, seeds) -> None:
 
 
 def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), arms=(),
-              study: str = "", budget="cpu", log=print) -> list[dict]:
+              study: str = "", budget="cpu", results: str | None = None,
+              log=print) -> list[dict]:
   """Every variant x seed of a suite (or of `sweeps`, or of `arms`); returns the rows and writes
-  the report into `<root>/<study>` (default: the suite's name, 'sweep' or 'arms')."""
+  the report into `<root>/<study>` (default: the suite's name, 'sweep' or 'arms'), and into
+  `results` when given (`results.py`: rows finished there on another machine are restored)."""
   from colarec_jax.studies import report as report_lib
   if budget not in BUDGETS:
     raise UsageError("budget", f"got {budget!r}, expected one of {', '.join(BUDGETS)}")
@@ -353,12 +369,16 @@ def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), arm
   name = study or name
   if os.sep in name or name in (".", ".."):
     raise UsageError("study", f"got {name!r}, expected a folder name")
-  if os.path.exists(root) and not os.path.isdir(root):
-    raise UsageError("root", f"{root} is a file; expected a folder for the study's runs")
+  for flag, folder in (("root", root), ("results", results)):
+    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+      raise UsageError(flag, f"{folder} is a file; expected a folder for the study's "
+                       + ("runs" if flag == "root" else "committed results"))
   check_arms(config, variants, seeds)
   reference = REFERENCE.get(suite) if not (sweeps or arms) else variants[0].name
   runs = [(order, variant, seed) for order, variant in enumerate(variants) for seed in seeds]
   rows: dict[tuple, dict] = {}
+  if results:
+    results_lib.restore_study(results, os.path.join(root, name), log)
   # A run another runner holds (two runners on one root) is skipped and come back to after the
   # others: by then that runner has finished it, and its row is read, not trained again.
   while len(rows) < len(runs):
@@ -370,12 +390,14 @@ def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), arm
       log(f"== {name}: {variant.name}, seed {seed} ({workdir})")
       try:
         rows[order, seed] = run_one(config, variant, seed, workdir, root=root, suite=name,
-                                    budget=budget, order=order, log=log)
+                                    budget=budget, order=order, results=results, log=log)
       except WorkdirInUse:
         held += 1
         log(f"{workdir} is being run by another process; coming back to it")
         continue
       report_lib.write_report(os.path.join(root, name), reference=reference)
+      if results:
+        results_lib.publish(os.path.join(root, name), results)
     if held:
       time.sleep(POLL_SECONDS)
   return [rows[order, seed] for order, _, seed in runs]
@@ -399,6 +421,9 @@ def main(argv=None) -> None:
   flags.DEFINE_string("study", "", "Folder name of the study under --root (default: the "
                       "suite's name, 'sweep' or 'arms').")
   flags.DEFINE_enum("budget", "cpu", BUDGETS, "What the rows record as their budget.")
+  flags.DEFINE_string("results", None, "A folder for the study's committed results (report, "
+                      "rows, per-user metrics), written after every run; rows finished there "
+                      "(or in a study folder beside it) on another machine are not run again.")
   flags.mark_flags_as_required(["config", "root"])
 
   def run(_):
@@ -414,7 +439,8 @@ def main(argv=None) -> None:
     with interrupts.one_line_errors():
       Settings.parse(cfg)
       run_suite(cfg, flags.FLAGS.suite, flags.FLAGS.root, seeds, sweeps=flags.FLAGS.sweep,
-                arms=flags.FLAGS.arm, study=flags.FLAGS.study, budget=flags.FLAGS.budget)
+                arms=flags.FLAGS.arm, study=flags.FLAGS.study, budget=flags.FLAGS.budget,
+                results=flags.FLAGS.results)
 
   app.run(run, argv=argv, flags_parser=parsing.one_line_parser(flags.FLAGS))
 

@@ -25,7 +25,12 @@ class Variant:
 
   @property
   def slug(self) -> str:
-    return "".join(c if c.isalnum() or c in "._=-" else "_" for c in self.name)
+    return slug(self.name)
+
+
+def slug(name: str) -> str:
+  """An arm's name as a folder or file name."""
+  return "".join(c if c.isalnum() or c in "._=-" else "_" for c in name)
 
 
 SUITES = {
