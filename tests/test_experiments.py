@@ -365,7 +365,11 @@ def test_a_study_with_results_resumes_on_another_machine_from_its_committed_rows
     text = f.read()
   assert "ColaRec seed 0 is " in text and "Finished on another machine" in text
   assert "(2 users)" not in text and " users) |" in text  # the paired test read both seeds
-  # The same config under another arm name in another study beside it is found there too.
+  # The same config under another arm name in another study beside it is found there too; a
+  # study beside it committed before rows kept their per-user metrics is passed over.
+  old = tmp_path / "results" / "before"
+  old.mkdir()
+  (old / "rows.jsonl").write_text(json.dumps(published[2]) + "\nnot a row\n")
   logs.clear()
   arms = runner.run_suite(small_config(), "", str(tmp_path / "c"), [1], arms=["as configured"],
                           study="levers", results=str(tmp_path / "results" / "levers"),

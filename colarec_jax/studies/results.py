@@ -59,12 +59,14 @@ def difference(row: dict, settings: Settings) -> tuple | None:
   return (fileio.config_key(found[0]), *found[1:]) if found else None
 
 
-def _rows(folder: str) -> list[dict]:
-  """The rows of a results folder (none when it has no rows file yet).
+def _rows(folder: str, strict: bool = True) -> list[dict]:
+  """The rows of a results folder (none when it has no rows file yet). Not `strict` (a study
+  folder beside this study's, perhaps committed before rows kept their per-user metrics): only
+  its rows that could be restored, the others skipped.
 
   Raises:
-    UsageError: naming the file and line of a row that is not a JSON object with its arm's name
-      and seed, or whose per-user metrics are missing.
+    UsageError: (strict) naming the file and line of a row that is not a JSON object with its
+      arm's name and seed, or whose per-user metrics are missing.
   """
   path, rows = os.path.join(folder, ROWS), []
   try:
@@ -81,10 +83,14 @@ def _rows(folder: str) -> list[dict]:
       row = None
     if not (isinstance(row, dict) and isinstance(row.get("variant"), str)
             and isinstance(row.get("seed"), int)):
+      if not strict:
+        continue
       raise UsageError("results", f"{path}:{number}: expected a row (a JSON object with its "
                        "variant and seed), as the runner writes")
     per_user = os.path.join(folder, per_user_name(row["variant"], row["seed"]))
     if not os.path.isfile(per_user):
+      if not strict:
+        continue
       raise UsageError("results", f"{path}:{number}: {per_user} is missing; expected the "
                        "row's per-user test metrics beside it, as the runner writes them")
     rows.append(row)
@@ -98,7 +104,7 @@ def find(results: str, settings: Settings) -> tuple[str, dict] | None:
   beside = sorted(p for p in glob.glob(os.path.join(os.path.dirname(here), "*"))
                   if os.path.isdir(p) and p != here)
   for folder in [here, *beside]:
-    for row in _rows(folder):
+    for row in _rows(folder, strict=folder == here):
       if difference(row, settings) is None:
         return folder, row
   return None
