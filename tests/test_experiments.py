@@ -334,6 +334,16 @@ def test_a_second_runner_skips_the_run_the_first_holds_and_comes_back(tmp_path, 
   assert any("colarec epoch" in line for line in logs[first_try:])
 
 
+def test_rows_record_the_commit_the_study_started_at(tmp_path, monkeypatch):
+  """A commit landing while a long study runs is not the code its processes run: every row names
+  the commit the runner started at."""
+  commits = iter(["aaaaaaa", "bbbbbbb", "ccccccc"])
+  monkeypatch.setattr(runner, "_commit", lambda: next(commits))
+  rows = runner.run_suite(small_config(), "", str(tmp_path), [0],
+                          sweeps=["loss.contrastive_weight=0.1,0.0"], log=lambda *_: None)
+  assert [r["commit"] for r in rows] == ["aaaaaaa", "aaaaaaa"]
+
+
 def test_a_study_with_results_resumes_on_another_machine_from_its_committed_rows(tmp_path):
   """`--results`: what one machine finished is published there (rows with their configs, report,
   per-user metrics) and is not trained again by a fresh root elsewhere; a changed config is."""

@@ -105,11 +105,13 @@ def _files(root: str, name: str, skip: tuple[str, ...]):
 
 
 def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, suite: str,
-            budget: str, order: int = 0, results: str | None = None, log=print) -> dict:
+            budget: str, order: int = 0, results: str | None = None, commit: str | None = None,
+            log=print) -> dict:
   """Trains and tests one variant with one seed in `workdir`; returns (and writes) its row.
 
   A finished twin under `root` gives its row; then one in `results` (`results.py`); otherwise
-  the run trains (resuming from its own checkpoints)."""
+  the run trains (resuming from its own checkpoints). `commit`: the code's commit when the
+  process started (default: now), which is the code that trains, whatever lands meanwhile."""
   row_path = os.path.join(workdir, "row.json")
   cfg = variant_config(config, variant, seed)
   settings = Settings.parse(cfg)
@@ -143,7 +145,7 @@ def run_one(config, variant: Variant, seed: int, workdir: str, *, root: str, sui
            **{k.replace("@", "_at_"): v for k, v in test.per_user.items()})
   row = {"suite": suite, "variant": variant.name, "order": order, "seed": seed,
          "overrides": {k: v for k, v in variant.overrides}, "model": name,
-         "dataset": settings.data.name, "budget": budget, "commit": _commit(),
+         "dataset": settings.data.name, "budget": budget, "commit": commit or _commit(),
          "wall_seconds": seconds, "examples_seen": _examples_seen(settings, workdir),
          "valid": results[name]["valid"].to_json(), "test": test.to_json(),
          "selection": settings.eval.metric,
@@ -377,6 +379,7 @@ def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), arm
   reference = REFERENCE.get(suite) if not (sweeps or arms) else variants[0].name
   runs = [(order, variant, seed) for order, variant in enumerate(variants) for seed in seeds]
   rows: dict[tuple, dict] = {}
+  commit = _commit()  # the code that runs: a commit landing during a long study is not it
   if results:
     results_lib.restore_study(results, os.path.join(root, name), log)
   # A run another runner holds (two runners on one root) is skipped and come back to after the
@@ -390,7 +393,8 @@ def run_suite(config, suite: str, root: str, seeds: list[int], *, sweeps=(), arm
       log(f"== {name}: {variant.name}, seed {seed} ({workdir})")
       try:
         rows[order, seed] = run_one(config, variant, seed, workdir, root=root, suite=name,
-                                    budget=budget, order=order, results=results, log=log)
+                                    budget=budget, order=order, results=results,
+                                    commit=commit, log=log)
       except WorkdirInUse:
         held += 1
         log(f"{workdir} is being run by another process; coming back to it")
