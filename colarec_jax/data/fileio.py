@@ -51,6 +51,19 @@ def staged_directory(target: str):
 MANIFEST = "manifest.json"
 
 
+def write_file(path: str, fill) -> None:
+  """Writes `path` through a temporary file beside it (`fill(f)` writes the bytes), so it is
+  never half-written: the old file or the new one, whole."""
+  staged = path + ".tmp"
+  try:
+    with open(staged, "wb") as f:
+      fill(f)
+    os.replace(staged, path)
+  finally:
+    if os.path.exists(staged):
+      os.unlink(staged)
+
+
 def sha256_file(path: str) -> str:
   """The file's sha256, hex."""
   digest = hashlib.sha256()

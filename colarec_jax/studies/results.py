@@ -137,8 +137,10 @@ def _restore(folder: str, row: dict, workdir: str, log, **names) -> dict:
   row = {k: v for k, v in row.items() if k != "reused_from"}  # that folder is on another machine
   row.update(names, restored_from=source)
   os.makedirs(workdir, exist_ok=True)
-  _write(os.path.join(workdir, "per_user_test.npz"), lambda f: np.savez(f, **arrays))
-  _write(os.path.join(workdir, "row.json"), lambda f: f.write(json.dumps(row, indent=1).encode()))
+  fileio.write_file(os.path.join(workdir, "per_user_test.npz"),
+                    lambda f: np.savez(f, **arrays))
+  fileio.write_file(os.path.join(workdir, "row.json"),
+                    lambda f: f.write(json.dumps(row, indent=1).encode()))
   log(f"finished on another machine: {os.path.relpath(workdir)}'s row is {source}")
   return row
 
@@ -150,20 +152,13 @@ def publish(study_folder: str, results: str) -> None:
   for name in ["report.md", ROWS, *map(os.path.basename,
                                        glob.glob(os.path.join(study_folder, "*.png")))]:
     with open(os.path.join(study_folder, name), "rb") as source:
-      _write(os.path.join(results, name), lambda f, source=source: shutil.copyfileobj(source, f))
+      fileio.write_file(os.path.join(results, name),
+                        lambda f, source=source: shutil.copyfileobj(source, f))
   for row in report_lib.load_rows(study_folder):
-    with np.load(os.path.join(row["_dir"], "per_user_test.npz")) as z:
+    source = os.path.join(row["_dir"], "per_user_test.npz")
+    target = os.path.join(results, per_user_name(row["variant"], row["seed"]))
+    if os.path.exists(target) and os.path.getmtime(target) >= os.path.getmtime(source):
+      continue  # published after an earlier run of the study
+    with np.load(source) as z:
       arrays = dict(z)
-    _write(os.path.join(results, per_user_name(row["variant"], row["seed"])),
-           lambda f, arrays=arrays: np.savez_compressed(f, **arrays))
-
-
-def _write(path: str, fill) -> None:
-  staged = path + ".tmp"
-  try:
-    with open(staged, "wb") as f:
-      fill(f)
-    os.replace(staged, path)
-  finally:
-    if os.path.exists(staged):
-      os.unlink(staged)
+    fileio.write_file(target, lambda f, arrays=arrays: np.savez_compressed(f, **arrays))

@@ -294,11 +294,8 @@ def _reuse(source: str, workdir: str, root: str, *, settings: Settings, suite: s
 
 
 def _write_row(row: dict, workdir: str) -> dict:
-  row_path = os.path.join(workdir, "row.json")
-  staged = row_path + ".tmp"
-  with open(staged, "w") as f:
-    json.dump(row, f, indent=1)
-  os.replace(staged, row_path)
+  fileio.write_file(os.path.join(workdir, "row.json"),
+                    lambda f: f.write(json.dumps(row, indent=1).encode()))
   return row
 
 
