@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO
 
 from colarec_jax.studies import report, runner, variants
+from colarec_jax.studies import results as results_lib
 from colarec_jax.runtime.errors import ConfigError, UsageError
 from configs import tiny
 
@@ -465,3 +466,28 @@ def test_the_experiments_cli_says_one_line(tmp_path, args, message):
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
   assert lines[0].startswith(message.replace("{tmp}", str(tmp_path))), lines[0]
+
+
+def test_publish_rewrites_a_per_user_file_whose_content_changed_whatever_its_date(tmp_path):
+  """A published per-user file is rewritten when its run's metrics differ, even if the published
+  copy is newer (a checkout resets dates), and left byte-for-byte alone when they are equal."""
+  run = tmp_path / "study" / "arm" / "seed0"
+  run.mkdir(parents=True)
+  (run / "row.json").write_text(json.dumps({"variant": "arm", "seed": 0, "order": 0}))
+  (tmp_path / "study" / "report.md").write_text("report")
+  (tmp_path / "study" / "rows.jsonl").write_text("{}\n")
+  first = {"users": np.arange(3), "ndcg_at_20": np.array([0.1, 0.2, 0.3])}
+  np.savez(run / "per_user_test.npz", **first)
+  out = tmp_path / "results"
+  results_lib.publish(str(tmp_path / "study"), str(out))
+  target = out / results_lib.per_user_name("arm", 0)
+  published = target.read_bytes()
+  results_lib.publish(str(tmp_path / "study"), str(out))
+  assert target.read_bytes() == published
+  second = {"users": np.arange(3), "ndcg_at_20": np.array([0.1, 0.25, 0.3])}
+  np.savez(run / "per_user_test.npz", **second)
+  later = os.path.getmtime(target) + 100
+  os.utime(target, (later, later))  # the published copy looks newer than the run
+  results_lib.publish(str(tmp_path / "study"), str(out))
+  with np.load(target) as z:
+    np.testing.assert_array_equal(z["ndcg_at_20"], second["ndcg_at_20"])

@@ -155,10 +155,18 @@ def publish(study_folder: str, results: str) -> None:
       fileio.write_file(os.path.join(results, name),
                         lambda f, source=source: shutil.copyfileobj(source, f))
   for row in report_lib.load_rows(study_folder):
-    source = os.path.join(row["_dir"], "per_user_test.npz")
     target = os.path.join(results, per_user_name(row["variant"], row["seed"]))
-    if os.path.exists(target) and os.path.getmtime(target) >= os.path.getmtime(source):
-      continue  # published after an earlier run of the study
-    with np.load(source) as z:
+    with np.load(os.path.join(row["_dir"], "per_user_test.npz")) as z:
       arrays = dict(z)
-    fileio.write_file(target, lambda f, arrays=arrays: np.savez_compressed(f, **arrays))
+    if not _holds(target, arrays):  # rewriting an unchanged file would only churn its bytes
+      fileio.write_file(target, lambda f, arrays=arrays: np.savez_compressed(f, **arrays))
+
+
+def _holds(path: str, arrays: dict) -> bool:
+  """Whether the .npz at `path` holds exactly `arrays` (by content, not by file dates, which a
+  checkout or copy resets)."""
+  if not os.path.exists(path):
+    return False
+  with np.load(path) as z:
+    return set(z.files) == set(arrays) and all(
+        z[k].dtype == v.dtype and np.array_equal(z[k], v) for k, v in arrays.items())
