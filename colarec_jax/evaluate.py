@@ -25,6 +25,7 @@ from colarec_jax.runtime.errors import ConfigError
 # decoder's own score of its code ('model').
 SIBLING_SCORES = ("sibling_mean", "sibling_max")
 NEW_ITEM_SCORES = ("model",) + SIBLING_SCORES
+NEW_ITEM_PLACEMENTS = ("indexing", "neighbours")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,8 @@ class EvalConfig:
   encoder_weight: float = 0.0  # the beam's items rescored by + w h(X_u).h(X_i) (ranker.py)
   added_candidates: int = 0  # added items joining each list by h(X_u).h(X_i) (decode.py)
   code_prior: tuple[float, ...] = ()  # w * log P_train(code | prefix), per GID level or for all
+  new_item_placement: str = "neighbours"  # an added item's leaf parent (newitems/indexing.py)
+  placement_neighbours: int = 10  # trained items voting for it (new_item_placement=neighbours)
 
   @classmethod
   def from_config(cls, section) -> "EvalConfig":
@@ -55,7 +58,14 @@ class EvalConfig:
               int(section.decode_batch_size), int(section.valid_sample),
               bool(section.exclude_in_search), str(section.new_item_score),
               int(section.search_width), float(section.encoder_weight),
-              int(section.added_candidates), _weights(section.code_prior))
+              int(section.added_candidates), _weights(section.code_prior),
+              str(section.new_item_placement), int(section.placement_neighbours))
+    if out.new_item_placement not in NEW_ITEM_PLACEMENTS:
+      raise ConfigError("eval.new_item_placement", f"got {out.new_item_placement!r}, expected one "
+                        f"of {', '.join(map(repr, NEW_ITEM_PLACEMENTS))}")
+    if out.placement_neighbours < 1:
+      raise ConfigError("eval.placement_neighbours", f"got {out.placement_neighbours}, expected "
+                        ">= 1")
     if out.new_item_score not in NEW_ITEM_SCORES:
       raise ConfigError("eval.new_item_score", f"got {out.new_item_score!r}, expected one of "
                         f"{', '.join(map(repr, NEW_ITEM_SCORES))}")

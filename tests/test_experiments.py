@@ -238,6 +238,9 @@ def test_paper_datasets_have_a_cpu_budget_variant(name):
   assert (tuple(cpu.eval.code_prior), tuple(paper.eval.code_prior)) == ((0.0, 1.0, 1.0), ())
   # Added items tie their best sibling where the encoder's term orders them (cold_levers_*.json)
   assert (cpu.eval.new_item_score, paper.eval.new_item_score) == ("sibling_max", "sibling_mean")
+  # placed by their nearest trained items' vote (cold_levers_*_24_placement.json)
+  assert ((cpu.eval.new_item_placement, cpu.eval.placement_neighbours,
+           paper.eval.new_item_placement) == ("neighbours", 10, "neighbours"))
   with pytest.raises(ValueError, match="unknown variant 'gpu'"):
     module.get_config("gpu")
 

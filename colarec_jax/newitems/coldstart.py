@@ -128,17 +128,31 @@ class ColdTest:
   held_out: int
   interactions: int
 
-  def rows(self, name: str, lists: np.ndarray, ev=None) -> dict:
+  def rows(self, name: str, lists: np.ndarray, ev=None, items: np.ndarray | None = None) -> dict:
     """{name: overall Report, name + ' cold items': the held-out interactions' Report} of ranked
-    `lists` [len(users), k] (`ev`: the metrics' config, default the run's)."""
+    `lists` [len(users), k] (`ev`: the metrics' config, default the run's; `items`: the cold row
+    counts only the interactions with these held-out items, default all)."""
     ev = ev or self.parts.eval
     overall = evaluate.evaluate_ranking(lists, self.users, self.everything,
                                         self.split.train_counts, ev.ks, ev.long_tail_fraction)
-    cold = evaluate.evaluate_ranking(
-        lists[np.isin(self.users, self.cold_users)], self.cold_users, self.cold,
-        self.split.train_counts, ev.ks, ev.long_tail_fraction,
-        long_tail_threshold=overall.long_tail_threshold)
-    return {name: overall, name + COLD: cold}
+    cold = self.cold
+    if items is not None:
+      users = np.repeat(np.arange(len(cold.indptr) - 1), cold.lengths())
+      keep = np.isin(cold.items, items)
+      cold = Csr.from_pairs(users[keep], cold.items[keep], len(cold.indptr) - 2)
+    who = np.flatnonzero(cold.lengths())
+    report = evaluate.evaluate_ranking(
+        lists[np.isin(self.users, who)], who, cold, self.split.train_counts, ev.ks,
+        ev.long_tail_fraction, long_tail_threshold=overall.long_tail_threshold)
+    return {name: overall, name + COLD: report}
+
+  def halves(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out items with interactions, split in two at random (`seed`): (selection,
+    report) item ids. The held-out items have no validation interactions; a setting for added
+    items is chosen on the selection half's interactions and reported on the other's."""
+    items = np.unique(self.cold.items)
+    order = np.random.default_rng(seed).permutation(len(items))
+    return np.sort(items[order[:len(items) // 2]]), np.sort(items[order[len(items) // 2:]])
 
 
 def cold_test(settings: Settings, workdir: str, *, prepared: Prepared | None = None,

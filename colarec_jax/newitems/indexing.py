@@ -1,8 +1,10 @@
 """Indexing items that arrive after training, from their text alone (no retraining).
 
 A new item's indexing input is [task_index, unknown-item token + content, EOS] (no users: it has
-none). ColaRec's constrained beam search over the GID tree's leaf parents that still have a free
-leaf picks its first l-1 codes; the item takes that parent's lowest free last code (see
+none). Its first l-1 codes, a leaf parent that still has a free leaf, come from
+`eval.new_item_placement`: 'indexing', ColaRec's constrained beam search over those parents (the
+indexing task), or 'neighbours', a vote of its nearest trained items by the encoder's item score
+h(X_new).h(X_j) (`neighbour_parents`); the item takes that parent's lowest free last code (see
 `gid.overlay`). `--mode=add_items --items_file=FILE` reads the items from a file in the dataset's
 own item format (an atomic `.item` file with `data.item_field` and the `data.text_fields`
 columns) and adds them to the workdir's overlay, after which `evaluate` and `recommend` rank them.
@@ -100,12 +102,56 @@ def check_room(gids: GidTable, count: int, where: str) -> None:
                     "gid.branching leaves more room, and needs retraining)")
 
 
+def neighbour_parents(new: np.ndarray, trained: np.ndarray, item_parent: np.ndarray,
+                      allowed: np.ndarray, k: int, count: int = 256,
+                      batch_elements: int = 1 << 25) -> np.ndarray:
+  """Leaf parents ranked for each new item by a vote of its k nearest trained items.
+
+  A trained item j among new item i's k best by s_ij = h_i.h_j votes exp(s_ij - max_j s_ij) for
+  its leaf parent; the allowed parents are ranked by their votes, then (those no neighbour is
+  under) by the best score of an item under them, then by index.
+
+  Args:
+    new: [m, d] the new items' pooled encodings.
+    trained: [n, d] the trained items' (item j + 1 at row j).
+    item_parent: [n] each trained item's leaf parent, in 0..P-1.
+    allowed: [P] bool, the parents that may be returned.
+    k: neighbours voting (at most n).
+    count: parents returned per item, at most (fewer when fewer are allowed).
+    batch_elements: new items scored at once times n, at most (bounds the [rows, n] scores).
+
+  Returns:
+    [m, min(count, allowed.sum())] int64 parent indices, best first.
+  """
+  k, width = min(k, len(trained)), min(count, int(allowed.sum()))
+  out = np.zeros((len(new), width), np.int64)
+  order = np.argsort(item_parent, kind="stable")
+  present, starts = np.unique(item_parent[order], return_index=True)
+  rows = max(1, batch_elements // max(len(trained), 1))
+  for start in range(0, len(new), rows):
+    scores = new[start:start + rows] @ trained.T  # [b, n]
+    b = len(scores)
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    near = np.take_along_axis(scores, top, axis=1)
+    votes = np.zeros((b, len(allowed)))
+    np.add.at(votes, (np.repeat(np.arange(b), k), item_parent[top].ravel()),
+              np.exp(near - near.max(axis=1, keepdims=True)).ravel())
+    best = np.full((b, len(allowed)), -np.inf)
+    best[:, present] = np.maximum.reduceat(scores[:, order], starts, axis=1)
+    votes[:, ~allowed] = -np.inf
+    for n in range(b):
+      # lexsort: the last key is the primary one; stable, so equal keys keep parent order.
+      out[start + n] = np.lexsort((-best[n], -votes[n]))[:width]
+  return out
+
+
 def index_items(parts: RunParts, params, tokens: np.ndarray, where: str = "new items") -> np.ndarray:
   """GIDs for new items (ids after the parts' items) from their content tokens.
 
-  Each round ranks the leaf parents that have a free leaf by constrained beam search over their
-  first l-1 codes; items in order take their best parent with a leaf still free, and those whose
-  every candidate filled up in the round search again among the parents left.
+  Each round ranks the leaf parents that have a free leaf (by constrained beam search over their
+  first l-1 codes, or by `neighbour_parents`: eval.new_item_placement); items in order take their
+  best parent with a leaf still free, and those whose every candidate filled up in the round rank
+  again among the parents left.
 
   Args:
     parts: the run's parts (with the items added before, `catalogue.with_new_items`).
@@ -125,17 +171,32 @@ def index_items(parts: RunParts, params, tokens: np.ndarray, where: str = "new i
   inputs = stack([builder.index_input(first + n, []) for n in range(len(tokens))])
   prefixes, free = overlay.leaf_parents(parts.gids)
   chosen = np.full(len(tokens), -1, np.int64)
+  if parts.eval.new_item_placement == "neighbours":
+    ranker = parts.ranker(params)
+    trained = parts.model.config.num_items
+    # Each trained item's leaf parent as an index into `prefixes` (its sorted distinct rows).
+    _, inverse = np.unique(np.concatenate([prefixes, parts.gids.codes[1:trained + 1, :-1]]),
+                           axis=0, return_inverse=True)
+    item_parent = inverse.ravel()[len(prefixes):]
+    new_h, trained_h = ranker.encode(inputs), ranker.item_encodings()[1:trained + 1]
+
+    def rank(todo):
+      return neighbour_parents(new_h[todo], trained_h, item_parent, free > 0,
+                               parts.eval.placement_neighbours)
+  else:
+    def rank(todo):
+      open_parents = np.flatnonzero(free > 0)
+      # The parents with room as a depth l-1 "GID table": its items 1..P' are those parents.
+      trie_table = GidTable.from_codes(prefixes[open_parents], parts.gids.branching)
+      trie = Trie.build(trie_table, parts.eval.beam_size, parts.mesh)
+      ranker = Ranker(parts.model, params, trie, builder, parts.eval, parts.mesh)
+      ranked, _ = ranker.ranked({k: v[todo] for k, v in inputs.items()},
+                                [np.zeros(0)] * len(todo), trie.beam_size)
+      return np.where(ranked > 0, open_parents[np.maximum(ranked - 1, 0)], -1)
+
   while (chosen < 0).any():
     todo = np.flatnonzero(chosen < 0)
-    open_parents = np.flatnonzero(free > 0)
-    # The parents with room as a depth l-1 "GID table": its items 1..P' are those parents.
-    trie_table = GidTable.from_codes(prefixes[open_parents], parts.gids.branching)
-    trie = Trie.build(trie_table, parts.eval.beam_size, parts.mesh)
-    ranker = Ranker(parts.model, params, trie, builder, parts.eval, parts.mesh)
-    ranked, _ = ranker.ranked({k: v[todo] for k, v in inputs.items()},
-                              [np.zeros(0)] * len(todo), trie.beam_size)
-    candidates = np.where(ranked > 0, open_parents[np.maximum(ranked - 1, 0)], -1)
-    chosen[todo] = overlay.take_leaves(candidates, free)
+    chosen[todo] = overlay.take_leaves(rank(todo), free)
   parent_codes = prefixes[chosen]
   return np.concatenate([parent_codes, overlay.last_codes(parts.gids, parent_codes)[:, None]],
                         axis=1).astype(np.int32)
