@@ -110,7 +110,7 @@ class ColdTest:
     users: every user with a test interaction (the split's or a held-out item's).
     exclude: per user, the items the main table's ranking leaves out.
     everything: each user's test items, the held-out ones included.
-    cold: each user's held-out test items; `cold_users` the users who have some.
+    cold: each user's held-out test items.
     split: the main table's test split (its exclusions and training counts).
     indexed, held_out: held-out items indexed from their text, and all of them.
     interactions: the held-out items' interactions.
@@ -122,7 +122,6 @@ class ColdTest:
   exclude: list
   everything: Csr
   cold: Csr
-  cold_users: np.ndarray
   split: evaluate.EvalSplit
   indexed: int
   held_out: int
@@ -182,7 +181,7 @@ def cold_test(settings: Settings, workdir: str, *, prepared: Prepared | None = N
       extended, params, users, [split.exclude.row(u) for u in users],
       Csr.from_pairs(np.concatenate([test_users, held.users]),
                      np.concatenate([test_items, held_ids[held.items]]), ds.num_users),
-      Csr.from_pairs(held.users, held_ids[held.items], ds.num_users), np.unique(held.users),
+      Csr.from_pairs(held.users, held_ids[held.items], ds.num_users),
       split, len(new), len(held), len(held.users))
 
 
