@@ -387,6 +387,23 @@ def test_import_refuses_bad_input_with_one_line(imported, tmp_path):
                              str(data), TOKENIZER, log=lambda *_: None)
 
 
+def test_an_import_builds_the_optimizer_the_loop_trains_with(tmp_path):
+  """A decaying schedule needs the run's step count: the import counts the loop's steps (it used
+  to build the optimizer for 0 steps and so refused any warm-up)."""
+  workdir = tmp_path / "w"
+  schedule = ("--config.optim.schedule=warmup_cosine", "--config.train.epochs=3",
+              "--config.train.steps_per_epoch=2")
+  result = _cli(*IMPORT, f"--checkpoint={MODEL}", f"--workdir={workdir}", *schedule,
+                "--config.optim.warmup_steps=5")
+  assert "imported their epoch-1 model" in result.stdout + result.stderr
+  # 3 epochs of 2 steps (the fixture has more than 2 batches of training rows): a warm-up of 6
+  # leaves no step to decay over, and the error counts the loop's steps.
+  result = _cli(*IMPORT, f"--checkpoint={MODEL}", f"--workdir={tmp_path / 'w2'}", *schedule,
+                "--config.optim.warmup_steps=6", check=False)
+  assert result.returncode != 0
+  assert "fewer than the 6 training steps" in result.stderr.strip().splitlines()[-1]
+
+
 def test_content_strings_are_written_verbatim(tmp_path):
   """Their content strings reach the tokenizer as they are (a double space changes BPE tokens);
   only a tab or line break, which would end the atomic field, becomes a space."""

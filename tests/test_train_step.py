@@ -21,6 +21,7 @@ from colarec_jax.model.inputs import InputBuilder, InputConfig, epoch_order
 from colarec_jax.model.colarec import ColaRec, create_model
 from colarec_jax.config.settings import LossWeights, Settings
 from colarec_jax.training.state import init_state
+from colarec_jax.runtime.errors import ConfigError
 from configs import tiny
 
 BATCH = 32
@@ -319,3 +320,24 @@ def test_in_batch_negatives_reach_the_step(setup):
     assert float(got[name]) != pytest.approx(float(single[name]), rel=1e-2)
   for name in ("rec", "index"):
     assert float(got[name]) == pytest.approx(float(single[name]), rel=1e-6)
+
+
+def test_warmup_cosine_follows_its_formula():
+  """optim.schedule='warmup_cosine': update t (from 0) uses a learning rate rising linearly from 0
+  to the peak over warmup_steps, then half a cosine down towards 0 at the run's step count."""
+  optim = Settings.parse(tiny.get_config()).optim
+  optim = dataclasses.replace(optim, learning_rate=2e-3, schedule="warmup_cosine", warmup_steps=4)
+  total = 12
+  tx = step_lib.create_optimizer(optim, total)
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  used = []
+  for _ in range(total):
+    _, state = tx.update({"w": jnp.full(3, 0.1)}, state, params)
+    used.append(float(state[1].hyperparams["learning_rate"]))  # what this update used
+  expected = [2e-3 * t / 4 if t < 4 else 1e-3 * (1 + np.cos(np.pi * (t - 4) / (total - 4)))
+              for t in range(total)]
+  np.testing.assert_allclose(used, expected, rtol=1e-5, atol=1e-9)
+  assert used[4] == pytest.approx(2e-3) and 0 < used[-1] < 1e-4
+  with pytest.raises(ConfigError, match="optim.warmup_steps.*fewer than the 4 training"):
+    step_lib.create_optimizer(optim, 4)

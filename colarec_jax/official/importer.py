@@ -43,7 +43,7 @@ from colarec_jax.runtime.errors import DataError, UsageError
 from colarec_jax.runtime.progress import Progress
 from colarec_jax.run.store import state_arrays
 from colarec_jax.training.state import initial_state
-from colarec_jax.training.step import create_optimizer
+from colarec_jax.training.loop import run_optimizer
 
 NAME = "official"  # the dataset name of the written atomic files
 DATA_DIR = "official_data"
@@ -208,7 +208,7 @@ def import_official(settings: Settings, workdir: str, checkpoint_path: str, offi
   parts = parts_lib.build(settings, workdir, log=log, prepared=prepared, gids=gids)
   weights.check_config(their_config, parts.model.config.transformer, branching=gids.branching,
                        depth=gids.depth)
-  state = initial_state(parts, settings, workdir, create_optimizer(settings.optim), log)
+  state = initial_state(parts, settings, workdir, run_optimizer(prepared, settings), log)
   ds = prepared.dataset
   params = weights.to_params(tensors, jax.device_get(state.params),
                              parts.model.config.transformer, item_ids=ds.item_ids,

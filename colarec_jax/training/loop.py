@@ -20,6 +20,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import tqdm
 
 from colarec_jax.config import stored
@@ -82,6 +83,15 @@ def steps_per_epoch(prepared: Prepared, settings: Settings) -> int:
   return min(full, cap) if cap else full
 
 
+def run_optimizer(prepared: Prepared, settings: Settings) -> optax.GradientTransformation:
+  """The run's optimizer, its schedule spanning train.epochs of `steps_per_epoch` steps: what the
+  loop trains with, and what an imported checkpoint's state is built with (their checkpoint holds
+  no optimizer state: training an imported workdir further starts the schedule and Adam's
+  moments afresh)."""
+  steps = settings.train.epochs * steps_per_epoch(prepared, settings)
+  return create_optimizer(settings.optim, steps)
+
+
 def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_bar: bool = True,
                        prepared: Prepared | None = None, gids: GidTable | None = None) -> dict:
   """Trains ColaRec (resuming from `<workdir>/colarec/checkpoints` if present) and tests it.
@@ -99,8 +109,7 @@ def train_and_evaluate(settings: Settings, workdir: str, *, log=print, progress_
   ckpts = parts_lib.checkpoints(parts, settings, workdir)
   train_cfg, ev = settings.train, settings.eval
   steps = steps_per_epoch(parts.prepared, settings)
-  state = initial_state(parts, settings, workdir,
-                        create_optimizer(settings.optim, train_cfg.epochs * steps), log)
+  state = initial_state(parts, settings, workdir, run_optimizer(parts.prepared, settings), log)
   template = state
   run, within = Progress(), None
   # A rerun on the same workdir continues from its last good checkpoint, exactly: the latest
