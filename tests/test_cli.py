@@ -64,6 +64,20 @@ def test_bad_value_is_one_line_without_traceback(tmp_path, flag, message):
   assert os.listdir(tmp_path) == []
 
 
+def test_a_warm_up_the_run_cannot_hold_is_refused_before_lightgcn_trains(tmp_path):
+  # 1 epoch of 2 steps: a warm-up of 2 leaves nothing to decay over. The step count needs the
+  # prepared data (an epoch is every training row unless capped), so the data stage may finish;
+  # nothing trains.
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--mode=all",
+               "--config.optim.schedule=warmup_cosine", "--config.optim.warmup_steps=2",
+               "--config.train.epochs=1", "--config.train.steps_per_epoch=2")
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+  assert lines[0] == ("error: config.optim.warmup_steps: got 2, expected fewer than the 2 "
+                      "training steps")
+  assert sorted(os.listdir(tmp_path)) == [".colarec.lock", "data"]
+
+
 def test_bad_file_names_file_and_line(tmp_path):
   src = tmp_path / "src"
   shutil.copytree(os.path.join(REPO, "tests", "fixtures", "tiny"), src)

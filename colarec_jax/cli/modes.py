@@ -224,7 +224,8 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **values) -> 
   if not sharding.is_main_process():
     log = lambda *_: None  # one voice on the console
   spec = MODES[mode]
-  if spec.trains_colarec and (mode == "all" or settings.model.name == "colarec"):
+  trains = spec.trains_colarec and (mode == "all" or settings.model.name == "colarec")
+  if trains:
     check_batch_size(settings)  # before any data is prepared or model trained
   if spec.reads_model:  # the workdir's config, then flag mistakes, before any other file is read
     stored.check_reader(settings.full, workdir)
@@ -244,14 +245,17 @@ def run(mode: str, settings: Settings, workdir: str, *, log=print, **values) -> 
     prepared, gids = None, None
     if not spec.own_stages:
       prepared, gids = sharding.main_first("colarec-cached-stages", lambda: _cached_stages(
-          mode, settings, workdir, spec.reads_model, log))
+          mode, settings, workdir, spec.reads_model, log, trains))
     spec.run(settings, workdir, flags, prepared, gids, log)
 
 
-def _cached_stages(mode, settings, workdir, read_only, log):
+def _cached_stages(mode, settings, workdir, read_only, log, trains=False):
   """The prepared data (read as it is for a reader), its stats for stats/all, and the GIDs for
-  gid/all."""
+  gid/all; for a mode that trains ColaRec, its optimizer is built first, so that a warm-up the
+  run's steps cannot hold is refused before LightGCN trains."""
   prepared, gids = stages.prepared_data(settings, workdir, log=log, read_only=read_only), None
+  if trains:
+    train_lib.run_optimizer(prepared, settings)
   if mode in ("stats", "all"):
     log(prepare_lib.format_stats(prepared))
   if mode in ("gid", "all"):
