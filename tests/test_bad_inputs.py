@@ -209,6 +209,11 @@ CASES = [
      "config.optim.batch_size: got 0, expected >= 1"),
     ("optim-warmup", "a negative warm-up", ["--config.optim.warmup_steps=-1"],
      "config.optim.warmup_steps: got -1, expected >= 0"),
+    ("optim-warmup-cap", "a warm-up as long as the capped run",
+     ["--config.optim.schedule=warmup_cosine", "--config.optim.warmup_steps=6",
+      "--config.train.epochs=2", "--config.train.steps_per_epoch=3"],
+     "config.optim.warmup_steps: got 6, expected fewer than the 6 training steps "
+     "(train.epochs x train.steps_per_epoch)"),
     ("train-epochs", "no epochs", ["--config.train.epochs=0"],
      "config.train.epochs: got 0, expected >= 1"),
     ("train-steps", "a negative step cap", ["--config.train.steps_per_epoch=-1"],

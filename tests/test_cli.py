@@ -65,16 +65,16 @@ def test_bad_value_is_one_line_without_traceback(tmp_path, flag, message):
 
 
 def test_a_warm_up_the_run_cannot_hold_is_refused_before_lightgcn_trains(tmp_path):
-  # 1 epoch of 2 steps: a warm-up of 2 leaves nothing to decay over. The step count needs the
-  # prepared data (an epoch is every training row unless capped), so the data stage may finish;
-  # nothing trains.
+  # 1 epoch over every training row (batches of 16): a warm-up of 10,000 steps leaves nothing to
+  # decay over. The step count needs the prepared data (an uncapped epoch is every training
+  # row), so the data stage may finish; nothing trains.
   result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--mode=all",
-               "--config.optim.schedule=warmup_cosine", "--config.optim.warmup_steps=2",
-               "--config.train.epochs=1", "--config.train.steps_per_epoch=2")
+               "--config.optim.schedule=warmup_cosine", "--config.optim.warmup_steps=10000",
+               "--config.train.epochs=1", "--config.train.steps_per_epoch=0")
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
-  assert lines[0] == ("error: config.optim.warmup_steps: got 2, expected fewer than the 2 "
-                      "training steps")
+  assert re.fullmatch(r"error: config\.optim\.warmup_steps: got 10000, expected fewer than "
+                      r"the \d+ training steps", lines[0]), lines[0]
   assert sorted(os.listdir(tmp_path)) == [".colarec.lock", "data"]
 
 

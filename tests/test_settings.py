@@ -50,3 +50,19 @@ def test_the_default_config_and_the_cpu_budget_share_the_model_size():
   budget = base.cpu_budget(base.base_config())
   assert config.model.to_dict() == budget.model.to_dict()
   assert config.inputs.max_length == budget.inputs.max_length
+
+
+@pytest.mark.parametrize("schedule,warmup,refused", [
+    ("warmup_cosine", 5, False), ("warmup_cosine", 6, True), ("constant", 6, False)])
+def test_a_warm_up_the_capped_run_cannot_hold_is_refused_by_the_parse(schedule, warmup, refused):
+  """2 epochs capped at 3 steps take at most 6 steps: a warm-up of 6 leaves no decay, found
+  before any data is read (a constant schedule ignores the warm-up)."""
+  from colarec_jax.runtime.errors import ConfigError
+  config = base.base_config()
+  config.optim.schedule, config.optim.warmup_steps = schedule, warmup
+  config.train.epochs, config.train.steps_per_epoch = 2, 3
+  if refused:
+    with pytest.raises(ConfigError, match=r"optim\.warmup_steps: got 6, expected fewer than the 6"):
+      Settings.parse(config)
+  else:
+    assert Settings.parse(config).optim.warmup_steps == warmup

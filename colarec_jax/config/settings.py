@@ -167,12 +167,17 @@ class Settings:
     data = dataclasses.replace(
         DataConfig.from_config(config.data),
         tokenizer=pretrained.data_tokenizer(model.init_from, str(config.data.tokenizer)))
+    optim, train = OptimConfig.from_config(config.optim), TrainConfig.from_config(config.train)
+    capped = train.epochs * train.steps_per_epoch  # the most steps a run can take; 0 = uncapped
+    if optim.schedule == "warmup_cosine" and capped and capped <= optim.warmup_steps:
+      raise ConfigError("optim.warmup_steps", f"got {optim.warmup_steps}, expected fewer than "
+                        f"the {capped} training steps (train.epochs x train.steps_per_epoch)")
     full = json.loads(config.to_json())
     return cls(
         seed=int(config.seed), num_devices=int(config.num_devices),
         cpu_devices=int(config.cpu_devices), data=data, cf=LightGCNConfig.from_config(config.cf),
         gid=GidConfig.from_config(config.gid), model=model,
         inputs=InputConfig.from_config(config.inputs, data.max_item_tokens),
-        optim=OptimConfig.from_config(config.optim), train=TrainConfig.from_config(config.train),
+        optim=optim, train=train,
         loss=LossWeights.from_config(config.loss), eval=EvalConfig.from_config(config.eval),
         fixed={k: full[k] for k in FIXED_SECTIONS}, full=full)
