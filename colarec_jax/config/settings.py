@@ -59,6 +59,13 @@ class OptimConfig:
     _at_least("optim", out, 1, "batch_size")
     return out
 
+  def check_warmup(self, total_steps: int, counted: str = "") -> None:
+    """Refuses a warm-up that leaves a `total_steps` run nothing to decay over (`counted`
+    says where the count came from, for the message)."""
+    if self.schedule == "warmup_cosine" and total_steps <= self.warmup_steps:
+      raise ConfigError("optim.warmup_steps", f"got {self.warmup_steps}, expected fewer than "
+                        f"the {total_steps} training steps{counted}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -168,10 +175,9 @@ class Settings:
         DataConfig.from_config(config.data),
         tokenizer=pretrained.data_tokenizer(model.init_from, str(config.data.tokenizer)))
     optim, train = OptimConfig.from_config(config.optim), TrainConfig.from_config(config.train)
-    capped = train.epochs * train.steps_per_epoch  # the most steps a run can take; 0 = uncapped
-    if optim.schedule == "warmup_cosine" and capped and capped <= optim.warmup_steps:
-      raise ConfigError("optim.warmup_steps", f"got {optim.warmup_steps}, expected fewer than "
-                        f"the {capped} training steps (train.epochs x train.steps_per_epoch)")
+    if train.steps_per_epoch:  # capped: the most steps a run can take is known without data
+      optim.check_warmup(train.epochs * train.steps_per_epoch,
+                         " (train.epochs x train.steps_per_epoch)")
     full = json.loads(config.to_json())
     return cls(
         seed=int(config.seed), num_devices=int(config.num_devices),

@@ -43,9 +43,7 @@ def create_optimizer(optim: OptimConfig, total_steps: int = 0) -> optax.Gradient
   Equal settings give the same transformation object, so train states of separate runs in one
   process have equal tree structures and share the compiled step.
   """
-  if optim.schedule == "warmup_cosine" and total_steps <= optim.warmup_steps:
-    raise ConfigError("optim.warmup_steps", f"got {optim.warmup_steps}, expected fewer than "
-                      f"the {total_steps} training steps")
+  optim.check_warmup(total_steps)
   return _optimizer(optim.learning_rate, optim.weight_decay, optim.schedule, optim.warmup_steps,
                     int(total_steps), optim.grad_clip)
 
